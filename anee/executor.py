@@ -1,0 +1,213 @@
+"""The adaptive layer loop: one code path for every family, every chunk size and every policy.
+
+A chunk of T new tokens (T = 1 in sequential decode, T = sequence length in teacher-forced parallel
+mode) runs through the unrolled stack. At each layer each token is
+
+    PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
+    SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache
+    EXIT     SKIP for this and every remaining layer
+
+Because a token's decision depends only on its own state and the cache holds every position at
+every layer, running a sequence in one chunk or token by token gives the same logits and trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import ModelAdapter
+from .cache import KVCache
+from .controllers import Controller, FullController, LayerView
+from .cost import EXIT, PROCESS, CostModel, CostReport, trace_cost
+
+
+@dataclass
+class Trace:
+    """Execution record of a chunk: decisions [B, T, L] and the context each token attended to."""
+
+    decisions: torch.Tensor  # int8 PROCESS/SKIP/EXIT; after an EXIT the row stays EXIT
+    context: torch.Tensor  # [B, T] number of keys each token attended to (itself included)
+    overhead_macs: torch.Tensor  # [B, T] profiler + controller MACs
+
+    @property
+    def layers_executed(self) -> torch.Tensor:
+        """[B, T] number of PROCESSED layers per token."""
+        return (self.decisions == PROCESS).sum(-1)
+
+    def cost(self, cost_model: CostModel, mask: torch.Tensor | None = None) -> CostReport:
+        """Cost report; `mask` [B, T] selects the tokens to count (e.g. non-padding)."""
+        report = trace_cost(cost_model, self.decisions, self.context, self.overhead_macs)
+        if mask is not None:
+            keep = mask.bool()
+            report.layer_macs = report.layer_macs[keep]
+            report.full_layer_macs = report.full_layer_macs[keep]
+            report.overhead_macs = report.overhead_macs[keep]
+        return report
+
+    @staticmethod
+    def cat(traces: list[Trace]) -> Trace:
+        """Join chunk traces along the token axis."""
+        return Trace(
+            torch.cat([t.decisions for t in traces], 1),
+            torch.cat([t.context for t in traces], 1),
+            torch.cat([t.overhead_macs for t in traces], 1),
+        )
+
+
+@dataclass
+class ChunkOutput:
+    logits: torch.Tensor  # [B, T, V]
+    trace: Trace
+    cache: KVCache
+    hidden: torch.Tensor  # [B, T, D] final residual stream (before the final norm)
+    hidden_states: list[torch.Tensor] | None = None  # input of every layer, then the final stream
+
+
+class AdaptiveExecutor:
+    """Runs a HF causal LM's layers one by one under a controller; never modifies the weights."""
+
+    def __init__(self, adapter: ModelAdapter, min_layers: int = 0):
+        if not 0 <= min_layers <= adapter.num_layers:
+            raise ValueError(
+                f"min_layers={min_layers} must be between 0 and the model's {adapter.num_layers} layers"
+            )
+        self.adapter = adapter
+        self.cost = CostModel(adapter.dims)
+        self.min_layers = min_layers
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        controller: Controller | None = None,
+        decisions: torch.Tensor | None = None,
+        budget: float | torch.Tensor = 1.0,
+        padding_mask: torch.Tensor | None = None,
+        collect_hidden: bool = False,
+    ) -> ChunkOutput:
+        """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
+
+        Either `decisions` [B, T, L] (teacher forcing: the pattern is applied as masks) or a
+        `controller` (default: process everything). `padding_mask` [B, T] marks real tokens for
+        left-padded batches; it is remembered in the cache for later chunks.
+        """
+        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
+
+    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False) -> ChunkOutput:
+        """`forward` without the no-grad guard, for training controllers or gates through it."""
+        adapter, L = self.adapter, self.adapter.num_layers
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError("input_ids must be a non-empty [batch, tokens] tensor (got an empty prompt?)")
+        cache = cache if cache is not None else KVCache(L)
+        B, T = input_ids.shape
+        past = cache.length
+        if past + T > adapter.dims.max_positions:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the model's context of {adapter.dims.max_positions}; "
+                "shorten the prompt or max_new_tokens"
+            )
+        budget_t = _budget_tensor(budget, B, input_ids.device)
+        if decisions is not None and decisions.shape != (B, T, L):
+            raise ValueError(f"decisions must have shape {(B, T, L)}, got {tuple(decisions.shape)}")
+        controller = controller or FullController()
+
+        position_ids, attn_mask = self._positions_and_mask(cache, B, T, past, padding_mask, input_ids.device)
+        dev = input_ids.device
+        context = attn_mask.sum(-1).squeeze(1) if attn_mask is not None else torch.full((B, T), past + 1, device=dev)
+        context = context.to(torch.float64)
+
+        h = adapter.embed(input_ids, position_ids)
+        pos = adapter.position_state(h, position_ids)
+        layer_cost = self.cost.layer(context)
+        full = L * layer_cost
+        spent = torch.zeros(B, T, dtype=torch.float64, device=dev)
+        overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
+        exited = torch.zeros(B, T, dtype=torch.bool, device=dev)
+        record = torch.empty(B, T, L, dtype=torch.int8, device=dev)
+        prev = h
+        hidden_states = [] if collect_hidden else None
+
+        for layer in range(L):
+            if hidden_states is not None:
+                hidden_states.append(h)
+            # 1. decide, per token
+            if decisions is not None:
+                action = decisions[:, :, layer].to(h.device).long()
+            elif layer < self.min_layers:
+                action = torch.full((B, T), PROCESS, dtype=torch.long, device=h.device)
+            else:
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget_t, adapter, self.cost)
+                action = controller.decide(view).long()
+                overhead += controller.overhead_macs * (~exited)
+            action = torch.where(exited, EXIT, action)
+            if layer < self.min_layers:
+                action = torch.full_like(action, PROCESS)
+            process = action == PROCESS
+            n_process = int(process.sum())
+            record[:, :, layer] = action.to(torch.int8)
+            spent += torch.where(process, layer_cost, float(self.cost.kv_only))
+            prev = h
+
+            # 2. run the layer: K/V for every token, the full block only where PROCESSED
+            x = adapter.attn_norm(layer, h)
+            if n_process == 0:
+                k, v = adapter.kv(layer, x, pos)
+                cache.update(layer, k, v)
+            else:
+                q, k, v = adapter.qkv(layer, x, pos)
+                keys, values = cache.update(layer, k, v)
+                attn = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=attn_mask, scale=adapter.attn_scale,
+                    enable_gqa=q.shape[1] != keys.shape[1],
+                )
+                attn = attn.transpose(1, 2).reshape(B, T, -1)
+                mid = h + adapter.attn_out(layer, attn)
+                out = mid + adapter.mlp(layer, mid)
+                h = out if n_process == B * T else torch.where(process.unsqueeze(-1), out, h)
+            exited = exited | (action == EXIT)
+
+        if hidden_states is not None:
+            hidden_states.append(h)
+        logits = adapter.logits(h)
+        return ChunkOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
+
+    def _positions_and_mask(self, cache, B, T, past, padding_mask, device):
+        """Position ids [B, T] and the boolean attention mask [B, 1, T, past+T] (None when every
+        query may see every key, i.e. a single unpadded token)."""
+        if padding_mask is not None:
+            padding_mask = padding_mask.to(device).bool()
+            if padding_mask.shape != (B, T):
+                raise ValueError(f"padding_mask must have shape {(B, T)}")
+        if padding_mask is None and cache.padding_mask is None:
+            position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+            if T == 1:
+                return position_ids, None
+            causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+            return position_ids, causal.expand(B, 1, T, past + T)
+        old = cache.padding_mask if cache.padding_mask is not None else torch.ones(B, past, dtype=torch.bool, device=device)
+        new = padding_mask if padding_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+        full_mask = torch.cat([old, new], dim=1)
+        cache.padding_mask = full_mask
+        # Left padding: positions count real tokens only, as HF generate does.
+        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+        mask = causal.unsqueeze(0) & full_mask.unsqueeze(1)
+        # A padded query row would see no key at all; let it see itself to keep softmax finite.
+        eye = torch.zeros(T, past + T, dtype=torch.bool, device=device)
+        eye[torch.arange(T), past + torch.arange(T)] = True
+        mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
+        return position_ids, mask.unsqueeze(1)
+
+
+def _budget_tensor(budget: float | torch.Tensor, batch: int, device) -> torch.Tensor:
+    """Validate an energy budget (scalar or per row) and return it as [B, 1] float64."""
+    b = torch.as_tensor(budget, dtype=torch.float64).flatten()
+    if b.numel() not in (1, batch):
+        raise ValueError(f"energy_budget must be a scalar or one value per row ({batch}), got {b.numel()}")
+    if torch.isnan(b).any() or (b < 0).any() or (b > 1).any():
+        raise ValueError(f"energy_budget must be in [0, 1] (fraction of full layer compute), got {budget!r}")
+    return b.expand(batch).reshape(batch, 1).to(device)

@@ -1,0 +1,54 @@
+"""Run every numbered notebook in order with papermill and a given profile.
+
+Executed copies go to results/executed/ (the sources stay clean); every table and figure is
+rewritten by the notebooks themselves through anee.io. Wall times per notebook are written to
+results/timings_reproduce_<profile>.json, the only file here allowed to differ between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", choices=("quick", "full"), default="full")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 01 06")
+    args = parser.parse_args()
+    out_dir = ROOT / "results" / "executed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
+    timings = {}
+    start = time.perf_counter()
+    for nb in notebooks:
+        t0 = time.perf_counter()
+        print(f"== {nb.name} ({args.profile})", flush=True)
+        pm.execute_notebook(
+            str(nb), str(out_dir / nb.name), parameters={"PROFILE": args.profile},
+            cwd=str(nb.parent), kernel_name="python3", progress_bar=True,
+        )
+        timings[nb.stem] = round(time.perf_counter() - t0, 1)
+        print(f"   {timings[nb.stem]:.0f} s", flush=True)
+    timings["total"] = round(time.perf_counter() - start, 1)
+    suffix = "" if args.profile == "full" else "_quick"
+    path = ROOT / "results" / (f"timings_reproduce{suffix}.json" if not args.only else f"timings_reproduce{suffix}_partial.json")
+    if args.profile == "quick":
+        path = ROOT / "results" / "quick" / path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"total {timings['total']:.0f} s -> {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
