@@ -2,7 +2,7 @@
 
 from .adapters import ModelAdapter, adapter_for
 from .config import ANEEConfig
-from .controllers import BudgetController, FixedController, FullController, skip_pattern
+from .controller import BudgetController, FixedController, FullController, skip_pattern
 from .cost import EXIT, PROCESS, SKIP, CostModel
 from .executor import AdaptiveExecutor, Trace
 from .loading import load_model

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .adapters import ModelAdapter
 from .cache import KVCache
-from .controllers import Controller, FullController, LayerView
+from .controller import Controller, FullController, LayerView
 from .cost import EXIT, PROCESS, CostModel, CostReport, trace_cost
 
 

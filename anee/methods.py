@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .controllers import BudgetController
+from .controller import BudgetController
 from .cost import EXIT, PROCESS, SKIP, CostModel, CostReport
 from .executor import AdaptiveExecutor
 from .perplexity import EvalContext, MethodOutput, register_method

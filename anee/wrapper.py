@@ -15,7 +15,7 @@ from torch import nn
 
 from .adapters import adapter_for
 from .config import ANEEConfig, check_budget
-from .controllers import BudgetController, Controller, FullController
+from .controller import BudgetController, Controller, FullController
 from .cost import CostReport
 from .executor import AdaptiveExecutor, ChunkOutput, Trace
 from .generation import SamplingConfig, next_token
