@@ -122,58 +122,73 @@ class AdaptiveExecutor:
 
         h = adapter.embed(input_ids, position_ids)
         pos = adapter.position_state(h, position_ids)
-        layer_cost = self.cost.layer(context)
-        full = L * layer_cost
-        spent = torch.zeros(B, T, dtype=torch.float64, device=dev)
-        overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
-        exited = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        record = torch.empty(B, T, L, dtype=torch.int8, device=dev)
-        prev = h
         hidden_states = [] if collect_hidden else None
-
-        for layer in range(L):
-            if hidden_states is not None:
-                hidden_states.append(h)
-            # 1. decide, per token
-            if decisions is not None:
-                action = decisions[:, :, layer].to(h.device).long()
-            elif layer < self.min_layers:
-                action = torch.full((B, T), PROCESS, dtype=torch.long, device=h.device)
-            else:
-                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget_t, adapter, self.cost)
-                action = controller.decide(view).long()
-                overhead += controller.overhead_macs * (~exited)
-            action = torch.where(exited, EXIT, action)
-            if layer < self.min_layers:
-                action = torch.full_like(action, PROCESS)
-            process = action == PROCESS
-            n_process = int(process.sum())
-            record[:, :, layer] = action.to(torch.int8)
-            spent += torch.where(process, layer_cost, float(self.cost.kv_only))
-            prev = h
-
-            # 2. run the layer: K/V for every token, the full block only where PROCESSED
-            x = adapter.attn_norm(layer, h)
-            if n_process == 0:
-                k, v = adapter.kv(layer, x, pos)
-                cache.update(layer, k, v)
-            else:
-                q, k, v = adapter.qkv(layer, x, pos)
-                keys, values = cache.update(layer, k, v)
-                attn = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=attn_mask, scale=adapter.attn_scale,
-                    enable_gqa=q.shape[1] != keys.shape[1],
-                )
-                attn = attn.transpose(1, 2).reshape(B, T, -1)
-                mid = h + adapter.attn_out(layer, attn)
-                out = mid + adapter.mlp(layer, mid)
-                h = out if n_process == B * T else torch.where(process.unsqueeze(-1), out, h)
-            exited = exited | (action == EXIT)
-
+        if decisions is None and hasattr(controller, "static_decisions"):
+            decisions = controller.static_decisions(B, T, L)
+            decisions[..., : self.min_layers] = PROCESS
+        if decisions is not None:
+            # Known in advance (teacher forcing or a static policy): no per-layer bookkeeping at all.
+            record = _absorb_exits(decisions.to(dev))
+            process_counts = (record == PROCESS).sum((0, 1)).tolist()
+            overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
+            for layer in range(L):
+                if hidden_states is not None:
+                    hidden_states.append(h)
+                process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
+                h = self._layer(layer, h, pos, cache, attn_mask, process_counts[layer], process)
+        else:
+            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states)
         if hidden_states is not None:
             hidden_states.append(h)
         logits = adapter.logits(h)
         return ChunkOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
+
+    def _layer(self, layer, h, pos, cache, attn_mask, n_process, process):
+        """One layer: K/V for every token into the cache; attention + MLP only where PROCESSED
+        (`process` [B, T] bool, or None when all or none of the chunk processes)."""
+        adapter = self.adapter
+        x = adapter.attn_norm(layer, h)
+        if n_process == 0:
+            k, v = adapter.kv(layer, x, pos)
+            cache.update(layer, k, v)
+            return h
+        q, k, v = adapter.qkv(layer, x, pos)
+        keys, values = cache.update(layer, k, v)
+        attn = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=attn_mask, scale=adapter.attn_scale, enable_gqa=q.shape[1] != keys.shape[1]
+        )
+        B, T = h.shape[:2]
+        mid = h + adapter.attn_out(layer, attn.transpose(1, 2).reshape(B, T, -1))
+        out = mid + adapter.mlp(layer, mid)
+        return out if process is None else torch.where(process.unsqueeze(-1), out, h)
+
+    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states):
+        """The dynamic loop: before each layer the controller sees every token's state and budget."""
+        adapter, L = self.adapter, self.adapter.num_layers
+        B, T = h.shape[:2]
+        layer_cost = self.cost.layer(context)
+        full = L * layer_cost
+        spent = torch.zeros(B, T, dtype=torch.float64, device=h.device)
+        overhead = torch.zeros_like(spent)
+        exited = torch.zeros(B, T, dtype=torch.bool, device=h.device)
+        record = torch.empty(B, T, L, dtype=torch.int8, device=h.device)
+        prev = h
+        for layer in range(L):
+            if hidden_states is not None:
+                hidden_states.append(h)
+            if layer < self.min_layers:
+                action = torch.full((B, T), PROCESS, dtype=torch.long, device=h.device)
+            else:
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost)
+                action = torch.where(exited, EXIT, controller.decide(view).long())
+                overhead += controller.overhead_macs * (~exited)
+            process = action == PROCESS
+            n_process = int(process.sum())
+            record[:, :, layer] = action.to(torch.int8)
+            spent += torch.where(process, layer_cost, float(self.cost.kv_only))
+            exited = exited | (action == EXIT)
+            prev, h = h, self._layer(layer, h, pos, cache, attn_mask, n_process, process if 0 < n_process < B * T else None)
+        return h, record, overhead
 
     def _positions_and_mask(self, cache, B, T, past, padding_mask, device):
         """Position ids [B, T] and the boolean attention mask [B, 1, T, past+T] (None when every
@@ -201,6 +216,12 @@ class AdaptiveExecutor:
         eye[torch.arange(T), past + torch.arange(T)] = True
         mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
         return position_ids, mask.unsqueeze(1)
+
+
+def _absorb_exits(decisions: torch.Tensor) -> torch.Tensor:
+    """int8 decisions where every entry after a token's first EXIT is EXIT too."""
+    exited = (decisions == EXIT).to(torch.int8).cummax(-1).values.bool()
+    return torch.where(exited, EXIT, decisions).to(torch.int8)
 
 
 def _budget_tensor(budget: float | torch.Tensor, batch: int, device) -> torch.Tensor:

@@ -65,7 +65,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # corrupt files raise safetensors/json/OS errors alike
         hint = f"; delete {path} to rebuild it" if name in EMBEDDED else ""
         raise ModelNotAvailableError(f"could not load model {name!r} from {path}: {err}{hint}") from err
     return model.to(device).eval(), tokenizer

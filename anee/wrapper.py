@@ -114,8 +114,8 @@ class ANEEWrapper(nn.Module):
             logits = step.logits[:, -1]
         new = torch.stack(generated, 1) if generated else input_ids[:, :0]
         trace = Trace.cat(traces)
-        real = mask[:, : trace.decisions.shape[1]] if padding_mask is not None else None
         full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)
+        real = full_mask[:, : trace.decisions.shape[1]] if padding_mask is not None else None
         return GenerationResult(torch.cat([input_ids, new], 1), new, trace, trace.cost(self.cost_model, real), full_mask)
 
     def generate(self, tokenizer=None, prompt: str | list[str] = "", max_new_tokens: int = 20, energy_budget: float | None = None, return_result: bool = False, **kwargs):

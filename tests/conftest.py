@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random GPT-2 / LLaMA models (fast, exact) and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from anee import ANEEConfig, ANEEWrapper
+
+VOCAB = 97
+
+
+def tiny_gpt2(n_layer: int = 4, n_positions: int = 96) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=48, n_head=4, vocab_size=VOCAB, n_positions=n_positions,
+                     bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(n_layer: int = 4, max_positions: int = 96) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(num_hidden_layers=n_layer, hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+                      intermediate_size=80, vocab_size=VOCAB, max_position_embeddings=max_positions,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    model = LlamaForCausalLM(cfg).eval()
+    # random init has tiny q/k weights: scale them so attention patterns are far from uniform
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    return model
+
+
+FAMILIES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def tiny_model(request):
+    return FAMILIES[request.param]()
+
+
+def wrap(model, **config) -> ANEEWrapper:
+    config.setdefault("min_layers", 0)
+    return ANEEWrapper(ANEEConfig(model_name="tiny", **config), model=model)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from anee import load_model
+
+    return load_model("smollm2-135m")
