@@ -57,6 +57,10 @@ class FullController:
 
     overhead_macs = 0
 
+    def static_decisions(self, batch: int, tokens: int, layers: int) -> torch.Tensor:
+        """Decisions known before running (lets the executor skip per-layer bookkeeping)."""
+        return torch.full((batch, tokens, layers), PROCESS, dtype=torch.int8)
+
     def decide(self, view: LayerView) -> torch.Tensor:
         return torch.full(view.spent.shape, PROCESS, dtype=torch.long, device=view.hidden.device)
 
@@ -68,6 +72,11 @@ class FixedController:
 
     def __init__(self, pattern: list[int] | torch.Tensor):
         self.pattern = torch.as_tensor(pattern, dtype=torch.long)
+
+    def static_decisions(self, batch: int, tokens: int, layers: int) -> torch.Tensor:
+        if self.pattern.numel() != layers:
+            raise ValueError(f"pattern has {self.pattern.numel()} entries for a {layers}-layer model")
+        return self.pattern.to(torch.int8).expand(batch, tokens, layers).clone()
 
     def decide(self, view: LayerView) -> torch.Tensor:
         return self.pattern[view.layer].expand(view.spent.shape).to(view.hidden.device)
@@ -101,3 +110,162 @@ def skip_pattern(num_layers: int, num_skipped: int, first: int = 2, last: int = 
     step = len(middle) / max(num_skipped, 1)
     skipped = {middle[int(i * step)] for i in range(num_skipped)}
     return [SKIP if i in skipped else PROCESS for i in range(num_layers)]
+
+
+# -- ANEE controllers: budget pacing, heuristic and learned policies -----------------------------
+
+
+@dataclass
+class PacingConfig:
+    """Per-token band around the budget: each token ends within [budget - slack, budget + slack]
+    of its full layer compute (capped to [0, 1]), so any average over tokens does too."""
+
+    slack: float = 0.05
+
+
+@dataclass
+class Guards:
+    must_process: torch.Tensor  # skipping would make the floor unreachable
+    may_process: torch.Tensor  # processing keeps the token under the cap
+    may_exit: torch.Tensor  # K/V-only for every remaining layer still reaches the floor
+
+    @property
+    def free(self) -> torch.Tensor:
+        """Where the policy's PROCESS-or-not choice is not forced."""
+        return self.may_process & ~self.must_process
+
+
+def pacing_guards(view: LayerView, pacing: PacingConfig) -> Guards:
+    """The hard pacing constraints at this layer (cost of every path counted exactly)."""
+    floor = (view.budget - pacing.slack).clamp(min=0.0) * view.full
+    cap = (view.budget + pacing.slack).clamp(max=1.0) * view.full
+    m, kv, eps = view.remaining_layers, view.cost.kv_only, 1e-6 * view.full
+    may_process = view.spent + view.layer_cost + (m - 1) * kv <= cap + eps
+    must_process = (view.spent + kv + (m - 1) * view.layer_cost < floor - eps) & may_process
+    may_exit = view.spent + m * kv >= floor - eps
+    return Guards(must_process, may_process, may_exit)
+
+
+def apply_guards(raw: torch.Tensor, g: Guards) -> torch.Tensor:
+    """Turn a policy's raw actions into actions that respect the pacing band. A token that cannot
+    afford this layer cannot afford any later one (same cost, more spent), so it EXITs."""
+    act = torch.where(g.must_process, PROCESS, raw)
+    act = torch.where(~g.may_process, EXIT, act)
+    return torch.where((act == EXIT) & ~g.may_exit, SKIP, act)
+
+
+class PacedController:
+    """Base of the ANEE controllers: profiler features -> raw action -> pacing guards.
+
+    Remembers which tokens already EXITed in the current chunk (a new chunk starts when the layer
+    index does not increase) and, with `record=True`, every call's features and actions.
+    """
+
+    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False):
+        self.profiler = profiler
+        self.pacing = pacing or PacingConfig()
+        self.record = record
+        self.records: list[dict[str, torch.Tensor]] = []
+        self._last_layer = -1
+        self._exited: torch.Tensor | None = None
+
+    @property
+    def overhead_macs(self) -> int:
+        return self.profiler.overhead_macs
+
+    def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decide(self, view: LayerView) -> torch.Tensor:
+        shape = view.spent.shape
+        if view.layer <= self._last_layer or self._exited is None or self._exited.shape != shape:
+            self._exited = torch.zeros(shape, dtype=torch.bool, device=view.hidden.device)
+        self._last_layer = view.layer
+        feats = self.profiler.features(view)
+        raw = self.raw_actions(view, feats)
+        g = pacing_guards(view, self.pacing)
+        act = apply_guards(raw, g)
+        if self.record:
+            alive = ~self._exited
+            self.records.append({"layer": torch.tensor(view.layer), "features": feats, "raw": raw, "action": act,
+                                 "free": g.free & alive, "alive": alive})
+        self._exited = self._exited | (act == EXIT)
+        return act
+
+    def reset_records(self) -> None:
+        self.records = []
+
+
+@dataclass
+class HeuristicConfig:
+    """Entropy-modulated target: uncertain tokens aim up to `slack` above the budget, confident
+    ones up to `slack` below; `entropy_ref` and `entropy_scale` are in units of ln(V)."""
+
+    entropy_ref: float | None = None  # None: the profiler's calibration median
+    entropy_scale: float = 0.05
+
+
+class HeuristicController(PacedController):
+    """Thresholds on the profiler state: PROCESS the layer when it is among the `n` most important
+    (static Block Influence) of the remaining layers, `n` being what the token's entropy-adjusted
+    target still affords; leave otherwise (EXIT once nothing more is planned)."""
+
+    def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None, record: bool = False):
+        super().__init__(profiler, pacing, record)
+        self.config = config or HeuristicConfig()
+
+    def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
+        c, slack = self.config, self.pacing.slack
+        ref = self.profiler.entropy_median if c.entropy_ref is None else c.entropy_ref
+        shift = torch.tanh((feats[..., 0] - ref) / c.entropy_scale).double()
+        target = (view.budget + slack * shift).clamp(0.0, 1.0)
+        n = self.profiler.layers_to_target(view, target)
+        ahead = self.profiler.more_important_left(view.layer)
+        leave = torch.where(n < 0.5, EXIT, SKIP)
+        return torch.where(ahead + 0.5 < n, PROCESS, leave)
+
+
+class PolicyNet(torch.nn.Module):
+    """Tiny MLP: normalized features -> logits over PROCESS / SKIP / EXIT."""
+
+    def __init__(self, num_features: int, hidden: int = 32):
+        super().__init__()
+        self.num_features, self.hidden = num_features, hidden
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(num_features, hidden), torch.nn.Tanh(),
+            torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+            torch.nn.Linear(hidden, 3),
+        )
+
+    @property
+    def macs(self) -> int:
+        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, torch.nn.Linear))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net((feats.float() - self.mean) / self.std)
+
+
+class LearnedController(PacedController):
+    """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state, inside the pacing band.
+    `sample=True` draws actions (REINFORCE rollouts) from `generator`; otherwise argmax."""
+
+    def __init__(self, policy: PolicyNet, profiler, pacing: PacingConfig | None = None, sample: bool = False,
+                 generator: torch.Generator | None = None, record: bool = False):
+        super().__init__(profiler, pacing, record)
+        self.policy = policy
+        self.sample = sample
+        self.generator = generator
+
+    @property
+    def overhead_macs(self) -> int:
+        return self.profiler.overhead_macs + self.policy.macs
+
+    def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.policy(feats)
+        if not self.sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits, -1).reshape(-1, 3)
+        return torch.multinomial(probs, 1, generator=self.generator).reshape(logits.shape[:-1])

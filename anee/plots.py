@@ -25,16 +25,16 @@ def budget_bars(table):
     return fig
 
 
-def frontier(df, x="total_saved_net", y="ppl", hue="method", ref_ppl=None, ylim_factor=4.0):
-    """Perplexity against net compute saved, one line per method."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def frontier(df, x="total_saved_net", y="ppl", hue="method", ref_ppl=None):
+    """Perplexity (log scale) against net compute saved, one line per method."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, group in df.groupby(hue, sort=False):
         group = group.sort_values(x)
         ax.plot(100 * group[x], group[y], marker="o", label=name)
     if ref_ppl is not None:
         ax.axhline(ref_ppl, color="k", lw=0.8, ls="--", label="full model")
-        ax.set_ylim(ref_ppl * 0.95, ref_ppl * ylim_factor)
-    ax.set(xlabel=f"net compute saved, % ({x})", ylabel="perplexity (WikiText-2 test)")
+    ax.set_yscale("log")
+    ax.set(xlabel=f"net compute saved, % ({x})", ylabel="perplexity (WikiText-2 test, log scale)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -1,0 +1,41 @@
+"""Budget adherence and equal-saving comparisons for the ANEE controllers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .executor import AdaptiveExecutor
+
+
+@torch.no_grad()
+def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.Tensor, budgets: list[float], window: int = 256) -> pd.DataFrame:
+    """Realized layer fraction and net saving per controller and budget over ids [1, N] (non-overlapping windows)."""
+    rows = []
+    chunks = [ids[:, i : i + window] for i in range(0, ids.shape[1] - 1, window)]
+    for name, controller in controllers.items():
+        for b in budgets:
+            layer = full = over = 0.0
+            for c in chunks:
+                rep = executor.forward(c, controller=controller, budget=b).trace.cost(executor.cost)
+                layer += float(rep.layer_macs.sum())
+                full += float(rep.full_layer_macs.sum())
+                over += float(rep.overhead_macs.sum())
+            frac = layer / full
+            rows.append({"controller": name, "budget": b, "layer_fraction": frac, "layer_saved_net": 1 - (layer + over) / full,
+                         "overhead_fraction": over / full, "abs_error": abs(frac - b)})
+    return pd.DataFrame(rows)
+
+
+def ppl_at_saving(df: pd.DataFrame, levels: list[float], saved_col: str = "layer_saved_net") -> pd.DataFrame:
+    """Perplexity of each method at the given net savings, interpolating log-ppl linearly between
+    evaluated settings (NaN outside the evaluated range)."""
+    rows = []
+    for method, g in df.groupby("method"):
+        g = g.sort_values(saved_col)
+        x, y = g[saved_col].to_numpy(), np.log(g.ppl.to_numpy())
+        for s in levels:
+            ok = x.min() - 1e-9 <= s <= x.max() + 1e-9
+            rows.append({"method": method, "net_saved": s, "ppl": float(np.exp(np.interp(s, x, y))) if ok else float("nan")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,225 @@
+"""Per-token, per-layer state for ANEE controllers, with a cheap intermediate-entropy estimator.
+
+The exact logit-lens entropy needs the full LM head at every layer (SmolLM2: 28 M MACs against 3.5 M
+per layer). `ShortlistEntropy` instead projects the normed hidden state onto the K rows of the LM
+head for the K most frequent tokens of the calibration split (K*D MACs) and maps the shortlist
+statistics to the full-vocabulary entropy with a least-squares fit on calibration tokens.
+
+`Profiler.features(view)` returns the state vector [B, T, F] named in `FEATURES`; its
+`overhead_macs` (shortlist product + element-wise statistics) is charged per call per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .controller import LayerView
+from .executor import AdaptiveExecutor
+
+FEATURES = (
+    "entropy_est",  # estimated logit-lens entropy / ln(V)
+    "max_prob",  # max softmax probability over the shortlist
+    "log_norm",  # log(||h|| / sqrt(D))
+    "delta_rel",  # ||h - h_prev|| / ||h_prev||: change made by the previous layer
+    "cos_prev",  # cos(h, h_prev)
+    "log_var",  # log variance of h's coordinates
+    "position",  # layer / (L - 1)
+    "budget",  # energy budget
+    "spent",  # fraction of full layer compute spent so far
+    "remaining",  # budget - spent
+    "required_rate",  # layers still to process to land on budget / layers left
+    "importance",  # static layer importance (Block Influence, scaled to [0, 1])
+    "rank_frac",  # fraction of the remaining layers more important than this one
+)
+ELEMENTWISE_MACS_PER_DIM = 6  # norms, dot product and variance: about six MACs per coordinate
+VERSION = "1"
+
+
+@dataclass
+class ShortlistEntropy:
+    """Entropy of the logit lens from K shortlisted vocabulary rows, linearly calibrated."""
+
+    token_ids: torch.Tensor  # [K] long
+    coef: torch.Tensor  # [4]: entropy ≈ c0*H_short + c1*lse_short + c2*max_logit + c3
+
+    @property
+    def k(self) -> int:
+        return int(self.token_ids.numel())
+
+    def stats(self, executor: AdaptiveExecutor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shortlist entropy, log-sum-exp and max logit [..., 3] plus max prob [...], from hidden [..., D]."""
+        adapter = executor.adapter
+        head = adapter.lm_head()
+        rows = head.weight[self.token_ids]
+        z = adapter.final_norm(hidden).float() @ rows.float().T
+        if head.bias is not None:
+            z = z + head.bias[self.token_ids].float()
+        logp = torch.log_softmax(z, -1)
+        h_short = -(logp.exp() * logp).sum(-1)
+        lse = torch.logsumexp(z, -1)
+        zmax = z.max(-1).values
+        return torch.stack([h_short, lse, zmax], -1), logp.max(-1).values.exp(), z
+
+    def estimate(self, executor: AdaptiveExecutor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(estimated full-vocabulary entropy in nats, shortlist max prob), each [...]."""
+        s, pmax, _ = self.stats(executor, hidden)
+        est = s @ self.coef[:3].float() + self.coef[3].float()
+        return est.clamp(min=0.0), pmax
+
+
+def exact_entropy(executor: AdaptiveExecutor, hidden: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logit-lens entropy (nats) of hidden [..., D]."""
+    logp = torch.log_softmax(executor.adapter.logits(hidden).float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@torch.no_grad()
+def calibration_hidden(executor: AdaptiveExecutor, ids: torch.Tensor, window: int = 256, max_windows: int = 2, tokens_per_layer: int = 64, seed: int = 0) -> torch.Tensor:
+    """Hidden states [N, D] sampled from every layer input of the full model on calibration ids."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for begin in range(0, min(ids.shape[1] - window + 1, window * max_windows), window):
+        hs = executor.forward(ids[:, begin : begin + window], collect_hidden=True).hidden_states
+        for h in hs[1:]:
+            pick = torch.randperm(window, generator=g)[:tokens_per_layer]
+            out.append(h[0, pick])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def fit_shortlist(executor: AdaptiveExecutor, ids: torch.Tensor, k: int = 64, hidden: torch.Tensor | None = None) -> ShortlistEntropy:
+    """Shortlist = the k most frequent tokens of `ids`; calibration = least squares on `hidden`."""
+    vocab = executor.adapter.dims.vocab
+    counts = torch.bincount(ids.flatten(), minlength=vocab)
+    token_ids = torch.argsort(counts, descending=True, stable=True)[:k]
+    est = ShortlistEntropy(token_ids, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    hidden = calibration_hidden(executor, ids) if hidden is None else hidden
+    s, _, _ = est.stats(executor, hidden)
+    x = torch.cat([s, torch.ones(len(s), 1)], 1).double()
+    y = exact_entropy(executor, hidden).double()
+    coef = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+    return ShortlistEntropy(token_ids, coef.float())
+
+
+@torch.no_grad()
+def estimator_error(executor: AdaptiveExecutor, est: ShortlistEntropy, hidden: torch.Tensor) -> dict[str, float]:
+    """Error of the estimate against the exact entropy on `hidden` [N, D] (use held-out states)."""
+    exact = exact_entropy(executor, hidden)
+    guess, _ = est.estimate(executor, hidden)
+    err = guess - exact
+    corr = torch.corrcoef(torch.stack([guess, exact]))[0, 1]
+    D = executor.adapter.dims.hidden
+    return {
+        "k": est.k,
+        "mae_nats": float(err.abs().mean()),
+        "rmse_nats": float(err.pow(2).mean().sqrt()),
+        "pearson_r": float(corr),
+        "mean_exact_nats": float(exact.mean()),
+        "macs_per_call": est.k * D,
+        "fraction_of_layer": est.k * D / executor.cost.layer_static,
+        "exact_head_fraction_of_layer": executor.cost.lm_head / executor.cost.layer_static,
+    }
+
+
+class Profiler:
+    """Computes the `FEATURES` state of every token at a layer from a `LayerView`."""
+
+    def __init__(self, entropy: ShortlistEntropy, importance: torch.Tensor, executor: AdaptiveExecutor, entropy_median: float = 0.1):
+        L = executor.adapter.num_layers
+        if importance.shape != (L,):
+            raise ValueError(f"importance must have one value per layer ({L}), got shape {tuple(importance.shape)}")
+        self.entropy = entropy
+        self.executor = executor
+        self._raw_importance = importance.float()
+        self.entropy_median = float(entropy_median)  # median estimated entropy / ln V on calibration
+        imp = importance.double()
+        self.importance = ((imp - imp.min()) / (imp.max() - imp.min()).clamp(min=1e-12)).float()
+        self.rank = torch.argsort(torch.argsort(-imp, stable=True))  # rank 0 = most important
+        self.log_vocab = math.log(executor.adapter.dims.vocab)
+
+    @property
+    def overhead_macs(self) -> int:
+        """MACs per token per call: shortlist product + element-wise statistics."""
+        D = self.executor.adapter.dims.hidden
+        return self.entropy.k * D + ELEMENTWISE_MACS_PER_DIM * D
+
+    def layers_to_target(self, view: LayerView, target: torch.Tensor) -> torch.Tensor:
+        """[B, T] number of the remaining layers (this one included) that may still be PROCESSED
+        for the token to end at fraction `target` [B, 1] of full layer compute (fractional)."""
+        m = view.remaining_layers
+        kv = view.cost.kv_only
+        room = target * view.full - view.spent - m * kv
+        return room / (view.layer_cost - kv)
+
+    def more_important_left(self, layer: int) -> int:
+        """How many of the layers after `layer` are more important than it."""
+        return int((self.rank[layer + 1 :] < self.rank[layer]).sum())
+
+    @torch.no_grad()
+    def features(self, view: LayerView) -> torch.Tensor:
+        h, prev = view.hidden.float(), view.prev_hidden.float()
+        D, L = h.shape[-1], view.num_layers
+        ent, pmax = self.entropy.estimate(self.executor, h)
+        norm = h.norm(dim=-1)
+        pnorm = prev.norm(dim=-1).clamp(min=1e-6)
+        delta = (h - prev).norm(dim=-1) / pnorm
+        cos = (h * prev).sum(-1) / (norm.clamp(min=1e-6) * pnorm)
+        var = h.var(-1, unbiased=False)
+        shape = norm.shape
+        spent = (view.spent / view.full).float()
+        budget = view.budget.float().expand(shape)
+        rate = (self.layers_to_target(view, view.budget) / view.remaining_layers).float().clamp(-1, 2)
+        const = lambda v: torch.full(shape, float(v), device=h.device)  # noqa: E731
+        m = view.remaining_layers
+        cols = [
+            ent / self.log_vocab, pmax, torch.log(norm / math.sqrt(D) + 1e-6), delta, cos,
+            torch.log(var + 1e-6), const(view.layer / max(L - 1, 1)), budget, spent, budget - spent, rate,
+            const(self.importance[view.layer]), const(self.more_important_left(view.layer) / m),
+        ]
+        return torch.stack(cols, -1)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"shortlist_ids": self.entropy.token_ids.long().contiguous(), "entropy_coef": self.entropy.coef.float().contiguous(),
+                "importance_raw": self._raw_importance.contiguous(),
+                "entropy_median": torch.tensor([self.entropy_median])}
+
+    def metadata(self) -> dict[str, str]:
+        d = self.executor.adapter.dims
+        return {"format": "anee-profiler", "version": VERSION, "features": json.dumps(list(FEATURES)),
+                "num_layers": str(d.num_layers), "hidden": str(d.hidden), "vocab": str(d.vocab), "k": str(self.entropy.k)}
+
+    def save(self, path: str | Path) -> Path:
+        from .checkpoints import save_checkpoint
+
+        return save_checkpoint(path, self.tensors(), self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path, executor: AdaptiveExecutor) -> Profiler:
+        from .checkpoints import load_checkpoint
+
+        d = executor.adapter.dims
+        expect = {"format": "anee-profiler", "version": VERSION, "num_layers": str(d.num_layers), "hidden": str(d.hidden), "vocab": str(d.vocab)}
+        tensors, meta = load_checkpoint(path, expect, {"importance_raw": (d.num_layers,), "entropy_coef": (4,), "entropy_median": (1,)}, fix="re-run notebook 02 to rebuild the profiler")
+        k = int(meta["k"])
+        if tensors["shortlist_ids"].shape != (k,) or int(tensors["shortlist_ids"].max()) >= d.vocab:
+            raise ValueError(f"{path}: shortlist_ids do not match k={k} / vocab={d.vocab}; re-run notebook 02 to rebuild the profiler")
+        entropy = ShortlistEntropy(tensors["shortlist_ids"].long(), tensors["entropy_coef"])
+        return cls(entropy, tensors["importance_raw"], executor, float(tensors["entropy_median"][0]))
+
+
+@torch.no_grad()
+def calibrate_profiler(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, k: int = 64, window: int = 256, max_windows: int = 2) -> Profiler:
+    """Shortlist entropy + Block-Influence importance, both from the calibration (valid) split."""
+    from .methods import block_influence
+
+    hidden = calibration_hidden(executor, calibration_ids, window=window, max_windows=max_windows)
+    entropy = fit_shortlist(executor, calibration_ids, k=k, hidden=hidden)
+    importance = block_influence(executor, calibration_ids, window=window, max_windows=max_windows).float()
+    median = float(entropy.estimate(executor, hidden)[0].median()) / math.log(executor.adapter.dims.vocab)
+    return Profiler(entropy, importance, executor, median)

@@ -1,0 +1,116 @@
+"""Trace collection (state, action, outcome) and supervised warm-start of the learned controller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .controller import PacedController, PolicyNet
+from .executor import AdaptiveExecutor
+from .profiler import FEATURES
+
+
+def token_kl(full_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(full || adaptive) per token [B, T] (nats)."""
+    p = torch.log_softmax(full_logits.float(), -1)
+    q = torch.log_softmax(logits.float(), -1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+@torch.no_grad()
+def collect_traces(executor: AdaptiveExecutor, controller: PacedController, windows: torch.Tensor, budgets: list[float]) -> dict[str, np.ndarray]:
+    """Run `controller` (recording) on every window [N, T] at every budget; one row per controller
+    call on a live token: features, layer, budget, action, free, and the token's outcome (KL to
+    the full model, realized layer fraction)."""
+    cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction", "window")}
+    feats = []
+    for w, ids in enumerate(windows):
+        ids = ids.unsqueeze(0)
+        full = executor.forward(ids).logits
+        for b in budgets:
+            controller.record = True
+            controller.reset_records()
+            out = executor.forward(ids, controller=controller, budget=b)
+            kl = token_kl(full, out.logits)[0]
+            rep = out.trace.cost(executor.cost)
+            frac = (rep.layer_macs / rep.full_layer_macs)[0]
+            for r in controller.records:
+                alive = r["alive"][0]
+                n = int(alive.sum())
+                feats.append(r["features"][0][alive])
+                cols["layer"].append(np.full(n, int(r["layer"])))
+                cols["budget"].append(np.full(n, b))
+                cols["action"].append(r["action"][0][alive].numpy())
+                cols["free"].append(r["free"][0][alive].numpy())
+                cols["token_kl"].append(kl[alive].numpy())
+                cols["token_fraction"].append(frac[alive].numpy())
+                cols["window"].append(np.full(n, w))
+            controller.record = False
+            controller.reset_records()
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    f = torch.cat(feats).numpy()
+    for i, name in enumerate(FEATURES):
+        out[name] = f[:, i]
+    return out
+
+
+def to_dataset(traces: dict[str, np.ndarray]):
+    """A `datasets.Dataset` of the traces (save with `.to_parquet(path)`)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: v.tolist() if v.dtype == bool else v for k, v in traces.items()})
+
+
+@dataclass
+class WarmStartConfig:
+    hidden: int = 32
+    epochs: int = 8
+    batch_size: int = 512
+    lr: float = 3e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+
+
+def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarray, cfg: WarmStartConfig) -> tuple[PolicyNet, dict]:
+    """Cross-entropy imitation of the heuristic's actions; validation = held-out `groups` (windows).
+    Returns the policy and {history, val_accuracy, confusion (3x3, rows = heuristic)}."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(actions, dtype=torch.long)
+    uniq = np.unique(groups)
+    n_val = max(1, int(round(len(uniq) * cfg.val_fraction))) if len(uniq) > 1 else 0
+    val_groups = uniq[len(uniq) - n_val :]
+    is_val = torch.as_tensor(np.isin(groups, val_groups))
+    if n_val == 0:
+        is_val = torch.zeros(len(y), dtype=torch.bool)
+    xt, yt = x[~is_val], y[~is_val]
+    xv, yv = (x[is_val], y[is_val]) if is_val.any() else (xt, yt)
+    torch.manual_seed(cfg.seed)
+    policy = PolicyNet(x.shape[1], cfg.hidden)
+    policy.mean.copy_(xt.mean(0))
+    policy.std.copy_(xt.std(0).clamp(min=1e-3))
+    counts = torch.bincount(yt, minlength=3).float()
+    weight = (counts.sum() / (3 * counts.clamp(min=1))).clamp(max=10.0)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    history = []
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(yt), generator=g)
+        total = 0.0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            loss = F.cross_entropy(policy(xt[idx]), yt[idx], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        with torch.no_grad():
+            acc = float((policy(xv).argmax(-1) == yv).float().mean())
+        history.append({"epoch": epoch, "train_loss": total / len(yt), "val_accuracy": acc})
+    with torch.no_grad():
+        pred = policy(xv).argmax(-1)
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    confusion.index_put_((yv, pred), torch.ones_like(yv), accumulate=True)
+    return policy.eval(), {"history": history, "val_accuracy": history[-1]["val_accuracy"], "confusion": confusion.numpy()}

