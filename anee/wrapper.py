@@ -127,6 +127,7 @@ class ANEEWrapper(nn.Module):
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError("empty prompt: give at least one non-blank prompt")
         input_ids, padding_mask = _left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer)
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)  # stop where HF generate would
         result = self.generate_ids(input_ids.to(self.config.device), max_new_tokens, energy_budget,
                                    padding_mask=None if padding_mask.all() else padding_mask, **kwargs)
         texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(result.sequences, result.padding_mask)]

