@@ -20,6 +20,12 @@ def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4
 def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6)) -> list[tuple[str, dict]]:
     """Rows contributed by the ANEE controllers (02-04) and the hierarchical model (05). Their
     checkpoints must exist in the profile's checkpoint folder: run those notebooks first."""
-    from . import controller_methods  # noqa: F401  (registers anee_heuristic / anee_warmstart / anee_rl)
+    from . import (
+        controller_methods,  # noqa: F401  (registers anee_heuristic / anee_warmstart / anee_rl)
+        hierarchical,  # noqa: F401  (registers hierarchical)
+    )
 
-    return [(m, {"budget": b}) for m in ("anee_heuristic", "anee_warmstart", "anee_rl") for b in budgets]
+    specs = [(m, {"budget": b}) for m in ("anee_heuristic", "anee_warmstart", "anee_rl") for b in budgets]
+    specs += [("hierarchical", {"capacity": c, "exits": False}) for c in (0.9, 0.7)]
+    specs += [("hierarchical", {"capacity": 0.9, "exits": True})]
+    return specs

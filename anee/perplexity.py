@@ -140,22 +140,3 @@ def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Ten
         results.append(evaluate(method, ids, window, stride, name=name, setting=label, progress=progress))
     return results
 
-
-def ppl_at_savings(rows, levels: list[float], x: str = "total_saved_net") -> list[dict]:
-    """Perplexity of each method interpolated (linearly in log-PPL) at given net savings.
-
-    `rows` are `PerplexityResult.row()` dicts; a method's points must bracket a level, otherwise the
-    level is reported as NaN rather than extrapolated.
-    """
-    out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r[x], math.log(r["ppl"])) for r in rows if r["method"] == name)
-        for level in levels:
-            value = math.nan
-            for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-                if x0 <= level <= x1:
-                    w = 0.0 if x1 == x0 else (level - x0) / (x1 - x0)
-                    value = math.exp(y0 + w * (y1 - y0))
-                    break
-            out.append({"method": name, "saved_net": level, "ppl": value})
-    return out

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_gpt2, tiny_llama, wrap
 
 import anee.loading as loading
-from anee import ANEEConfig, AdaptiveExecutor, adapter_for
+from anee import AdaptiveExecutor, ANEEConfig, adapter_for
 
 
 @pytest.mark.parametrize("budget", [-0.01, 1.01, math.nan, float("inf"), "0.5"])

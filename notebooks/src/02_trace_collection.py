@@ -17,7 +17,6 @@ SHORTLIST_K = 64
 # %%
 import numpy as np
 import pandas as pd
-import torch
 
 from anee import AdaptiveExecutor, adapter_for, load_model
 from anee.controller import HeuristicController

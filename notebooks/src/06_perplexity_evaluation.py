@@ -21,16 +21,19 @@ LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compa
 import pandas as pd
 
 import anee.methods  # noqa: F401  (registers full, block_influence, logit_lens, anee_budget)
-from anee import AdaptiveExecutor, adapter_for, load_model
+from anee import load_model
 from anee.data import wikitext_tokens
 from anee.frontier import extra_specs, frontier_context
-from anee.io import save_figure, save_table
+from anee.evaluation import ppl_at_saving
+from anee.io import save_figure, save_json, save_table
 from anee.notebook import pick, setup
-from anee.perplexity import ppl_at_savings, run_frontier
+from anee.perplexity import run_frontier
 from anee.plots import frontier
 
 setup(PROFILE, SEED)
-EVAL_TOKENS = pick(PROFILE, quick=1024, full=8192)
+EVAL_TOKENS = pick(PROFILE, quick=512, full=8192)
+FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3, 0.4))  # of layers removed / exited early
+BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 model, tokenizer = load_model(MODEL)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
@@ -40,10 +43,10 @@ print(f"{MODEL}: {L} layers; {test_ids.shape[1]} test tokens, window {WINDOW}, s
 
 # %%
 specs = [("full", {})]
-specs += [("block_influence", {"n_removed": round(f * L)}) for f in (0.1, 0.2, 0.3, 0.4)]
-specs += [("logit_lens", {"depth": L - round(f * L)}) for f in (0.1, 0.2, 0.3, 0.4)]
-specs += [("anee_budget", {"budget": b}) for b in (0.9, 0.8, 0.7, 0.6)]
-specs += extra_specs(ctx, budgets=(0.9, 0.8, 0.7, 0.6))
+specs += [("block_influence", {"n_removed": round(f * L)}) for f in FRACTIONS]
+specs += [("logit_lens", {"depth": L - round(f * L)}) for f in FRACTIONS]
+specs += [("anee_budget", {"budget": b}) for b in BUDGETS]
+specs += extra_specs(ctx, budgets=BUDGETS)
 results = run_frontier(ctx, specs, test_ids, WINDOW, STRIDE)
 table = pd.DataFrame([r.row() for r in results])
 save_table(table, "06_frontier", PROFILE)
@@ -55,11 +58,16 @@ table
 # A method whose points do not bracket a level shows NaN there instead of an extrapolation.
 
 # %%
-full_rows = [r.row() for r in results]
-anchored = full_rows + [{**full_rows[0], "method": m} for m in table.method.unique() if m != "full"]
-at_levels = pd.DataFrame(ppl_at_savings(anchored, LEVELS, x="layer_saved_net"))
-at_levels = at_levels[at_levels.method != "full"].pivot(index="method", columns="saved_net", values="ppl")
+# every method can fall back to the full model, so the full model anchors each curve at 0 % saved
+anchored = pd.concat([table] + [table[table.method == "full"].assign(method=m) for m in table.method.unique() if m != "full"])
+at_levels = ppl_at_saving(anchored[anchored.method != "full"], LEVELS).pivot(index="method", columns="net_saved", values="ppl")
 save_table(at_levels.reset_index(), "06_ppl_at_equal_savings", PROFILE)
+comparison = {
+    f"{learned}_beats_{other}_levels": int((at_levels.loc[learned] < at_levels.loc[other]).sum())
+    for learned in ("anee_rl",) for other in ("anee_heuristic", "block_influence") if learned in at_levels.index
+}
+save_json(comparison, "06_rl_comparison", PROFILE)
+print(comparison)
 at_levels
 
 # %%

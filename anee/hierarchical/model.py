@@ -1,0 +1,472 @@
+"""The hierarchical adaptive transformer on a frozen base: FFN routers on every layer, exit gates at a
+few depths, our own layer loop over the adapter API.
+
+Semantics of one token at layer l (same in the dense and the sparse path):
+
+    not exited:  h = h + attn(norm(h))              # attention always runs
+                 h = h + mlp(h)  iff routed          # router score > threshold (or top-k in training)
+    exited:      h frozen; K/V = proj(norm(h)) still computed so later tokens can attend to it
+
+Exits are checked before the layers listed in `exit_layers` (a gate at depth d sees the stream after
+d layers). An exited token is decoded from its frozen state through the (optional) tuned lens, the
+final norm and the LM head. Its K/V at the layers it no longer runs come from the frozen state, like
+ANEE's SKIP, so the cache stays aligned and each later token sees exactly one key per position.
+
+Cost (per token, MACs from `anee.cost.CostModel`): a processed layer with its FFN costs
+`layer(context)`, without it `layer(context) - mlp`; a layer after the exit costs `kv_only`; router
+(2*D per processed layer), exit gates (2*D per gate reached) and the tuned lens (D*D at the exit) are
+overhead. Reported savings are net of all of it.
+
+Two execution paths:
+- `dense_forward` runs every token through masked dense arithmetic (batched, differentiable): used
+  for training (top-k routing with a straight-through estimator) and for threshold calibration.
+- `sparse_forward` gathers the routed tokens and runs the FFN only on them, and runs Q/attention/O
+  only for tokens that have not exited: the path whose wall-clock time we measure. Its decisions are
+  per-token thresholds on the router score centred by the running mean of the earlier tokens' scores
+  at that layer (`routers.causal_center`), hence causal.
+Both use `scaled_dot_product_attention` with a causal mask (no padding support: windows of text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters import adapter_for
+from ..cost import CostModel, CostReport
+from .gates import AffineLens, ExitGate, default_exit_layers
+from .routers import MIN_CAPACITY, FFNRouter, causal_center, check_capacity, score, threshold_route, topk_route
+
+FORMAT = "anee.hierarchical/1"
+ROUTINGS = ("all", "topk", "threshold", "calibrate")
+
+
+@dataclass
+class HierOutput:
+    """Result of a forward pass, with its execution record."""
+
+    logits: torch.Tensor  # [B, T, V]
+    ffn: torch.Tensor  # [B, T, L] bool: FFN ran
+    active: torch.Tensor  # [B, T, L] bool: layer processed (token not exited before it)
+    exit_depth: torch.Tensor  # [B, T] long: layers run before exiting (L = never exited)
+    thresholds: torch.Tensor  # [L] float64 thresholds used (-inf = every token routed)
+    context: torch.Tensor  # [B, T] keys attended (itself included)
+    exits_enabled: bool
+    router_logits: list[torch.Tensor] = field(default_factory=list)  # per layer [B, T, 2] (dense path)
+    exit_hidden: list[torch.Tensor] = field(default_factory=list)  # stream at each exit depth (dense path)
+    final_hidden: torch.Tensor | None = None  # final stream before the norm (dense path, on request)
+
+    @property
+    def realized_capacity(self) -> float:
+        """FFN runs / processed (token, layer) pairs."""
+        return float(self.ffn.sum() / self.active.sum().clamp_min(1))
+
+    def ffn_usage_per_layer(self) -> torch.Tensor:
+        """[L] fraction of the processed tokens that ran the FFN at each layer."""
+        return self.ffn.sum((0, 1)).double() / self.active.sum((0, 1)).double().clamp_min(1)
+
+
+class HierarchicalModel(nn.Module):
+    """Routers and exit gates around a frozen HF decoder (the base is not a submodule: its weights
+    never enter this module's state dict or checkpoints)."""
+
+    def __init__(self, base: nn.Module, exit_layers: tuple[int, ...] | None = None, tuned_lens: bool = True,
+                 model_name: str = ""):
+        super().__init__()
+        self.__dict__["base"] = base  # not registered as a submodule on purpose
+        self.adapter = adapter_for(base)
+        self.cost = CostModel(self.adapter.dims)
+        L, D = self.adapter.num_layers, self.adapter.dims.hidden
+        exits = tuple(int(d) for d in (exit_layers if exit_layers is not None else default_exit_layers(L)))
+        if list(exits) != sorted(set(exits)) or any(not 1 <= d <= L - 1 for d in exits):
+            raise ValueError(f"exit_layers must be increasing depths in [1, {L - 1}], got {exits}")
+        self.exit_layers = exits
+        self.tuned_lens = bool(tuned_lens)
+        self.model_name = model_name
+        self.routers = nn.ModuleList(FFNRouter(D) for _ in range(L))
+        self.gates = nn.ModuleList(ExitGate(D) for _ in exits)
+        self.lenses = nn.ModuleList(AffineLens(D) for _ in exits) if tuned_lens else nn.ModuleList()
+        # Per-layer FFN sensitivity (KL when the layer's FFN is skipped for every token); ones = uniform
+        # allocation. Saved with the checkpoint so inference allocates capacity as training did.
+        self.register_buffer("sensitivity", torch.ones(L, dtype=torch.float64))
+
+    # -- capacity allocation -----------------------------------------------------------------------
+    def layer_capacities(self, capacity: float | torch.Tensor) -> torch.Tensor:
+        """Per-layer capacities [L] with mean `capacity`: skip fractions f_l = min(1 - c_min, mu / s_l)
+        (the minimiser of sum_l s_l f_l^2, a convex proxy for the loss of skipping the f_l least useful
+        tokens of layer l), mu found by bisection; uniform when every sensitivity is equal."""
+        if torch.is_tensor(capacity) and capacity.numel() == self.num_layers:
+            return capacity.double()
+        c = float(capacity)
+        L = self.num_layers
+        if c >= 1.0:
+            return torch.ones(L, dtype=torch.float64)
+        s = self.sensitivity.double().clamp_min(1e-6)
+        f_max, need = 1.0 - MIN_CAPACITY, (1.0 - c) * L
+        lo, hi = 0.0, float(s.max()) * f_max
+        for _ in range(100):
+            mu = 0.5 * (lo + hi)
+            if float((mu / s).clamp(max=f_max).sum()) < need:
+                lo = mu
+            else:
+                hi = mu
+        return 1.0 - (hi / s).clamp(max=f_max)
+
+    @torch.no_grad()
+    def measure_sensitivity(self, ids: torch.Tensor) -> torch.Tensor:
+        """KL(full || FFN of layer l skipped for every token), per layer, on ids [B, T] (validation
+        split); stored in `self.sensitivity`. Costs one forward per layer."""
+        L = self.num_layers
+        teacher = torch.log_softmax(self.base(ids).logits.float(), -1)
+        sens = torch.empty(L, dtype=torch.float64)
+        for layer in range(L):
+            thr = torch.full((L,), float("-inf"), dtype=torch.float64)
+            thr[layer] = float("inf")
+            logits = self.dense_forward(ids, "threshold", thresholds=thr).logits.float()
+            logp = torch.log_softmax(logits, -1)
+            sens[layer] = float((teacher.exp() * (teacher - logp)).sum(-1).mean())
+        self.sensitivity.copy_(sens)
+        return sens
+
+    @torch.no_grad()
+    def init_routers(self, ids: torch.Tensor, ridge: float = 0.1) -> None:
+        """Closed-form router warm start: per layer, ridge regression of log(|mlp(h)| / |h|) (how much the
+        FFN would move the token's stream) on the router input, over ids [B, T] (validation split), all
+        FFNs running. The score is then the standardised prediction; top-k training refines it."""
+        data: list = []
+        self.dense_forward(ids, "all", router_data=data, compute_logits=False)
+        for router, (x, y) in zip(self.routers, data):
+            x, y = x.double(), y.double()
+            y = (y - y.mean()) / y.std().clamp_min(1e-6)
+            xm = x.mean(0)
+            xc = x - xm
+            D = x.shape[1]
+            w = torch.linalg.solve(xc.T @ xc + ridge * x.shape[0] * torch.eye(D, dtype=x.dtype), xc.T @ y)
+            b = -(xm @ w)
+            router.proj.weight.copy_(torch.stack([-w / 2, w / 2]).to(router.proj.weight.dtype))
+            router.proj.bias.copy_(torch.stack([-b / 2, b / 2]).to(router.proj.bias.dtype))
+
+    @torch.no_grad()
+    def fit_lenses(self, ids: torch.Tensor, capacity: float = 1.0) -> None:
+        """Closed-form tuned-lens initialisation: least squares from each exit's stream to the final
+        stream on ids [B, T] (validation split), under routing at `capacity` (top-k)."""
+        if not self.tuned_lens:
+            return
+        out = self.dense_forward(ids, "all" if capacity >= 1.0 else "topk", capacity, collect_exit_hidden=True,
+                                 collect_final=True)
+        for lens, h in zip(self.lenses, out.exit_hidden):
+            lens.fit(h, out.final_hidden)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def decode_hidden(self, exit_index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The stream an exit at `exit_index` decodes (tuned lens applied when enabled)."""
+        return self.lenses[exit_index](hidden) if self.tuned_lens else hidden
+
+    def exit_probability(self, exit_index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.gates[exit_index](hidden).float(), -1)[..., 1]
+
+    # -- dense (masked, batched, differentiable) --------------------------------------------------
+    def dense_forward(self, ids: torch.Tensor, routing: str = "all", capacity: float = 1.0,
+                      thresholds: torch.Tensor | None = None, exits: bool = False, exit_threshold: float = 0.5,
+                      collect_exit_hidden: bool = False, straight_through: bool = False,
+                      compute_logits: bool = True, collect_final: bool = False,
+                      router_data: list | None = None) -> HierOutput:
+        """Teacher-forced pass over ids [B, T] with masked dense arithmetic.
+
+        routing: "all" (every FFN), "topk" (training: top ceil(c_l*T) per sequence), "threshold"
+        (given per-layer `thresholds`), "calibrate" (threshold at each layer set on the fly so that a
+        c_l fraction of the processed tokens of this batch runs the FFN; returned in the output), where
+        c_l = `layer_capacities(capacity)`.
+        `straight_through` makes the routing mask carry the router's gradient (training);
+        `compute_logits=False` skips the LM head (calibration and cost only)."""
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if routing == "threshold" and thresholds is None:
+            raise ValueError("routing='threshold' needs thresholds (see calibrate())")
+        a, L = self.adapter, self.num_layers
+        B, T = ids.shape
+        dev = ids.device
+        position_ids = torch.arange(T, device=dev).expand(B, T)
+        h = a.embed(ids, position_ids)
+        pos = a.position_state(h, position_ids)
+        active = torch.ones(B, T, dtype=torch.bool, device=dev)
+        act_rec = torch.zeros(B, T, L, dtype=torch.bool, device=dev)
+        ffn_rec = torch.zeros(B, T, L, dtype=torch.bool, device=dev)
+        exit_depth = torch.full((B, T), L, dtype=torch.long, device=dev)
+        decode = None
+        used = torch.full((L,), float("-inf"), dtype=torch.float64)
+        router_logits, exit_hidden = [], []
+        exit_at = {d: i for i, d in enumerate(self.exit_layers)}
+        caps = self.layer_capacities(capacity).tolist() if routing in ("topk", "calibrate") else None
+        for layer in range(L):
+            if layer in exit_at:
+                e = exit_at[layer]
+                if collect_exit_hidden:
+                    exit_hidden.append(h)
+                if exits:
+                    leave = active & (self.exit_probability(e, h) > exit_threshold)
+                    if leave.any():
+                        dec = self.decode_hidden(e, h)
+                        decode = torch.where(leave.unsqueeze(-1), dec, h if decode is None else decode)
+                        exit_depth = torch.where(leave, layer, exit_depth)
+                        active = active & ~leave
+            act_rec[:, :, layer] = active
+            x = a.attn_norm(layer, h)
+            q, k, v = a.qkv(layer, x, pos)
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.attn_scale,
+                                                  enable_gqa=q.shape[1] != k.shape[1])
+            mid = h + a.attn_out(layer, attn.transpose(1, 2).reshape(B, T, -1))
+            logits_r = self.routers[layer](mid)
+            router_logits.append(logits_r)
+            s = score(logits_r).detach()
+            if routing == "all":
+                run = active.clone()
+            elif routing == "topk":
+                run = topk_route(s, caps[layer], valid=active)
+            else:
+                sc = causal_center(s, active)
+                if routing == "calibrate":
+                    used[layer] = calibrated_threshold(sc[active], caps[layer])
+                else:
+                    used[layer] = float(thresholds[layer])
+                run = threshold_route(sc, used[layer]) & active
+            ffn_rec[:, :, layer] = run
+            ffn_out = a.mlp(layer, mid)
+            if router_data is not None:
+                rel = ffn_out.detach().norm(dim=-1) / mid.detach().norm(dim=-1).clamp_min(1e-6)
+                router_data.append((F.rms_norm(mid.detach(), mid.shape[-1:])[active], rel.clamp_min(1e-6).log()[active]))
+            if straight_through:
+                p = torch.softmax(logits_r, -1)[..., 1]
+                m = run.to(p.dtype) + p - p.detach()
+                new = mid + m.unsqueeze(-1) * ffn_out
+            else:
+                new = torch.where(run.unsqueeze(-1), mid + ffn_out, mid)
+            h = torch.where(active.unsqueeze(-1), new, h)
+        final = h if decode is None else torch.where(active.unsqueeze(-1), h, decode)
+        logits = a.logits(final) if compute_logits else final.new_empty(B, T, 0)
+        context = torch.arange(1, T + 1, device=dev, dtype=torch.float64).expand(B, T)
+        if routing in ("all", "topk"):
+            used = torch.full((L,), float("nan"), dtype=torch.float64)
+        return HierOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits, exit_hidden,
+                          final if collect_final else None)
+
+    # -- sparse (gathered, the timed inference path) -----------------------------------------------
+    @torch.no_grad()
+    def sparse_forward(self, ids: torch.Tensor, thresholds: torch.Tensor | None, exits: bool = False,
+                       exit_threshold: float = 0.5) -> HierOutput:
+        """Inference over ids [B, T]: per-token threshold routing (None = every FFN) and hard exits.
+        FFN, Q, attention and O run only for the tokens that need them; rows are processed one by one."""
+        a, L = self.adapter, self.num_layers
+        B, T = ids.shape
+        dev = ids.device
+        thr = torch.full((L,), float("-inf"), dtype=torch.float64) if thresholds is None else thresholds.double().cpu()
+        thr_list = thr.tolist()
+        exit_at = {d: i for i, d in enumerate(self.exit_layers)}
+        causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+        d = a.dims
+        logits_rows, act_rec, ffn_rec = [], torch.zeros(B, T, L, dtype=torch.bool), torch.zeros(B, T, L, dtype=torch.bool)
+        exit_depth = torch.full((B, T), L, dtype=torch.long)
+        for b in range(B):
+            row = ids[b : b + 1]
+            position_ids = torch.arange(T, device=dev)[None]
+            h = a.embed(row, position_ids)[0]  # [T, D]
+            pos = a.position_state(h[None], position_ids)
+            idx = torch.arange(T, device=dev)  # tokens not exited, increasing
+            decode = h.new_empty(T, d.hidden)
+            for layer in range(L):
+                if exits and layer in exit_at and idx.numel():
+                    e = exit_at[layer]
+                    leave = self.exit_probability(e, h[idx]) > exit_threshold
+                    if leave.any():
+                        gone = idx[leave]
+                        decode[gone] = self.decode_hidden(e, h[gone])
+                        exit_depth[b, gone.cpu()] = layer
+                        idx = idx[~leave]
+                if idx.numel() == 0:
+                    break  # nobody left to attend: the remaining K/V would never be read in this window
+                act_rec[b, idx.cpu(), layer] = True
+                x = a.attn_norm(layer, h[None])  # element-wise
+                if idx.numel() == T:
+                    q, k, v = a.qkv(layer, x, pos)
+                    attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.attn_scale,
+                                                          enable_gqa=q.shape[1] != k.shape[1])
+                else:
+                    done = _complement(idx, T)
+                    q, k_a, v_a = a.qkv(layer, x[:, idx], _sub_pos(pos, idx))
+                    k_e, v_e = a.kv(layer, x[:, done], _sub_pos(pos, done))
+                    k = k_a.new_empty(1, k_a.shape[1], T, k_a.shape[3])
+                    v = torch.empty_like(k)
+                    k[:, :, idx], v[:, :, idx] = k_a, v_a
+                    k[:, :, done], v[:, :, done] = k_e, v_e
+                    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal[idx], scale=a.attn_scale,
+                                                          enable_gqa=q.shape[1] != k.shape[1])
+                mid = h[idx] + a.attn_out(layer, attn.transpose(1, 2).reshape(1, idx.numel(), -1))[0]
+                if thr_list[layer] == float("-inf"):
+                    run = None
+                    mid = mid + a.mlp(layer, mid[None])[0]
+                    ffn_rec[b, idx.cpu(), layer] = True
+                else:
+                    run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]  # idx is in position order
+                    if run.any():
+                        sel = run.nonzero().squeeze(1)
+                        mid = mid.index_add(0, sel, a.mlp(layer, mid[sel][None])[0])
+                    ffn_rec[b, idx[run].cpu(), layer] = True
+                h = h.index_copy(0, idx, mid) if idx.numel() < T else mid
+            decode[idx] = h[idx]
+            logits_rows.append(a.logits(decode[None]))
+        context = torch.arange(1, T + 1, dtype=torch.float64).expand(B, T)
+        return HierOutput(torch.cat(logits_rows), ffn_rec, act_rec, exit_depth, thr, context, exits)
+
+    # -- cost ------------------------------------------------------------------------------------
+    def cost_report(self, out: HierOutput, routed: bool = True) -> CostReport:
+        """Per-token MACs of an execution record (see the module docstring). `routed=False` charges no
+        router overhead (capacity 1.0 runs every FFN without asking the routers)."""
+        c, L = self.cost, self.num_layers
+        per_layer = c.layer(out.context.double())
+        n_active = out.active.sum(-1).double()
+        n_ffn = out.ffn.sum(-1).double()
+        layer_macs = n_active * per_layer - (n_active - n_ffn) * c.mlp + (L - n_active) * c.kv_only
+        overhead = n_active * self.routers[0].macs if routed else torch.zeros_like(layer_macs)
+        if out.exits_enabled:
+            gates_seen = torch.zeros_like(layer_macs)
+            for d in self.exit_layers:
+                gates_seen += (out.exit_depth >= d).double()
+            overhead = overhead + gates_seen * self.gates[0].macs
+            if self.tuned_lens:
+                overhead = overhead + (out.exit_depth < L).double() * self.lenses[0].macs
+        return CostReport(layer_macs, L * per_layer, c.lm_head, overhead)
+
+    # -- calibration and the speed knob ------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate(self, ids: torch.Tensor, capacity: float, exits: bool = False, exit_threshold: float = 0.5,
+                  ) -> torch.Tensor:
+        """Per-layer thresholds [L] such that a fraction c_l = `layer_capacities(capacity)`[l] of the
+        processed tokens of the calibration windows ids [N, T] (validation split) runs layer l's FFN
+        (mean c_l = capacity). Layers are calibrated in order, each
+        under the routing of the layers before it, with the given exit setting."""
+        capacity = check_capacity(capacity)
+        if capacity >= 1.0:
+            return torch.full((self.num_layers,), float("-inf"), dtype=torch.float64)
+        return self.dense_forward(ids, "calibrate", capacity, exits=exits, exit_threshold=exit_threshold,
+                                  compute_logits=False).thresholds
+
+    @torch.no_grad()
+    def speedup_at(self, ids: torch.Tensor, capacity: float, exits: bool = False, exit_threshold: float = 0.5) -> float:
+        """Compute speedup (full MACs / spent MACs incl. LM head and overheads) on calibration windows."""
+        capacity = check_capacity(capacity)
+        # the calibration pass itself routes exactly as the calibrated thresholds would on these windows
+        out = self.dense_forward(ids, "calibrate" if capacity < 1.0 else "all", capacity, exits=exits,
+                                 exit_threshold=exit_threshold, compute_logits=False)
+        return 1.0 / (1.0 - self.cost_report(out, routed=capacity < 1.0).total_saved)
+
+    @torch.no_grad()
+    def capacity_for_speedup(self, ids: torch.Tensor, target_speedup: float, exits: bool = False,
+                             exit_threshold: float = 0.5, iters: int = 7, lo: float = 0.1, hi: float = 0.9) -> float:
+        """Binary search for the largest capacity whose compute speedup on the calibration windows
+        reaches `target_speedup` (speedup decreases with capacity); lo if even that falls short."""
+        if target_speedup <= 1.0:
+            return 1.0
+        if self.speedup_at(ids, hi, exits, exit_threshold) >= target_speedup:
+            return hi
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            if self.speedup_at(ids, mid, exits, exit_threshold) >= target_speedup:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def metadata(self, extra: dict | None = None) -> dict[str, str]:
+        d = self.adapter.dims
+        meta = {
+            "format": FORMAT, "model_name": self.model_name, "model_type": self.base.config.model_type,
+            "num_layers": str(d.num_layers), "hidden": str(d.hidden), "vocab": str(d.vocab),
+            "exit_layers": json.dumps(list(self.exit_layers)), "tuned_lens": json.dumps(self.tuned_lens),
+        }
+        if extra:
+            meta["extra"] = json.dumps(extra, sort_keys=True)
+        return meta
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write routers, gates and lenses as safetensors (atomic rename), shapes described in metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.partial")
+        save_file(tensors, str(tmp), metadata=self.metadata(extra))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, base: nn.Module) -> HierarchicalModel:
+        """Load a checkpoint onto `base`, refusing mismatched models, formats or tensor shapes."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no hierarchical checkpoint at {path}: run notebook 05 (train) first")
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: hierarchical checkpoints are safetensors files only (no pickle)")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+        d = adapter_for(base).dims
+        for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab)):
+            if int(meta.get(key, -1)) != want:
+                raise ValueError(f"{path}: checkpoint {key}={meta.get(key)} does not match the model's {want}")
+        model = cls(base, tuple(json.loads(meta["exit_layers"])), json.loads(meta["tuned_lens"]), meta.get("model_name", ""))
+        tensors = load_file(str(path))
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        for key, t in tensors.items():
+            if tuple(t.shape) != tuple(expected[key].shape):
+                raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
+        model.load_state_dict(tensors, strict=True)
+        model.checkpoint_extra = json.loads(meta.get("extra", "{}"))
+        return model
+
+
+def calibrated_threshold(scores: torch.Tensor, capacity: float) -> float:
+    """Threshold t such that a `capacity` fraction of `scores` lies strictly above it."""
+    n = scores.numel()
+    if n == 0 or capacity >= 1.0:
+        return float("-inf")
+    k = int(round((1.0 - capacity) * n))  # tokens below or at the threshold
+    if k <= 0:
+        return float("-inf")
+    s = scores.double().sort().values
+    if k >= n:
+        return float(s[-1])
+    return float(0.5 * (s[k - 1] + s[k]))  # midpoint: robust to nearby test scores
+
+
+def _complement(idx: torch.Tensor, T: int) -> torch.Tensor:
+    keep = torch.ones(T, dtype=torch.bool, device=idx.device)
+    keep[idx] = False
+    return keep.nonzero().squeeze(1)
+
+
+def _sub_pos(pos, idx):
+    """Position state restricted to the tokens `idx` (rotary cos/sin [1, T, hd] -> [1, n, hd])."""
+    if pos is None:
+        return None
+    if isinstance(pos, tuple):
+        return tuple(p[:, idx] for p in pos)
+    raise TypeError(f"unsupported position state {type(pos)}")
