@@ -1,6 +1,6 @@
 import pytest
 import torch
-from test_quantize import tiny_llama
+from _anee_tiny import quant_llama as tiny_llama
 
 from anee import AdaptiveExecutor, adapter_for
 from anee.branchynet import (

@@ -1,18 +1,11 @@
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from _anee_tiny import quant_llama as tiny_llama
 
 from anee import AdaptiveExecutor, adapter_for
 from anee.quantize import FP32, WeightBank, dequantize, fake_quantize, quantize_per_channel, weight_bytes
 
 torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
-
-def tiny_llama(seed=0, layers=4):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
