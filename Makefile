@@ -35,9 +35,11 @@ nbval: setup
 lint: setup
 	$(PY) -m ruff check anee tests tools
 
-# Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/.
+# Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/;
+# then the decode benchmark (a timings file) and the README from the fresh results.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
+	$(PY) -m anee.bench
 	$(PY) tools/make_readme.py
 
 reproduce-quick: setup

@@ -31,7 +31,7 @@ from anee.perplexity import run_frontier
 from anee.plots import frontier
 
 setup(PROFILE, SEED)
-EVAL_TOKENS = pick(PROFILE, quick=512, full=8192)
+EVAL_TOKENS = pick(PROFILE, quick=512, full=4096)
 FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3, 0.4))  # of layers removed / exited early
 BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
