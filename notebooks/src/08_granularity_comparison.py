@@ -38,14 +38,25 @@ import torch
 from anee import AdaptiveExecutor, adapter_for, load_model
 from anee.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
 from anee.data import wikitext_tokens
-from anee.granularity import Strategies, granularity_figure, wall_clock_per_token
+from anee.granularity import Strategies, granularity_figure
+from anee.granularity_pool import (
+    budget_violations,
+    make_selectors,
+    measure_pool,
+    pool_specs,
+    pool_timings,
+    quantisation_check,
+    run_selectors,
+    selector_budgets,
+)
+from anee.granularity_table import describe_best, granularity_summary, granularity_table
 from anee.io import output_dir, save_figure, save_json, save_table
 from anee.methods import block_influence, removal_order
 from anee.notebook import pick, setup
 from anee.perplexity import EvalContext
 from anee.precision import refinement_threshold, segment_schedule, segment_sensitivity, segments
 from anee.quantize import FP32, WeightBank
-from anee.selection import ComplexityFeatures, EnergyAwareSelector, FuzzySelector, GatingSelector, Variant, pareto
+from anee.selection import ComplexityFeatures
 
 setup(PROFILE, SEED, threads=THREADS)
 WINDOW = pick(PROFILE, quick=64, full=128)
@@ -72,17 +83,7 @@ print(f"{MODEL}: {L} layers; {N_TEST} test windows x {WINDOW} tokens, {N_CAL} va
 # output channel) and stays within half a quantisation step of the original.
 
 # %%
-qcheck = []
-for bits in (4, 8):
-    with bank.applied(bits):
-        w = adapter.layer(0).mlp.down_proj.weight.detach()
-        levels = max(int(w[r].unique().numel()) for r in range(w.shape[0]))
-    orig = bank.original[0][[n for n, _, _ in bank.linears[0]].index("mlp.down_proj")]
-    step = orig.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
-    err = float(((bank.variants[bits][0][[n for n, _, _ in bank.linears[0]].index("mlp.down_proj")] - orig).abs() / step).max())
-    qcheck.append({"bits": bits, "max_levels_per_channel": levels, "max_err_in_steps": err,
-                   "rel_bytes_per_token": bank.token_bytes([bits] * L) / bank.full_bytes})
-qcheck = pd.DataFrame(qcheck)
+qcheck = quantisation_check(bank, bits=(4, 8), layer=0, module="mlp.down_proj")
 # NBVAL_CHECK_OUTPUT
 print(qcheck[["bits", "max_levels_per_channel"]].to_string(index=False))
 print("max error <= half a step:", bool((qcheck.max_err_in_steps <= 0.5 + 1e-4).all()))
@@ -96,24 +97,10 @@ print("max error <= half a step:", bool((qcheck.max_err_in_steps <= 0.5 + 1e-4).
 
 # %%
 influence = block_influence(executor, calib.reshape(1, -1), window=WINDOW, max_windows=N_CAL)
-order = removal_order(influence)
 D1, D2 = pick(PROFILE, quick=(6, 12), full=(6, 12))
-POOL_SPECS = {  # name -> (bits, removed layers)
-    "fp32": (FP32, ()),
-    "int8": (8, ()),
-    "int4": (4, ()),
-    f"fp32-drop{D1}": (FP32, tuple(order[:D1])),
-    f"fp32-drop{D2}": (FP32, tuple(order[:D2])),
-    f"int8-drop{D1}": (8, tuple(order[:D1])),
-}
-pool_test, pool_cal = {}, {}
-for name, (bits, removed) in POOL_SPECS.items():
-    pool_test[name] = S.variant(test, bits, removed)
-    pool_cal[name] = S.variant(calib, bits, removed)
-pool_rows = pd.DataFrame([{"variant": n, "bits": POOL_SPECS[n][0], "layers": L - len(POOL_SPECS[n][1]),
-                           "ppl_test": pool_test[n].ppl, "ppl_valid": pool_cal[n].ppl,
-                           "rel_macs": pool_test[n].rel_macs(), "rel_bytes": pool_test[n].rel_bytes(bank)}
-                          for n in POOL_SPECS])
+POOL_SPECS = pool_specs(removal_order(influence), D1, D2)  # name -> (bits, removed layers)
+pool = measure_pool(S, POOL_SPECS, test, calib)
+pool_rows = pool.table()
 save_table(pool_rows, "08_pool", PROFILE)
 pool_rows
 
@@ -122,18 +109,7 @@ pool_rows
 # fp32 matmuls, so quantised variants are *not* faster here; only removed layers are.
 
 # %%
-timing_rows = []
-probe = test[:1]
-for name, (bits, removed) in POOL_SPECS.items():
-    pattern = torch.tensor([1 if i in set(removed) else 0 for i in range(L)], dtype=torch.int8).expand(1, WINDOW, L)
-
-    def run(bits=bits, pattern=pattern):
-        with bank.applied(bits):
-            executor.forward(probe, decisions=pattern)
-
-    timing_rows.append({"variant": name, "seconds_per_token": wall_clock_per_token(run, WINDOW, repeats=1),
-                        "threads": torch.get_num_threads()})
-timings = pd.DataFrame(timing_rows)
+timings = pool_timings(executor, bank, POOL_SPECS, probe=test[:1], repeats=1)
 save_table(timings, "08_timings", PROFILE)
 
 # %% [markdown]
@@ -144,35 +120,14 @@ save_table(timings, "08_timings", PROFILE)
 # an easy one, but their running mean never exceeds the budget (`BudgetGuard`).
 
 # %%
-names = list(POOL_SPECS)
-pool = [Variant(n, pool_test[n].rel_bytes(bank), float(pool_cal[n].mean_nll.mean())) for n in names]
 # unigram statistics from valid text disjoint from the calibration windows
 reference = wikitext_tokens(tokenizer, "valid", N_CAL * WINDOW + 30000)[:, N_CAL * WINDOW:]
 featurize = ComplexityFeatures(reference, vocab_size=adapter.dims.vocab)
 f_cal, f_test = featurize(calib), featurize(test)
-nll_cal = np.stack([pool_cal[n].mean_nll for n in names], 1)
-nll_test = np.stack([pool_test[n].nll for n in names], 1)
-tok_test = pool_test["fp32"].tokens
-macs_test = np.stack([pool_test[n].macs for n in names], 1)
-front_costs = sorted(pool[i].cost for i in pareto(pool))
-SEL_BUDGETS = sorted({round(float(b), 3) for b in
-                      [(a + b) / 2 for a, b in zip(front_costs, front_costs[1:])] + [front_costs[0] + 0.01, 1.0]})
-selectors = {"energy-aware": EnergyAwareSelector(pool), "fuzzy": FuzzySelector(pool, f_cal),
-             "moe-gate": GatingSelector(pool, f_cal, nll_cal, lam=1.0)}
-sel_rows, choices = [], {}
-for sname, sel in selectors.items():
-    for budget in SEL_BUDGETS:
-        chosen = sel.select(f_test, budget)
-        idx = np.arange(N_TEST)
-        costs = np.array([pool[i].cost for i in chosen])
-        choices[(sname, budget)] = [names[i] for i in chosen]
-        sel_rows.append({"selector": sname, "budget": budget,
-                         "ppl": float(np.exp(nll_test[idx, chosen].sum() / tok_test.sum())),
-                         "rel_bytes": float((costs * tok_test).sum() / tok_test.sum()),
-                         "max_window_rel_bytes": float(costs.max()),
-                         "rel_macs": float(macs_test[idx, chosen].sum() / pool_test["fp32"].full_macs.sum()),
-                         "variants_used": ",".join(sorted(set(choices[(sname, budget)])))})
-sel_table = pd.DataFrame(sel_rows)
+variants = pool.variants()  # cost: rel weight bytes; quality: mean NLL on the calibration windows
+SEL_BUDGETS = selector_budgets(variants)  # between consecutive Pareto costs, just above the cheapest, 1.0
+selectors = make_selectors(pool, f_cal)
+sel_table, choices = run_selectors(selectors, pool, f_test, SEL_BUDGETS)
 save_table(sel_table, "08_selectors", PROFILE)
 sel_table
 
@@ -242,80 +197,25 @@ anee_scores = {b: S.anee(test, b) for b in ANEE_BUDGETS}
 # ## One table, one figure
 
 # %%
-rows = []
-
-
-def lm_row(strategy, granularity, setting, unit, scores, budget=None, **extra):
-    r = {"strategy": strategy, "granularity": granularity, "setting": setting, "energy_unit": unit,
-         "budget": budget, "rel_macs": scores.rel_macs(), "rel_bytes": scores.rel_bytes(bank),
-         "quality_metric": "ppl", "quality": scores.ppl, "source": "08"}
-    r["rel_energy"] = r["rel_bytes"] if unit == "weight bytes" else r["rel_macs"]
-    r.update(extra)
-    rows.append(r)
-
-
-for n in names:
-    lm_row(f"variant {n}", "coarse", n, "weight bytes", pool_test[n])
-for _, r in sel_table.iterrows():
-    rows.append({"strategy": f"select {r.selector}", "granularity": "coarse", "setting": f"budget={r.budget}",
-                 "energy_unit": "weight bytes", "budget": r.budget, "rel_macs": r.rel_macs, "rel_bytes": r.rel_bytes,
-                 "quality_metric": "ppl", "quality": r.ppl, "source": "08", "rel_energy": r.rel_bytes})
-for thr, sc in exit_scores.items():
-    lm_row("LM entropy exit", "medium", f"checks={EXIT_CHECKS},thr={thr}", "MACs", sc)
-for b, sc in seg_scores.items():
-    lm_row("segment precision", "fine", f"budget={b}", "weight bytes", sc, budget=b)
-for b, (sc, frac, _thr) in prog_scores.items():
-    lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", "weight bytes", sc, budget=b)
-for b, sc in anee_scores.items():
-    lm_row("ANEE budget", "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, budget=b)
-for _, r in bn_table.iterrows():
-    rows.append({"strategy": "BranchyNet (digits)", "granularity": "medium", "setting": f"thr={r.threshold}",
-                 "energy_unit": "MACs (CNN)", "budget": None, "rel_macs": r.rel_macs, "rel_bytes": np.nan,
-                 "quality_metric": "accuracy", "quality": r.accuracy, "source": "08", "rel_energy": r.rel_macs})
-
 # Rows from notebook 06 beyond the baselines already run here (learned ANEE controllers, hierarchical
-# model), only if 06 has run. They use 06's own windows, so their perplexity enters the figure relative
-# to 06's own full-model row.
-BASELINES = {"full", "block_influence", "logit_lens", "anee_budget"}
+# model) are added only if 06 has run; their perplexity is relative to 06's own full-model row.
 frontier06 = output_dir("results", PROFILE) / "06_frontier.csv"
-n06 = 0
-if frontier06.is_file():
-    f06 = pd.read_csv(frontier06)
-    if {"method", "ppl", "total_saved_net"} <= set(f06.columns) and (f06.method == "full").any():
-        full06 = float(f06.loc[f06.method == "full", "ppl"].iloc[0])
-        for _, r in f06[~f06.method.isin(BASELINES)].iterrows():
-            setting = "" if pd.isna(r.get("setting")) else str(r.get("setting"))
-            rows.append({"strategy": f"06 {r['method']}", "granularity": "06", "setting": setting,
-                         "energy_unit": "MACs", "budget": None, "rel_macs": 1 - r["total_saved_net"],
-                         "rel_bytes": np.nan, "quality_metric": "ppl", "quality": r["ppl"],
-                         "quality_rel_fp32": r["ppl"] / full06, "source": "06_frontier.csv (06's windows)",
-                         "rel_energy": 1 - r["total_saved_net"]})
-            n06 += 1
-print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:", n06)
-table = pd.DataFrame(rows)
-fp32_ppl = pool_test["fp32"].ppl
-own_ppl = (table.quality_metric == "ppl") & (table.source == "08")
-table.loc[own_ppl, "quality_rel_fp32"] = table.loc[own_ppl, "quality"] / fp32_ppl
-table = table[["granularity", "strategy", "setting", "energy_unit", "budget", "rel_energy", "rel_macs", "rel_bytes",
-               "quality_metric", "quality", "quality_rel_fp32", "source"]]
+table = granularity_table(bank=bank, pool_test=pool.test, sel_table=sel_table, exit_checks=EXIT_CHECKS,
+                          exit_scores=exit_scores, seg_scores=seg_scores, prog_scores=prog_scores,
+                          anee_scores=anee_scores, bn_table=bn_table, frontier06=frontier06)
+print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:", int((table.granularity == "06").sum()))
 save_table(table, "08_granularity", PROFILE)
 table.round(4)
 
 # %%
-lm = table[table.quality_metric == "ppl"]
 fig = granularity_figure(table, bn_table)
 save_figure(fig, "08_granularity", PROFILE)
 
 # %%
-best = {}
-for gran in ["coarse", "medium", "fine", "anee"]:
-    g = lm[(lm.granularity == gran) & (lm.quality <= fp32_ppl * 1.05)]
-    best[gran] = None if g.empty else g.sort_values("rel_bytes").iloc[0][["strategy", "setting", "rel_bytes", "rel_macs", "quality"]].to_dict()
-save_json({"fp32_ppl": fp32_ppl, "cheapest_within_5pct_of_fp32_by_bytes": best,
-           "segment_sensitivity": sens, "bn_epochs": BN_EPOCHS}, "08_summary", PROFILE)
-for gran, b in best.items():
-    print(f"{gran:7s}", "none within 5% of fp32" if b is None else
-          f"{b['strategy']} {b['setting']}: bytes {b['rel_bytes']:.3f}, MACs {b['rel_macs']:.3f}, ppl {b['quality']:.1f}")
+fp32_ppl = pool.test["fp32"].ppl
+summary = granularity_summary(table, fp32_ppl, sens, BN_EPOCHS)  # cheapest by bytes within 5 % of fp32
+save_json(summary, "08_summary", PROFILE)
+print("\n".join(describe_best(summary["cheapest_within_5pct_of_fp32_by_bytes"])))
 
 # %% [markdown]
 # ## Interpretation
@@ -349,12 +249,10 @@ for gran, b in best.items():
 #   windows, marked in `source`).
 
 # %%
-# every selector honours its budget over the evaluation set (running mean, hence the total)
-for (sname, budget), chosen in choices.items():
-    costs = np.array([pool[names.index(c)].cost for c in chosen])
-    assert (np.cumsum(costs) / np.arange(1, len(costs) + 1) <= budget + 1e-9).all(), (sname, budget)
-    if sname == "energy-aware":
-        assert costs.max() <= budget + 1e-9
+# every selector honours its budget over the evaluation set (running mean, hence the total);
+# the energy-aware one on every window
+violations = budget_violations(choices, variants, per_input=("energy-aware",))
+assert not violations, violations
 assert (sel_table.rel_bytes <= sel_table.budget + 1e-9).all()
 # fine-grained strategies stay within their byte budgets
 for b, sc in seg_scores.items():
@@ -365,7 +263,7 @@ for b, (sc, frac, _thr) in prog_scores.items():
 assert (qcheck.max_levels_per_channel <= 2 ** qcheck.bits).all() and (qcheck.max_err_in_steps <= 0.5 + 1e-4).all()
 assert pool_rows.set_index("variant").loc["int4", "rel_macs"] == 1.0
 assert pool_rows.set_index("variant").loc["int4", "rel_bytes"] < pool_rows.set_index("variant").loc["int8", "rel_bytes"] < 0.5
-assert pool_test["int8"].ppl < 1.05 * fp32_ppl < pool_test["int4"].ppl
+assert pool.test["int8"].ppl < 1.05 * fp32_ppl < pool.test["int4"].ppl
 # BranchyNet: exits save compute; the no-exit end of the sweep is accurate
 assert bn_table.avg_macs.is_monotonic_decreasing and bn_table.accuracy.iloc[0] > 0.9
 assert bn_table.rel_macs.iloc[-1] < 0.2 and bn_table.exit1_frac.iloc[-1] == 1.0
