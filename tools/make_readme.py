@@ -5,6 +5,9 @@ Placeholders:
   {{table:NAME|col1,col2}}       only those columns
   {{figure:NAME}}                ![NAME](figures/NAME.png)
   {{value:NAME.key.sub:FMT}}     one value from results/NAME.json, formatted with FMT (e.g. .2f)
+  {{cell:NAME|col=v,col2=w|target:FMT}}
+                                 one cell of results/NAME.csv: the single row whose columns equal
+                                 the given values (as written in the file), column `target`
   {{colab:NN_name}}              an "Open in Colab" badge for notebooks/NN_name.ipynb
 A missing file renders as a visible "(not yet generated: ...)" note instead of a stale number.
 """
@@ -64,13 +67,28 @@ def value(arg: str) -> str:
     return format(v, fmt) if fmt else str(v)
 
 
+def cell(arg: str) -> str:
+    name, where, target = (part.strip() for part in arg.split("|"))
+    target, _, fmt = target.partition(":")
+    path = ROOT / "results" / f"{name}.csv"
+    if not path.is_file():
+        return f"*(n/a: results/{name}.csv)*"
+    conditions = dict(c.split("=", 1) for c in where.split(","))
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) == v for k, v in conditions.items())]
+    if len(rows) != 1:
+        raise ValueError(f"{{{{cell:{arg}}}}}: {len(rows)} rows of results/{name}.csv match {conditions}, need exactly 1")
+    v = rows[0][target]
+    return format(float(v), fmt) if fmt else v
+
+
 def colab(nb: str) -> str:
     url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{nb}.ipynb"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
 def render(text: str) -> str:
-    kinds = {"table": table, "figure": figure, "value": value, "colab": colab}
+    kinds = {"table": table, "figure": figure, "value": value, "cell": cell, "colab": colab}
     return PLACEHOLDER.sub(lambda m: kinds[m[1]](m[2].strip()), text)
 
 
