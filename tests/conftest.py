@@ -11,6 +11,16 @@ from anee import ANEEConfig, ANEEWrapper
 VOCAB = 97
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    """Unit tests run single-threaded, in one place: their ops are tiny, and on a shared 2-core
+    runner more threads only contend (the suite is ~7x slower with 2 threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_gpt2(n_layer: int = 4, n_positions: int = 96) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=n_layer, n_embd=48, n_head=4, vocab_size=VOCAB, n_positions=n_positions,

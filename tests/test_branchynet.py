@@ -13,8 +13,6 @@ from anee.branchynet import (
 )
 from anee.cost import EXIT
 
-torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
 
 @pytest.fixture(scope="module")
 def trained():

@@ -27,8 +27,6 @@ from anee.perplexity import EvalContext
 from anee.quantize import FP32, WeightBank
 from anee.selection import Variant
 
-torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
 FULL_BYTES = 1000.0
 BANK = SimpleNamespace(full_bytes=FULL_BYTES)  # WindowScores.rel_bytes only reads full_bytes
 

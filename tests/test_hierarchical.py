@@ -12,7 +12,6 @@ from anee.hierarchical import HierarchicalModel, TrainConfig, default_exit_layer
 from anee.hierarchical.methods import checkpoint_path
 from anee.perplexity import METHODS, EvalContext
 
-torch.set_num_threads(1)
 VOCAB = 97
 
 

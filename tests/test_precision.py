@@ -6,8 +6,6 @@ from anee import AdaptiveExecutor, adapter_for
 from anee.precision import mixed_precision_forward, progressive_refinement, segment_schedule, segments, token_bytes
 from anee.quantize import FP32, WeightBank
 
-torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
 
 @pytest.fixture(scope="module")
 def setup():

@@ -5,8 +5,6 @@ from _anee_tiny import quant_llama as tiny_llama
 from anee import AdaptiveExecutor, adapter_for
 from anee.quantize import FP32, WeightBank, dequantize, fake_quantize, quantize_per_channel, weight_bytes
 
-torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_levels_and_error_bound(bits):

@@ -12,8 +12,6 @@ from anee.selection import (
     pareto,
 )
 
-torch.set_num_threads(1)  # tiny ops: more threads only contend on the shared 2-core runner
-
 POOL = [Variant("fp32", 1.0, 3.0), Variant("int8", 0.45, 3.01), Variant("int4", 0.31, 3.4),
         Variant("drop8", 0.79, 3.6), Variant("int4-drop8", 0.25, 4.2)]
 
