@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from _anee_tiny import llama
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from anee import ANEEConfig, ANEEWrapper
 
@@ -29,17 +30,9 @@ def tiny_gpt2(n_layer: int = 4, n_positions: int = 96) -> GPT2LMHeadModel:
 
 
 def tiny_llama(n_layer: int = 4, max_positions: int = 96) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(num_hidden_layers=n_layer, hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
-                      intermediate_size=80, vocab_size=VOCAB, max_position_embeddings=max_positions,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    model = LlamaForCausalLM(cfg).eval()
-    # random init has tiny q/k weights: scale them so attention patterns are far from uniform
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
-    return model
+    """Exactness / executor tests: GQA (6 query heads, 2 K/V heads), sharpened attention."""
+    return llama(n_layer, 48, 6, 2, 80, vocab=VOCAB, positions=max_positions, qk_scale=8.0,
+                 bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
 
 FAMILIES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
