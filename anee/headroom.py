@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from .cost import PROCESS, SKIP
 from .executor import AdaptiveExecutor
+from .methods import _static_decisions
+from .traces import token_kl
 
 
 @dataclass
@@ -37,15 +39,15 @@ def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order
     """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2."""
     L = executor.adapter.num_layers
     kl_rows, nll_rows = [], []
-    full = [torch.log_softmax(executor.forward(w).logits[0, :-1].float(), -1) for w in windows]
+    full = [executor.forward(w).logits[0, :-1] for w in windows]
     for k in skips:
         skipped = set(order[:k])
-        pattern = torch.tensor([SKIP if i in skipped else PROCESS for i in range(L)], dtype=torch.int8)
+        pattern = [SKIP if i in skipped else PROCESS for i in range(L)]
         kl, nll = [], []
-        for w, full_lp in zip(windows, full):
-            lp = torch.log_softmax(executor.forward(w, decisions=pattern.expand(1, w.shape[1], L)).logits[0, :-1].float(), -1)
-            kl.append((full_lp.exp() * (full_lp - lp)).sum(-1))
-            nll.append(F.nll_loss(lp, w[0, 1:], reduction="none"))
+        for w, full_logits in zip(windows, full):
+            logits = executor.forward(w, decisions=_static_decisions(pattern, w.shape[1])).logits[0, :-1]
+            kl.append(token_kl(full_logits, logits))
+            nll.append(F.cross_entropy(logits.float(), w[0, 1:], reduction="none"))
         kl_rows.append(torch.cat(kl).double().numpy())
         nll_rows.append(torch.cat(nll).double().numpy())
     return SkipProfiles(np.array(skips), np.stack(kl_rows), np.stack(nll_rows))
