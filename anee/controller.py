@@ -1,7 +1,9 @@
 """Pluggable per-token, per-layer policies.
 
 The executor calls `decide(view)` once per layer (after `min_layers`) with a `LayerView` of every
-token in the chunk and gets back an action per token: PROCESS, SKIP or EXIT. A decision may only
+token in the chunk and gets back an action per token: PROCESS, SKIP or EXIT. A controller may also
+have a `plan(budget, num_layers)`: one entry per layer, either a fixed action for every token
+(PROCESS, SKIP or DROP) or ASK; `decide` is then called only at the ASK layers. A decision may only
 use the token's own state, so the same controller gives the same decisions in sequential decode and
 in teacher-forced parallel mode. `overhead_macs` is the work one call costs per token; it is
 charged against the savings.
@@ -15,7 +17,9 @@ from typing import Protocol
 import torch
 
 from .adapters.base import ModelAdapter
-from .cost import EXIT, PROCESS, SKIP, CostModel
+from .cost import DROP, EXIT, PROCESS, SKIP, CostModel
+
+ASK = -1  # in a plan: decide per token at this layer
 
 
 @dataclass
@@ -32,10 +36,35 @@ class LayerView:
     budget: torch.Tensor  # [B, 1] energy budget (fraction of full layer compute)
     adapter: ModelAdapter
     cost: CostModel
+    plan: torch.Tensor | None = None  # [L] fixed actions or ASK; None = ASK everywhere
 
     @property
     def remaining_layers(self) -> int:
         return self.num_layers - self.layer
+
+    def _later(self) -> torch.Tensor:
+        plan = self.plan if self.plan is not None else torch.full((self.num_layers,), ASK)
+        return plan[self.layer + 1 :]
+
+    @property
+    def asks_after(self) -> int:
+        """Number of later layers the controller will still be asked about."""
+        return int((self._later() == ASK).sum())
+
+    def asked_after(self) -> torch.Tensor:
+        """Indices of the later layers the controller will still be asked about."""
+        return (self._later() == ASK).nonzero().flatten() + self.layer + 1
+
+    def fixed_after(self) -> torch.Tensor:
+        """[B, T] MACs the plan has already committed for later layers (PROCESS, SKIP; DROP is free)."""
+        later = self._later()
+        n_process, n_skip = int((later == PROCESS).sum()), int((later == SKIP).sum())
+        return n_process * self.layer_cost + n_skip * float(self.cost.kv_only)
+
+    @property
+    def process_fixed_after(self) -> bool:
+        """Whether the plan PROCESSes some later layer (then leaving early is not an option)."""
+        return bool((self._later() == PROCESS).any())
 
     def affordable(self) -> torch.Tensor:
         """True where processing this layer keeps the token within budget, with every later layer
@@ -136,34 +165,76 @@ class Guards:
 
 
 def pacing_guards(view: LayerView, pacing: PacingConfig) -> Guards:
-    """The hard pacing constraints at this layer (cost of every path counted exactly)."""
+    """The hard pacing constraints at this layer (cost of every path counted exactly: later layers
+    cost what the plan fixed for them, asked layers between a K/V-only path and a full layer)."""
     floor = (view.budget - pacing.slack).clamp(min=0.0) * view.full
     cap = (view.budget + pacing.slack).clamp(max=1.0) * view.full
-    m, kv, eps = view.remaining_layers, view.cost.kv_only, 1e-6 * view.full
-    may_process = view.spent + view.layer_cost + (m - 1) * kv <= cap + eps
-    must_process = (view.spent + kv + (m - 1) * view.layer_cost < floor - eps) & may_process
-    may_exit = view.spent + m * kv >= floor - eps
+    a, kv, eps = view.asks_after, view.cost.kv_only, 1e-6 * view.full
+    fixed = view.fixed_after()
+    may_process = view.spent + view.layer_cost + fixed + a * kv <= cap + eps
+    must_process = (view.spent + kv + fixed + a * view.layer_cost < floor - eps) & may_process
+    # EXIT turns every later layer into a K/V-only path; a plan that PROCESSes a later layer forbids it
+    m = view.remaining_layers - int((view._later() == DROP).sum())
+    may_exit = (view.spent + m * kv >= floor - eps) & (not view.process_fixed_after)
     return Guards(must_process, may_process, may_exit)
 
 
 def apply_guards(raw: torch.Tensor, g: Guards) -> torch.Tensor:
     """Turn a policy's raw actions into actions that respect the pacing band. A token that cannot
-    afford this layer cannot afford any later one (same cost, more spent), so it EXITs."""
+    afford this layer cannot afford any later asked one (same cost, more spent), so it EXITs
+    (SKIPs where EXIT is not allowed)."""
     act = torch.where(g.must_process, PROCESS, raw)
     act = torch.where(~g.may_process, EXIT, act)
     return torch.where((act == EXIT) & ~g.may_exit, SKIP, act)
+
+
+@dataclass
+class PlanConfig:
+    """Split a budget into a static part and a per-token part.
+
+    Static: DROP the `d` least important layers (profiler ranking) for every token; nobody reads
+    their K/V, so they cost nothing, exactly like static layer removal. Per token: ASK the
+    controller about the next `marginal` layers of the ranking; a SKIP there still pays the K/V-only
+    path. `d` is chosen so that skipping `skip_share` of the marginal layers lands on the budget.
+    Everything else is PROCESSED, and the controller is neither called nor charged there.
+    """
+
+    marginal: int = 2
+    skip_share: float = 0.5
+
+    def __post_init__(self):
+        if self.marginal < 1 or not 0.0 <= self.skip_share <= 1.0:
+            raise ValueError(f"need marginal >= 1 and skip_share in [0, 1], got {self.marginal}, {self.skip_share}")
+
+
+def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fraction: float) -> torch.Tensor:
+    """Plan [L] for `budget` given layer ranks (0 = most important) and the K/V-only path's
+    fraction of a layer: DROP / ASK / PROCESS per layer."""
+    L = rank.numel()
+    marginal = min(config.marginal, L)
+    to_save = (1.0 - budget) * L  # layers' worth of compute
+    drop = round(to_save - config.skip_share * marginal * (1.0 - kv_fraction))
+    drop = max(0, min(drop, L - marginal))
+    order = torch.argsort(rank, descending=True, stable=True)  # least important first
+    plan = torch.full((L,), PROCESS, dtype=torch.long)
+    plan[order[:drop]] = DROP
+    plan[order[drop : drop + marginal]] = ASK
+    return plan
 
 
 class PacedController:
     """Base of the ANEE controllers: profiler features -> raw action -> pacing guards.
 
     Remembers which tokens already EXITed in the current chunk (a new chunk starts when the layer
-    index does not increase) and, with `record=True`, every call's features and actions.
+    index does not increase) and, with `record=True`, every call's features and actions. With a
+    `PlanConfig` it DROPs / ASKs / PROCESSes layers by the budget's plan; without, it is asked
+    about every layer.
     """
 
-    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False):
+    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False, plan: PlanConfig | None = None):
         self.profiler = profiler
         self.pacing = pacing or PacingConfig()
+        self.plan_config = plan
         self.record = record
         self.records: list[dict[str, torch.Tensor]] = []
         self._last_layer = -1
@@ -172,6 +243,16 @@ class PacedController:
     @property
     def overhead_macs(self) -> int:
         return self.profiler.overhead_macs
+
+    def plan(self, budget: torch.Tensor, num_layers: int) -> torch.Tensor:
+        """Per-layer plan [L] for a batch sharing one budget (ASK everywhere without a `PlanConfig`)."""
+        if self.plan_config is None:
+            return torch.full((num_layers,), ASK, dtype=torch.long)
+        b = torch.as_tensor(budget, dtype=torch.float64).flatten()
+        if (b != b[0]).any():
+            raise ValueError("a planned controller needs one energy_budget for the whole batch; run rows with different budgets separately")
+        cost = self.profiler.executor.cost
+        return budget_plan(self.profiler.rank, float(b[0]), self.plan_config, cost.kv_only / cost.layer_static)
 
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -212,11 +293,12 @@ class HeuristicConfig:
 
 class HeuristicController(PacedController):
     """Thresholds on the profiler state: PROCESS the layer when it is among the `n` most important
-    (static Block Influence) of the remaining layers, `n` being what the token's target still
-    affords; leave otherwise (EXIT once nothing more is planned)."""
+    (static Block Influence) of the remaining asked layers, `n` being what the token's target still
+    affords; leave otherwise (EXIT once nothing more is planned and the plan allows it)."""
 
-    def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None, record: bool = False):
-        super().__init__(profiler, pacing, record)
+    def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None, record: bool = False,
+                 plan: PlanConfig | None = None):
+        super().__init__(profiler, pacing, record, plan)
         self.config = config or HeuristicConfig()
         if not 0.0 <= self.config.entropy_shift <= self.pacing.slack:
             raise ValueError(f"entropy_shift must lie in [0, pacing slack {self.pacing.slack}], got {self.config.entropy_shift}")
@@ -229,8 +311,8 @@ class HeuristicController(PacedController):
             shift = torch.tanh((feats[..., 0] - ref) / c.entropy_scale).double()
             target = (view.budget + c.entropy_shift * shift).clamp(0.0, 1.0)
         n = self.profiler.layers_to_target(view, target)
-        ahead = self.profiler.more_important_left(view.layer)
-        leave = torch.where(n < 0.5, EXIT, SKIP)
+        ahead = self.profiler.more_important_left(view.layer, view.asked_after())
+        leave = torch.where((n < 0.5) & (not view.process_fixed_after), EXIT, SKIP)
         return torch.where(ahead + 0.5 < n, PROCESS, leave)
 
 
@@ -257,24 +339,41 @@ class PolicyNet(torch.nn.Module):
 
 
 class LearnedController(PacedController):
-    """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state, inside the pacing band.
-    `sample=True` draws actions (REINFORCE rollouts) from `generator`; otherwise argmax."""
+    """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state, inside the pacing band
+    (PROCESS / SKIP only with a `PlanConfig`). `sample=True` draws actions from
+    softmax(logits / `temperature`) with `generator` (REINFORCE rollouts); otherwise argmax."""
 
     def __init__(self, policy: PolicyNet, profiler, pacing: PacingConfig | None = None, sample: bool = False,
-                 generator: torch.Generator | None = None, record: bool = False):
-        super().__init__(profiler, pacing, record)
+                 generator: torch.Generator | None = None, record: bool = False, plan: PlanConfig | None = None,
+                 temperature: float = 1.0):
+        super().__init__(profiler, pacing, record, plan)
         self.policy = policy
         self.sample = sample
         self.generator = generator
+        self.temperature = temperature
 
     @property
     def overhead_macs(self) -> int:
         return self.profiler.overhead_macs + self.policy.macs
 
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Policy logits, EXIT masked out for a planned controller, divided by the temperature."""
+        logits = self.policy(feats)
+        if self.plan_config is not None:
+            logits = logits.masked_fill(_exit_mask(logits), float("-inf"))
+        return logits / self.temperature
+
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = self.policy(feats)
+            logits = self.logits(feats)
         if not self.sample:
             return logits.argmax(-1)
         probs = torch.softmax(logits, -1).reshape(-1, 3)
         return torch.multinomial(probs, 1, generator=self.generator).reshape(logits.shape[:-1])
+
+
+def _exit_mask(logits: torch.Tensor) -> torch.Tensor:
+    """True at the EXIT logit, for masking it out."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[..., EXIT] = True
+    return mask

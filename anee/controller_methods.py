@@ -1,6 +1,10 @@
 """Frontier methods for the ANEE controllers (registered in `anee.perplexity.METHODS`).
 
-- `anee_heuristic`, `anee_warmstart`, `anee_rl`, each with setting `budget=<float>`.
+- `anee_heuristic`, `anee_warmstart`, `anee_rl`, each with setting `budget=<float>`. The heuristic
+  runs under the default `PlanConfig` (static DROP of the least important layers, per-token
+  decisions on the marginal ones); the learned controllers under the plan stored in their checkpoint.
+- `anee_heuristic_every_layer`: the heuristic asked at every layer, without a plan (every skipped
+  layer pays its K/V-only path and every layer pays the controller).
 
 Checkpoints are read from `ctx.extras["checkpoint_dir"]`: `profiler.safetensors` (notebook 02;
 rebuilt from `ctx.calibration_ids` when absent), `warmstart.safetensors` (03), `rl.safetensors` (04).
@@ -11,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .controller import HeuristicController, LearnedController
+from .controller import HeuristicController, LearnedController, PlanConfig
 from .perplexity import EvalContext, MethodOutput, register_method
-from .policy_io import load_policy
+from .policy_io import load_plan, load_policy
 from .profiler import Profiler, calibrate_profiler
 
 PROFILER_FILE, WARMSTART_FILE, RL_FILE = "profiler.safetensors", "warmstart.safetensors", "rl.safetensors"
@@ -48,16 +52,25 @@ def _method(ctx: EvalContext, controller, budget: float):
 
 @register_method("anee_heuristic")
 def anee_heuristic(ctx: EvalContext, budget: float) -> callable:
+    return _method(ctx, HeuristicController(get_profiler(ctx), plan=PlanConfig()), budget)
+
+
+@register_method("anee_heuristic_every_layer")
+def anee_heuristic_every_layer(ctx: EvalContext, budget: float) -> callable:
     return _method(ctx, HeuristicController(get_profiler(ctx)), budget)
+
+
+def learned_controller(ctx: EvalContext, file: str) -> LearnedController:
+    """The saved policy `file` under the plan it was trained with."""
+    path, L = checkpoint_dir(ctx) / file, ctx.adapter.num_layers
+    return LearnedController(load_policy(path, L), get_profiler(ctx), plan=load_plan(path, L))
 
 
 @register_method("anee_warmstart")
 def anee_warmstart(ctx: EvalContext, budget: float) -> callable:
-    policy = load_policy(checkpoint_dir(ctx) / WARMSTART_FILE, ctx.adapter.num_layers)
-    return _method(ctx, LearnedController(policy, get_profiler(ctx)), budget)
+    return _method(ctx, learned_controller(ctx, WARMSTART_FILE), budget)
 
 
 @register_method("anee_rl")
 def anee_rl(ctx: EvalContext, budget: float) -> callable:
-    policy = load_policy(checkpoint_dir(ctx) / RL_FILE, ctx.adapter.num_layers)
-    return _method(ctx, LearnedController(policy, get_profiler(ctx)), budget)
+    return _method(ctx, learned_controller(ctx, RL_FILE), budget)

@@ -16,8 +16,10 @@ import torch
 
 from .adapters.base import Dims
 
-PROCESS, SKIP, EXIT = 0, 1, 2
-ACTION_NAMES = ("PROCESS", "SKIP", "EXIT")
+PROCESS, SKIP, EXIT, DROP = 0, 1, 2, 3
+ACTION_NAMES = ("PROCESS", "SKIP", "EXIT", "DROP")
+# DROP: the layer is removed for the whole sequence. No token attends at it, so nobody reads its
+# K/V and they are not computed: it costs nothing, like static layer removal.
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class CostModel:
     def layer(self, context: int | torch.Tensor) -> int | torch.Tensor:
         """A PROCESSED layer at context length `context`."""
         return self.layer_static + self.attention(context)
+
+    def context_of(self, layer_macs: torch.Tensor) -> torch.Tensor:
+        """The context length at which a PROCESSED layer costs `layer_macs` (inverse of `layer`)."""
+        d = self.dims
+        return (layer_macs - self.layer_static) / (2 * d.num_heads * d.head_dim)
 
     @property
     def kv_only(self) -> int:
@@ -114,7 +121,7 @@ class CostReport:
 def trace_cost(cost: CostModel, decisions: torch.Tensor, context: torch.Tensor, overhead_macs: torch.Tensor | None = None) -> CostReport:
     """Cost of a decision tensor [B, T, L] whose tokens attend to `context` [B, T] keys each."""
     processed = (decisions == PROCESS).sum(-1)
-    skipped = decisions.shape[-1] - processed
+    skipped = ((decisions == SKIP) | (decisions == EXIT)).sum(-1)
     per_layer = cost.layer(context.to(torch.float64))
     layer_macs = processed * per_layer + skipped * cost.kv_only
     full = decisions.shape[-1] * per_layer

@@ -6,6 +6,7 @@ mode) runs through the unrolled stack. At each layer each token is
     PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
     SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache
     EXIT     SKIP for this and every remaining layer
+    DROP     nothing at all, not even K/V: the layer is removed for every token of the sequence
 
 Because a token's decision depends only on its own state and the cache holds every position at
 every layer, running a sequence in one chunk or token by token gives the same logits and trace.
@@ -20,15 +21,15 @@ import torch.nn.functional as F
 
 from .adapters import ModelAdapter
 from .cache import KVCache
-from .controller import Controller, FullController, LayerView
-from .cost import EXIT, PROCESS, CostModel, CostReport, trace_cost
+from .controller import ASK, Controller, FullController, LayerView
+from .cost import DROP, EXIT, PROCESS, CostModel, CostReport, trace_cost
 
 
 @dataclass
 class Trace:
     """Execution record of a chunk: decisions [B, T, L] and the context each token attended to."""
 
-    decisions: torch.Tensor  # int8 PROCESS/SKIP/EXIT; after an EXIT the row stays EXIT
+    decisions: torch.Tensor  # int8 PROCESS/SKIP/EXIT/DROP; after an EXIT the row stays EXIT (DROP stays DROP)
     context: torch.Tensor  # [B, T] number of keys each token attended to (itself included)
     overhead_macs: torch.Tensor  # [B, T] profiler + controller MACs
 
@@ -92,7 +93,8 @@ class AdaptiveExecutor:
         """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
 
         Either `decisions` [B, T, L] (teacher forcing: the pattern is applied as masks) or a
-        `controller` (default: process everything). `padding_mask` [B, T] marks real tokens for
+        `controller` (default: process everything). A DROP column must be DROP for the whole chunk
+        (and for every chunk of the sequence). `padding_mask` [B, T] marks real tokens for
         left-padded batches; it is remembered in the cache for later chunks.
         """
         return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
@@ -130,23 +132,29 @@ class AdaptiveExecutor:
             # Known in advance (teacher forcing or a static policy): no per-layer bookkeeping at all.
             record = _absorb_exits(decisions.to(dev))
             process_counts = (record == PROCESS).sum((0, 1)).tolist()
+            dropped = _dropped_layers(record)
             overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
             for layer in range(L):
                 if hidden_states is not None:
                     hidden_states.append(h)
                 process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
-                h = self._layer(layer, h, pos, cache, attn_mask, process_counts[layer], process)
+                h = self._layer(layer, h, pos, cache, attn_mask, process_counts[layer], process, layer in dropped)
         else:
             h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states)
         if hidden_states is not None:
             hidden_states.append(h)
+        cache.advance(T)
         logits = adapter.logits(h)
         return ChunkOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
 
-    def _layer(self, layer, h, pos, cache, attn_mask, n_process, process):
+    def _layer(self, layer, h, pos, cache, attn_mask, n_process, process, drop=False):
         """One layer: K/V for every token into the cache; attention + MLP only where PROCESSED
-        (`process` [B, T] bool, or None when all or none of the chunk processes)."""
+        (`process` [B, T] bool, or None when all or none of the chunk processes). A DROPPED layer
+        does nothing."""
         adapter = self.adapter
+        if drop:
+            cache.drop(layer)
+            return h
         x = adapter.attn_norm(layer, h)
         if n_process == 0:
             k, v = adapter.kv(layer, x, pos)
@@ -163,9 +171,12 @@ class AdaptiveExecutor:
         return out if process is None else torch.where(process.unsqueeze(-1), out, h)
 
     def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states):
-        """The dynamic loop: before each layer the controller sees every token's state and budget."""
+        """The dynamic loop: before each layer the controller sees every token's state and budget.
+        A controller with a `plan(budget, num_layers)` fixes some layers in advance (PROCESS, SKIP
+        or DROP for every token) and is asked, and charged, only at the layers its plan marks ASK."""
         adapter, L = self.adapter, self.adapter.num_layers
         B, T = h.shape[:2]
+        plan = _plan(controller, budget, L, self.min_layers, h.device)
         layer_cost = self.cost.layer(context)
         full = L * layer_cost
         spent = torch.zeros(B, T, dtype=torch.float64, device=h.device)
@@ -176,18 +187,23 @@ class AdaptiveExecutor:
         for layer in range(L):
             if hidden_states is not None:
                 hidden_states.append(h)
-            if layer < self.min_layers:
-                action = torch.full((B, T), PROCESS, dtype=torch.long, device=h.device)
+            fixed = int(plan[layer])
+            if fixed == DROP:
+                action = torch.full((B, T), DROP, dtype=torch.long, device=h.device)
+            elif fixed != ASK:
+                action = torch.where(exited, EXIT, fixed)
             else:
-                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost)
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan)
                 action = torch.where(exited, EXIT, controller.decide(view).long())
                 overhead += controller.overhead_macs * (~exited)
             process = action == PROCESS
             n_process = int(process.sum())
             record[:, :, layer] = action.to(torch.int8)
-            spent += torch.where(process, layer_cost, float(self.cost.kv_only))
+            if fixed != DROP:
+                spent += torch.where(process, layer_cost, float(self.cost.kv_only))
             exited = exited | (action == EXIT)
-            prev, h = h, self._layer(layer, h, pos, cache, attn_mask, n_process, process if 0 < n_process < B * T else None)
+            prev, h = h, self._layer(layer, h, pos, cache, attn_mask, n_process,
+                                     process if 0 < n_process < B * T else None, fixed == DROP)
         return h, record, overhead
 
     def _positions_and_mask(self, cache, B, T, past, padding_mask, device):
@@ -219,9 +235,31 @@ class AdaptiveExecutor:
 
 
 def _absorb_exits(decisions: torch.Tensor) -> torch.Tensor:
-    """int8 decisions where every entry after a token's first EXIT is EXIT too."""
+    """int8 decisions where every entry after a token's first EXIT is EXIT too (DROP stays DROP)."""
     exited = (decisions == EXIT).to(torch.int8).cummax(-1).values.bool()
-    return torch.where(exited, EXIT, decisions).to(torch.int8)
+    return torch.where(exited & (decisions != DROP), EXIT, decisions).to(torch.int8)
+
+
+def _dropped_layers(decisions: torch.Tensor) -> set[int]:
+    """Layers DROPPED in `decisions` [B, T, L]; ValueError if a layer is dropped for some tokens only."""
+    drop = decisions == DROP
+    partial = drop.any((0, 1)) & ~drop.all((0, 1))
+    if partial.any():
+        raise ValueError(f"layers {partial.nonzero().flatten().tolist()} are DROP for some tokens only; DROP removes a "
+                         "layer for every token (use SKIP for a per-token skip)")
+    return set(drop.all((0, 1)).nonzero().flatten().tolist())
+
+
+def _plan(controller, budget: torch.Tensor, L: int, min_layers: int, device) -> torch.Tensor:
+    """The controller's per-layer plan [L] (ASK = decide per token), PROCESS for the first `min_layers`."""
+    if hasattr(controller, "plan"):
+        plan = torch.as_tensor(controller.plan(budget, L), dtype=torch.long, device=device).clone()
+        if plan.shape != (L,):
+            raise ValueError(f"plan must have one entry per layer ({L}), got shape {tuple(plan.shape)}")
+    else:
+        plan = torch.full((L,), ASK, dtype=torch.long, device=device)
+    plan[:min_layers] = PROCESS
+    return plan
 
 
 def _budget_tensor(budget: float | torch.Tensor, batch: int, device) -> torch.Tensor:

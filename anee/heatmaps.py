@@ -12,7 +12,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .cost import ACTION_NAMES, PROCESS  # noqa: E402
 
-ACTION_COLORS = ListedColormap(["#2b6cb0", "#f6ad55", "#e2e8f0"])  # PROCESS, SKIP, EXIT
+ACTION_COLORS = ListedColormap(["#2b6cb0", "#f6ad55", "#e2e8f0", "#ffffff"])  # PROCESS, SKIP, EXIT, DROP
 
 
 def execution_map(decisions: torch.Tensor, tokens: list[str], title: str = "", ax=None):
@@ -20,12 +20,12 @@ def execution_map(decisions: torch.Tensor, tokens: list[str], title: str = "", a
     d = decisions.numpy() if isinstance(decisions, torch.Tensor) else np.asarray(decisions)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 0.22 * len(tokens) + 1))
-    ax.imshow(d, cmap=ACTION_COLORS, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+    ax.imshow(d, cmap=ACTION_COLORS, vmin=0, vmax=len(ACTION_NAMES) - 1, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(len(tokens)), [t.replace("\n", "\\n")[:14] for t in tokens], fontsize=7)
     ax.set_xlabel("layer")
     ax.set_title(title, fontsize=9)
     handles = [matplotlib.patches.Patch(color=ACTION_COLORS(i), label=n) for i, n in enumerate(ACTION_NAMES)]
-    ax.legend(handles=handles, loc="upper right", fontsize=7, bbox_to_anchor=(1.0, 1.12), ncol=3)
+    ax.legend(handles=handles, loc="upper right", fontsize=7, bbox_to_anchor=(1.0, 1.12), ncol=len(ACTION_NAMES))
     return ax
 
 

@@ -34,10 +34,11 @@ FEATURES = (
     "remaining",  # budget - spent
     "required_rate",  # layers still to process to land on budget / layers left
     "importance",  # static layer importance (Block Influence, scaled to [0, 1])
-    "rank_frac",  # fraction of the remaining layers more important than this one
+    "rank_frac",  # fraction of the remaining asked layers more important than this one
+    "log_context",  # log(keys attended to) / log(model context): short contexts tolerate skipping differently
 )
 ELEMENTWISE_MACS_PER_DIM = 6  # norms, dot product and variance: about six MACs per coordinate
-VERSION = "1"
+VERSION = "2"
 
 
 @dataclass
@@ -149,16 +150,16 @@ class Profiler:
         return self.entropy.k * D + ELEMENTWISE_MACS_PER_DIM * D
 
     def layers_to_target(self, view: LayerView, target: torch.Tensor) -> torch.Tensor:
-        """[B, T] number of the remaining layers (this one included) that may still be PROCESSED
+        """[B, T] number of the asked layers left (this one included) that may still be PROCESSED
         for the token to end at fraction `target` [B, 1] of full layer compute (fractional)."""
-        m = view.remaining_layers
         kv = view.cost.kv_only
-        room = target * view.full - view.spent - m * kv
+        room = target * view.full - view.spent - view.fixed_after() - (view.asks_after + 1) * kv
         return room / (view.layer_cost - kv)
 
-    def more_important_left(self, layer: int) -> int:
-        """How many of the layers after `layer` are more important than it."""
-        return int((self.rank[layer + 1 :] < self.rank[layer]).sum())
+    def more_important_left(self, layer: int, later: torch.Tensor | None = None) -> int:
+        """How many of the `later` layers (default: all after `layer`) are more important than it."""
+        later = torch.arange(layer + 1, len(self.rank)) if later is None else later
+        return int((self.rank[later] < self.rank[layer]).sum())
 
     @torch.no_grad()
     def features(self, view: LayerView) -> torch.Tensor:
@@ -173,13 +174,14 @@ class Profiler:
         shape = norm.shape
         spent = (view.spent / view.full).float()
         budget = view.budget.float().expand(shape)
-        rate = (self.layers_to_target(view, view.budget) / view.remaining_layers).float().clamp(-1, 2)
+        rate = (self.layers_to_target(view, view.budget) / (view.asks_after + 1)).float().clamp(-1, 2)
         const = lambda v: torch.full(shape, float(v), device=h.device)  # noqa: E731
-        m = view.remaining_layers
+        m = view.asks_after + 1
         cols = [
             ent / self.log_vocab, pmax, torch.log(norm / math.sqrt(D) + 1e-6), delta, cos,
             torch.log(var + 1e-6), const(view.layer / max(L - 1, 1)), budget, spent, budget - spent, rate,
-            const(self.importance[view.layer]), const(self.more_important_left(view.layer) / m),
+            const(self.importance[view.layer]), const(self.more_important_left(view.layer, view.asked_after()) / m),
+            (torch.log(view.cost.context_of(view.layer_cost)) / math.log(view.adapter.dims.max_positions)).float(),
         ]
         return torch.stack(cols, -1)
 

@@ -1,14 +1,23 @@
-"""Trace collection (state, action, outcome) and supervised warm-start of the learned controller."""
+"""Trace collection (state, action, outcome) and supervised warm-start of the learned controller.
+
+Two kinds of traces: the heuristic's own decisions (`collect_traces`), and, for a planned
+controller, counterfactual traces (`counterfactual_traces`): every combination of PROCESS / SKIP on
+the marginal layers is played for every token, so each token's outcome is known for each choice.
+`hindsight_labels` turns the latter into the per-token choice that would have been best at a common
+compute price, which the warm-start then learns to predict from the state.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .controller import PacedController, PolicyNet
+from .controller import ASK, LayerView, PacedController, PlanConfig, PolicyNet
 from .executor import AdaptiveExecutor
 from .profiler import FEATURES
 
@@ -25,7 +34,7 @@ def collect_traces(executor: AdaptiveExecutor, controller: PacedController, wind
     """Run `controller` (recording) on every window [N, T] at every budget; one row per controller
     call on a live token: features, layer, budget, action, free, and the token's outcome (KL to
     the full model, realized layer fraction)."""
-    cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction", "window")}
+    cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction", "window", "token")}
     feats = []
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
@@ -48,6 +57,7 @@ def collect_traces(executor: AdaptiveExecutor, controller: PacedController, wind
                 cols["token_kl"].append(kl[alive].numpy())
                 cols["token_fraction"].append(frac[alive].numpy())
                 cols["window"].append(np.full(n, w))
+                cols["token"].append(alive.nonzero().flatten().numpy())
             controller.record = False
             controller.reset_records()
     out = {k: np.concatenate(v) for k, v in cols.items()}
@@ -55,6 +65,60 @@ def collect_traces(executor: AdaptiveExecutor, controller: PacedController, wind
     for i, name in enumerate(FEATURES):
         out[name] = f[:, i]
     return out
+
+
+class ScriptedController(PacedController):
+    """Plays `actions[i]` at the i-th asked layer of the plan, for every token (inside the pacing
+    guards): a behaviour policy for counterfactual traces."""
+
+    def __init__(self, profiler, plan: PlanConfig, actions: tuple[int, ...], record: bool = False):
+        super().__init__(profiler, record=record, plan=plan)
+        self.actions = actions
+
+    def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
+        slot = int((view.plan[: view.layer] == ASK).sum())
+        return torch.full(view.spent.shape, self.actions[slot], dtype=torch.long, device=view.hidden.device)
+
+
+def counterfactual_traces(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor,
+                          budgets: list[float]) -> dict[str, np.ndarray]:
+    """`collect_traces` for every PROCESS / SKIP combination on the plan's marginal layers; column
+    `combo` numbers the combination, `slot` the marginal layer (in depth order)."""
+    from .cost import PROCESS, SKIP
+
+    parts = []
+    for c, actions in enumerate(itertools.product((PROCESS, SKIP), repeat=plan.marginal)):
+        tr = collect_traces(executor, ScriptedController(profiler, plan, actions), windows, budgets)
+        tr["combo"] = np.full(len(tr["layer"]), c)
+        parts.append(tr)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    key = pd.DataFrame({"window": out["window"], "budget": out["budget"], "combo": out["combo"], "token": out["token"]})
+    out["slot"] = key.groupby(["window", "budget", "combo", "token"]).cumcount().to_numpy()
+    return out
+
+
+def hindsight_labels(traces: pd.DataFrame, skip_share: float = 0.5, iters: int = 50) -> pd.DataFrame:
+    """Rows of counterfactual traces along each token's best combination, with `label` = its action.
+
+    Best = least KL to the full model plus a compute price per skipped marginal layer, one price for
+    all tokens, set by bisection so that `skip_share` of the marginal decisions are SKIPs: the
+    labels say *which* tokens should skip, the share says how many."""
+    from .cost import SKIP
+
+    df = traces.assign(skips=(traces.action == SKIP).astype(int))
+    per = df.groupby(["window", "budget", "token", "combo"]).agg(kl=("token_kl", "first"), skips=("skips", "sum"), n=("skips", "size")).reset_index()
+    n_slots = per.n.max()
+    def pick(price):
+        cost = per.kl - price * per.skips
+        best = per.loc[cost.groupby([per.window, per.budget, per.token]).idxmin()]
+        return best, best.skips.sum() / (len(best) * n_slots)
+    lo, hi = 0.0, float(per.kl.max()) + 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if pick(mid)[1] < skip_share else (lo, mid)
+    best, _ = pick(hi)
+    rows = df.merge(best[["window", "budget", "token", "combo"]], on=["window", "budget", "token", "combo"])
+    return rows.assign(label=rows.action)
 
 
 def to_dataset(traces: dict[str, np.ndarray]):
@@ -72,6 +136,7 @@ class WarmStartConfig:
     lr: float = 3e-3
     seed: int = 0
     val_fraction: float = 0.2
+    label_smoothing: float = 0.0  # > 0 keeps the imitation policy stochastic enough for REINFORCE to explore
 
 
 def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarray, cfg: WarmStartConfig) -> tuple[PolicyNet, dict]:
@@ -101,7 +166,7 @@ def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarra
         total = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            loss = F.cross_entropy(policy(xt[idx]), yt[idx], weight=weight)
+            loss = F.cross_entropy(policy(xt[idx]), yt[idx], weight=weight, label_smoothing=cfg.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()

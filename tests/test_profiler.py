@@ -33,6 +33,7 @@ def test_features_shape_and_exact_columns(tiny):
     assert torch.allclose(col["spent"], torch.tensor(2 / 6))
     assert torch.allclose(col["remaining"], torch.tensor(0.5 - 2 / 6))
     assert torch.allclose(col["cos_prev"], torch.nn.functional.cosine_similarity(h, prev, dim=-1), atol=1e-5)
+    assert torch.allclose(col["log_context"], torch.tensor(math.log(4.0) / math.log(ex.adapter.dims.max_positions)))
     same = prof.features(_view(ex, h, h))
     assert torch.allclose(same[..., FEATURES.index("delta_rel")], torch.tensor(0.0))
 
@@ -81,3 +82,20 @@ def test_save_load_roundtrip_and_errors(tiny, tmp_path):
     other = AdaptiveExecutor(adapter_for(tiny_llama(layers=4)))
     with pytest.raises(ValueError, match="num_layers"):
         Profiler.load(path, other)
+
+
+def test_plan_aware_view_counts(tiny):
+    """Under a plan, `layers_to_target` and the rank feature count only the asked layers."""
+    from anee.controller import ASK
+    from anee.cost import DROP, PROCESS
+
+    _, ex, prof, _ = tiny
+    h = torch.randn(1, 2, 32)
+    view = _view(ex, h, h, layer=1, budget=0.5)
+    view.plan = torch.tensor([PROCESS, ASK, DROP, ASK, PROCESS, DROP])
+    assert view.asks_after == 1 and view.asked_after().tolist() == [3] and view.process_fixed_after
+    lc, kv = view.layer_cost, ex.cost.kv_only
+    assert torch.allclose(view.fixed_after(), lc)  # layer 4 only; dropped layers cost nothing
+    expected = (0.5 * view.full - view.spent - lc - 2 * kv) / (lc - kv)
+    assert torch.allclose(prof.layers_to_target(view, view.budget), expected)
+    assert prof.more_important_left(1, view.asked_after()) == int(prof.rank[3] < prof.rank[1])

@@ -1,9 +1,12 @@
 # %% [markdown]
 # # 04 · REINFORCE fine-tuning of the learned controller
 #
-# Starts from the warm-start policy of notebook 03 and trains it with REINFORCE and a per-window
-# baseline in the teacher-forced parallel mode on the **valid** split. Per-token reward:
-# $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda\,\text{compute} - \mu\,|\text{compute} - \text{budget}|$.
+# Starts from the warm-start policy of notebook 03 and trains it with REINFORCE in the teacher-forced
+# parallel mode on the **valid** split, under the same layer plan (per-token PROCESS / SKIP on the
+# marginal layers). Per-token reward: $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda\,\text{compute}$,
+# with a self-critical baseline (the same token's reward under the greedy policy) and the compute
+# price $\lambda$ adjusted by dual ascent so that the sampled compute tracks the budget: the policy
+# has to learn *which* tokens can skip, not how many.
 # Evaluation on the **test** split: budget adherence at 0.2 … 1.0 and perplexity at equal net compute
 # saved (10/20/30 %) against the heuristic, the warm-start and static Block-Influence removal.
 
@@ -25,12 +28,14 @@ from anee.data import sample_windows, wikitext_tokens
 from anee.evaluation import budget_adherence
 from anee.io import output_dir, save_figure, save_table
 from anee.notebook import pick, setup
-from anee.policy_io import load_policy, save_policy
+from anee.policy_io import load_plan, load_policy, save_policy
 from anee.profiler import Profiler
 from anee.rl import RLConfig, train_reinforce
 
 setup(PROFILE, SEED)
-RL = RLConfig(steps=pick(PROFILE, quick=6, full=40), batch=2, seq_len=128, seed=SEED)
+RL = RLConfig(steps=pick(PROFILE, quick=6, full=60), batch=4, seq_len=128, lr=1e-3, lam=3.0, lam_lr=2.0, mu=0.0,
+              entropy_bonus=0.0, temperature=1.0, self_critical=True, budget_low=0.65, budget_high=0.95,
+              shared_budget=True, seed=SEED)
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
 ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 CKPT = output_dir("results", PROFILE) / "checkpoints"
@@ -39,6 +44,7 @@ executor = AdaptiveExecutor(adapter_for(model))
 L = executor.adapter.num_layers
 profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
 warm = load_policy(CKPT / "warmstart.safetensors", L)
+PLAN = load_plan(CKPT / "warmstart.safetensors", L)  # the plan of notebooks 02-03
 valid = wikitext_tokens(tokenizer, "valid", 16384)
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 
@@ -47,12 +53,12 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 
 # %%
 train_windows = sample_windows(valid, RL.seq_len, 64, seed=SEED + 1)
-policy, hist = train_reinforce(executor, warm, profiler, train_windows, RL)
-save_policy(CKPT / "rl.safetensors", policy, "rl", L, {"steps": str(RL.steps), "lam": str(RL.lam), "mu": str(RL.mu)})
+policy, hist = train_reinforce(executor, warm, profiler, train_windows, RL, plan=PLAN)
+save_policy(CKPT / "rl.safetensors", policy, "rl", L, {"steps": str(RL.steps), "lam": str(RL.lam), "lam_lr": str(RL.lam_lr)}, plan=PLAN)
 history = pd.DataFrame(hist)
 save_table(history, "04_rl_history", PROFILE)
-fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-for ax, col in zip(axes, ["reward", "kl", "layer_fraction"]):
+fig, axes = plt.subplots(1, 4, figsize=(15, 3))
+for ax, col in zip(axes, ["reward", "kl", "layer_fraction", "lam"]):
     ax.plot(history.step, history[col], alpha=0.4)
     ax.plot(history.step, history[col].rolling(5, min_periods=1).mean())
     ax.set_title(col)
@@ -63,8 +69,8 @@ save_figure(fig, "04_rl_curves", PROFILE)
 # ## Budget adherence on the test split
 
 # %%
-controllers = {"heuristic": HeuristicController(profiler), "warmstart": LearnedController(warm, profiler),
-               "rl": LearnedController(policy, profiler)}
+controllers = {"heuristic": HeuristicController(profiler, plan=PLAN), "warmstart": LearnedController(warm, profiler, plan=PLAN),
+               "rl": LearnedController(policy, profiler, plan=PLAN)}
 adherence = budget_adherence(executor, controllers, test[:, :513], ADHERENCE_BUDGETS, window=256)
 save_table(adherence, "04_budget_adherence", PROFILE)
 adherence.pivot(index="budget", columns="controller", values="layer_fraction")

@@ -35,8 +35,12 @@ from anee.plots import frontier
 
 setup(PROFILE, SEED)
 EVAL_TOKENS = pick(PROFILE, quick=512, full=4096)
-FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3, 0.4))  # of layers removed / exited early
+FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3, 0.4))  # of layers exited early (logit lens)
+# static removal at every layer count: its curve is as dense as the planned controllers' (which
+# drop a whole number of layers), so no method wins at a level by interpolating across a bump
+BI_REMOVED = pick(PROFILE, quick=range(1, 10), full=range(1, 13))
 BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
+PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7), full=(0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6))  # cheap: denser grid
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 HEADROOM_TOKENS = pick(PROFILE, quick=512, full=2048)  # hindsight-bound section
 model, tokenizer = load_model(MODEL)
@@ -47,10 +51,10 @@ print(f"{MODEL}: {L} layers; {test_ids.shape[1]} test tokens, window {WINDOW}, s
 
 # %%
 specs = [("full", {})]
-specs += [("block_influence", {"n_removed": round(f * L)}) for f in FRACTIONS]
+specs += [("block_influence", {"n_removed": n}) for n in BI_REMOVED]
 specs += [("logit_lens", {"depth": L - round(f * L)}) for f in FRACTIONS]
 specs += [("anee_budget", {"budget": b}) for b in BUDGETS]
-specs += extra_specs(ctx, budgets=BUDGETS)
+specs += extra_specs(ctx, budgets=BUDGETS, planned_budgets=PLANNED_BUDGETS)
 results = run_frontier(ctx, specs, test_ids, WINDOW, STRIDE)
 table = pd.DataFrame([r.row() for r in results])
 save_table(table, "06_frontier", PROFILE)
@@ -78,12 +82,12 @@ at_levels
 # ## How much could a per-token allocation gain? A hindsight bound
 # Each token gets its own number of skipped layers (nested Block-Influence skip sets), chosen with
 # hindsight to minimise KL to the full model at a fixed mean **net** saving, charging the K/V-only
-# path and the heuristic's measured controller overhead. Optimistic by construction (it sees the
+# path and the every-layer heuristic's measured controller overhead (no static DROP). Optimistic by construction (it sees the
 # outcome and ignores that a token's choice changes the keys/values others attend to), so it bounds
 # what a better per-token predictor could reach; static removal is scored on the same windows.
 
 # %%
-overhead = float(((1 - table.layer_fraction) - table.layer_saved_net)[table.method == "anee_heuristic"].mean())
+overhead = float(((1 - table.layer_fraction) - table.layer_saved_net)[table.method == "anee_heuristic_every_layer"].mean())
 order = removal_order(ctx.extras["block_influence"])
 windows = [test_ids[:, i : i + WINDOW] for i in range(0, HEADROOM_TOKENS - WINDOW + 1, WINDOW)]
 profiles = skip_profiles(ctx.executor, windows, order, list(range(0, round(0.45 * L))))
@@ -103,13 +107,16 @@ fig = frontier(table[table.method != "full"], x="layer_saved_net", ref_ppl=ref)
 save_figure(fig, "06_frontier", PROFILE)
 
 # %% [markdown]
-# Static removal by Block Influence is the bar to clear: it pays nothing for the layers it drops,
-# whereas every token-level method still pays the K/V-only path of skipped layers. Early exit
-# through the unmodified head (logit lens) degrades fastest: intermediate residual streams of a
-# model trained without exits are poor inputs to its final norm and head. The hindsight bound
-# separates the two reasons a per-token controller can lose: where the oracle, paying the same K/V
-# and controller costs, sits well below static removal, the loss is in predicting which tokens can
-# afford to skip, not in the cost of skipping.
+# Static removal by Block Influence is the bar to clear: it pays nothing for the layers it drops.
+# The planned ANEE controllers (`anee_heuristic`, `anee_warmstart`, `anee_rl`) meet the static
+# part of each budget the same way (DROPped layers cost nothing) and decide per token only on two
+# marginal layers, where a SKIP still pays the K/V-only path; `anee_heuristic_every_layer` is asked
+# at every layer and pays that path for every skipped layer, which is what held the per-token
+# controllers back before the plan. Early exit through the unmodified head (logit lens) degrades
+# fastest: intermediate residual streams of a model trained without exits are poor inputs to its
+# final norm and head. The hindsight bound separates the two reasons a per-token controller can
+# lose: where the oracle, paying the same K/V and controller costs, sits well below static removal,
+# the loss is in predicting which tokens can afford to skip, not in the cost of skipping.
 
 # %%
 assert abs(table.loc[table.method == "full", "layer_saved_net"].item()) < 1e-12

@@ -2,7 +2,7 @@
 # # 07 · Where does the compute go? Token x layer execution maps
 #
 # Uses the RL controller of notebook 04 (the heuristic when that checkpoint is absent) on sample
-# texts: execution maps (PROCESS / SKIP / EXIT per token and layer), per-token compute, the
+# texts: execution maps (PROCESS / SKIP / EXIT / DROP per token and layer), per-token compute, the
 # layer-usage profile over the **test** split (is there a "sandwich" of dense first and last
 # layers?), effective depth, and realized savings against the budget.
 
@@ -22,14 +22,14 @@ import pandas as pd
 import torch
 
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, LearnedController
+from anee.controller import HeuristicController, LearnedController, PlanConfig
 from anee.cost import PROCESS
 from anee.data import wikitext_tokens
 from anee.evaluation import budget_adherence
 from anee.heatmaps import execution_map, layer_usage, layer_usage_plot, savings_plot
 from anee.io import output_dir, save_figure, save_table
 from anee.notebook import pick, setup
-from anee.policy_io import load_policy
+from anee.policy_io import load_plan, load_policy
 from anee.profiler import Profiler
 
 setup(PROFILE, SEED)
@@ -40,9 +40,10 @@ executor = AdaptiveExecutor(adapter_for(model))
 L = executor.adapter.num_layers
 profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
 if (CKPT / "rl.safetensors").is_file():
-    NAME, controller = "rl", LearnedController(load_policy(CKPT / "rl.safetensors", L), profiler)
+    path = CKPT / "rl.safetensors"
+    NAME, controller = "rl", LearnedController(load_policy(path, L), profiler, plan=load_plan(path, L))
 else:
-    NAME, controller = "heuristic", HeuristicController(profiler)
+    NAME, controller = "heuristic", HeuristicController(profiler, plan=PlanConfig())
 print("controller:", NAME)
 
 # %% [markdown]
