@@ -140,8 +140,8 @@ class WarmStartConfig:
 
 
 def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarray, cfg: WarmStartConfig) -> tuple[PolicyNet, dict]:
-    """Cross-entropy imitation of the heuristic's actions; validation = held-out `groups` (windows).
-    Returns the policy and {history, val_accuracy, confusion (3x3, rows = heuristic)}."""
+    """Cross-entropy training on `actions` (the heuristic's, or hindsight labels); validation = held-out
+    `groups` (windows). Returns the policy and {history, val_accuracy, confusion (3x3, rows = target)}."""
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(actions, dtype=torch.long)
