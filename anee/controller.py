@@ -62,6 +62,11 @@ class LayerView:
         return n_process * self.layer_cost + n_skip * float(self.cost.kv_only)
 
     @property
+    def kept_after(self) -> int:
+        """Number of later layers that are not DROPPED (each costs at least its K/V-only path)."""
+        return int((self._later() != DROP).sum())
+
+    @property
     def process_fixed_after(self) -> bool:
         """Whether the plan PROCESSes some later layer (then leaving early is not an option)."""
         return bool((self._later() == PROCESS).any())
@@ -174,8 +179,7 @@ def pacing_guards(view: LayerView, pacing: PacingConfig) -> Guards:
     may_process = view.spent + view.layer_cost + fixed + a * kv <= cap + eps
     must_process = (view.spent + kv + fixed + a * view.layer_cost < floor - eps) & may_process
     # EXIT turns every later layer into a K/V-only path; a plan that PROCESSes a later layer forbids it
-    m = view.remaining_layers - int((view._later() == DROP).sum())
-    may_exit = (view.spent + m * kv >= floor - eps) & (not view.process_fixed_after)
+    may_exit = (view.spent + (view.kept_after + 1) * kv >= floor - eps) & (not view.process_fixed_after)
     return Guards(must_process, may_process, may_exit)
 
 

@@ -58,6 +58,24 @@ def static_ppl(p: SkipProfiles, k: float) -> float:
     return float(np.exp(np.interp(k, p.skips, p.nll.mean(1))))
 
 
+def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> np.ndarray:
+    """Option per column [N] of `kl` [K, N] with least total KL subject to mean `units` (of the picked
+    options; [K] or [K, N]) >= `target`: argmin of kl - price * units, the price found by bisection."""
+    units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
+    cols = np.arange(kl.shape[1])
+
+    def mean_units(price: float) -> float:
+        return units[(kl - price * units).argmin(0), cols].mean()
+
+    lo, hi = 0.0, 1.0
+    while mean_units(hi) < target and hi < 1e6:
+        hi *= 2
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_units(mid) < target else (lo, mid)
+    return (kl - hi * units).argmin(0)
+
+
 def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, kv_fraction: float, overhead: float = 0.0,
                       iters: int = 60) -> np.ndarray:
     """Index into `p.skips` per token [N]: least total KL with mean net saving >= `net_saved`
@@ -65,14 +83,8 @@ def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, kv_fra
     saving = p.skips * (1 - kv_fraction) / num_layers - overhead
     if saving.max() < net_saved:
         raise ValueError(f"skipping {p.skips.max()} layers saves {saving.max():.3f} net < target {net_saved}")
-    lo, hi = 0.0, 1.0
-    while (saving[(p.kl - hi * p.skips[:, None]).argmin(0)].mean() < net_saved) and hi < 1e6:
-        hi *= 2
-    for _ in range(iters):
-        lam = (lo + hi) / 2
-        pick = (p.kl - lam * p.skips[:, None]).argmin(0)
-        lo, hi = (lam, hi) if saving[pick].mean() < net_saved else (lo, lam)
-    return (p.kl - hi * p.skips[:, None]).argmin(0)
+    # the saving is affine in k, so the target is a mean number of skipped layers
+    return lagrangian_pick(p.kl, p.skips, (net_saved + overhead) * num_layers / (1 - kv_fraction), iters)
 
 
 def oracle_ppl(p: SkipProfiles, pick: np.ndarray) -> float:

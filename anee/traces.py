@@ -97,27 +97,30 @@ def counterfactual_traces(executor: AdaptiveExecutor, profiler, plan: PlanConfig
     return out
 
 
+def combo_table(traces: pd.DataFrame) -> pd.DataFrame:
+    """One row per (window, budget, token, combo) of counterfactual traces: the token's KL and how
+    many marginal layers it skipped under that combination."""
+    from .cost import SKIP
+
+    df = traces.assign(skips=(traces.action == SKIP).astype(int))
+    return df.groupby(["window", "budget", "token", "combo"]).agg(kl=("token_kl", "first"), skips=("skips", "sum")).reset_index()
+
+
 def hindsight_labels(traces: pd.DataFrame, skip_share: float = 0.5, iters: int = 50) -> pd.DataFrame:
     """Rows of counterfactual traces along each token's best combination, with `label` = its action.
 
     Best = least KL to the full model plus a compute price per skipped marginal layer, one price for
     all tokens, set by bisection so that `skip_share` of the marginal decisions are SKIPs: the
     labels say *which* tokens should skip, the share says how many."""
-    from .cost import SKIP
+    from .headroom import lagrangian_pick
 
-    df = traces.assign(skips=(traces.action == SKIP).astype(int))
-    per = df.groupby(["window", "budget", "token", "combo"]).agg(kl=("token_kl", "first"), skips=("skips", "sum"), n=("skips", "size")).reset_index()
-    n_slots = per.n.max()
-    def pick(price):
-        cost = per.kl - price * per.skips
-        best = per.loc[cost.groupby([per.window, per.budget, per.token]).idxmin()]
-        return best, best.skips.sum() / (len(best) * n_slots)
-    lo, hi = 0.0, float(per.kl.max()) + 1.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if pick(mid)[1] < skip_share else (lo, mid)
-    best, _ = pick(hi)
-    rows = df.merge(best[["window", "budget", "token", "combo"]], on=["window", "budget", "token", "combo"])
+    table = combo_table(traces)
+    kl = table.pivot(index=["window", "budget", "token"], columns="combo", values="kl")
+    skips = table.pivot(index=["window", "budget", "token"], columns="combo", values="skips")
+    n_slots = int(traces.slot.max()) + 1
+    pick = lagrangian_pick(kl.to_numpy().T, skips.to_numpy().T, skip_share * n_slots, iters)
+    best = kl.index.to_frame(index=False).assign(combo=kl.columns.to_numpy()[pick])
+    rows = traces.merge(best, on=["window", "budget", "token", "combo"])
     return rows.assign(label=rows.action)
 
 
@@ -136,7 +139,6 @@ class WarmStartConfig:
     lr: float = 3e-3
     seed: int = 0
     val_fraction: float = 0.2
-    label_smoothing: float = 0.0  # > 0 keeps the imitation policy stochastic enough for REINFORCE to explore
 
 
 def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarray, cfg: WarmStartConfig) -> tuple[PolicyNet, dict]:
@@ -166,7 +168,7 @@ def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarra
         total = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            loss = F.cross_entropy(policy(xt[idx]), yt[idx], weight=weight, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(policy(xt[idx]), yt[idx], weight=weight)
             opt.zero_grad()
             loss.backward()
             opt.step()

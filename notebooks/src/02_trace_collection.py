@@ -34,7 +34,7 @@ from anee.evaluation import budget_adherence
 from anee.io import output_dir, save_json, save_table
 from anee.notebook import pick, setup
 from anee.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
-from anee.traces import collect_traces, counterfactual_traces, to_dataset
+from anee.traces import collect_traces, combo_table, counterfactual_traces, to_dataset
 
 setup(PROFILE, SEED)
 N_WINDOWS, SEQ_LEN = pick(PROFILE, quick=(4, 128), full=(16, 256))
@@ -98,7 +98,7 @@ cf = counterfactual_traces(executor, profiler, PLAN, windows, TRACE_BUDGETS)
 cf_path = trace_path.parent / "02_counterfactual_traces.parquet"
 to_dataset(cf).to_parquet(str(cf_path))
 cf_df = pd.DataFrame(cf)
-per_token = cf_df.groupby(["window", "budget", "token", "combo"]).token_kl.first().unstack("combo")
+per_token = combo_table(cf_df).pivot(index=["window", "budget", "token"], columns="combo", values="kl")
 cf_summary = pd.DataFrame({"combo": per_token.columns, "mean_token_kl": per_token.mean().to_numpy(),
                            "best_for_tokens": per_token.idxmin(axis=1).value_counts(normalize=True).reindex(per_token.columns, fill_value=0).to_numpy()})
 save_table(cf_summary, "02_counterfactual_summary", PROFILE)
