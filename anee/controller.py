@@ -11,6 +11,7 @@ charged against the savings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -199,11 +200,15 @@ class PlanConfig:
     Static: DROP the `d` least important layers (profiler ranking) for every token; nobody reads
     their K/V, so they cost nothing, exactly like static layer removal. Per token: ASK the
     controller about the next `marginal` layers of the ranking; a SKIP there still pays the K/V-only
-    path. `d` is chosen so that skipping `skip_share` of the marginal layers lands on the budget.
-    Everything else is PROCESSED, and the controller is neither called nor charged there.
+    path. `d` is chosen so that skipping `skip_share` of the marginal layers lands on the budget;
+    a budget that needs fewer skips than that is asked about fewer layers (1.0: none, the full
+    model). Everything else is PROCESSED, and the controller is neither called nor charged there.
+    A token may skip anywhere from none to all of the marginal layers when the pacing band allows
+    it (`PacingConfig.slack` of at least `marginal * skip_share / L`); the share keeps the average
+    on the budget.
     """
 
-    marginal: int = 2
+    marginal: int = 4
     skip_share: float = 0.5
 
     def __post_init__(self):
@@ -215,8 +220,10 @@ def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fracti
     """Plan [L] for `budget` given layer ranks (0 = most important) and the K/V-only path's
     fraction of a layer: DROP / ASK / PROCESS per layer."""
     L = rank.numel()
-    marginal = min(config.marginal, L)
     to_save = (1.0 - budget) * L  # layers' worth of compute
+    marginal = min(config.marginal, L)
+    if config.skip_share > 0:  # ask no more layers than the budget needs skipped (budget 1.0: none, the full model)
+        marginal = min(marginal, math.floor(to_save / (config.skip_share * (1.0 - kv_fraction)) + 1e-9))
     drop = round(to_save - config.skip_share * marginal * (1.0 - kv_fraction))
     drop = max(0, min(drop, L - marginal))
     order = torch.argsort(rank, descending=True, stable=True)  # least important first
@@ -224,6 +231,12 @@ def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fracti
     plan[order[:drop]] = DROP
     plan[order[drop : drop + marginal]] = ASK
     return plan
+
+
+def marginal_order(plan: torch.Tensor, rank: torch.Tensor) -> list[int]:
+    """The plan's ASK layers, least important first: the order in which a nested allocation skips them."""
+    asked = (plan == ASK).nonzero().flatten()
+    return asked[torch.argsort(rank[asked], descending=True, stable=True)].tolist()
 
 
 class PacedController:
@@ -235,11 +248,13 @@ class PacedController:
     about every layer.
     """
 
-    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False, plan: PlanConfig | None = None):
+    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False, plan: PlanConfig | None = None,
+                 record_hidden: bool = False):
         self.profiler = profiler
         self.pacing = pacing or PacingConfig()
         self.plan_config = plan
         self.record = record
+        self.record_hidden = record_hidden  # also keep each call's residual stream [B, T, D] in the records
         self.records: list[dict[str, torch.Tensor]] = []
         self._last_layer = -1
         self._exited: torch.Tensor | None = None
@@ -273,7 +288,8 @@ class PacedController:
         if self.record:
             alive = ~self._exited
             self.records.append({"layer": torch.tensor(view.layer), "features": feats, "raw": raw, "action": act,
-                                 "free": g.free & alive, "alive": alive})
+                                 "free": g.free & alive, "alive": alive,
+                                 **({"hidden": view.hidden.detach()} if self.record_hidden else {})})
         self._exited = self._exited | (act == EXIT)
         return act
 
@@ -321,36 +337,80 @@ class HeuristicController(PacedController):
 
 
 class PolicyNet(torch.nn.Module):
-    """Tiny MLP: normalized features -> logits over PROCESS / SKIP / EXIT."""
+    """Tiny MLP: normalized profiler features, plus (with `rank` > 0) a learned rank-`rank` read of
+    the token's RMS-normalized residual stream -> logits over PROCESS / SKIP / EXIT.
 
-    def __init__(self, num_features: int, hidden: int = 32):
+    The scalar features summarise the state; the read lets the policy look at *what* the token
+    is, which is what tells tokens that tolerate a skip from tokens that do not."""
+
+    def __init__(self, num_features: int, hidden: int = 32, hidden_size: int = 0, rank: int = 0):
         super().__init__()
-        self.num_features, self.hidden = num_features, hidden
+        if (rank > 0) != (hidden_size > 0):
+            raise ValueError(f"a residual-stream read needs both hidden_size and rank > 0, got {hidden_size}, {rank}")
+        self.num_features, self.hidden, self.hidden_size, self.rank = num_features, hidden, hidden_size, rank
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
+        self.set_skip_offsets(torch.zeros(0), torch.zeros(0))
+        if rank:
+            self.register_buffer("h_mean", torch.zeros(hidden_size))
+            self.register_buffer("h_std", torch.ones(hidden_size))
+            self.read = torch.nn.Linear(hidden_size, rank, bias=False)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(num_features, hidden), torch.nn.Tanh(),
+            torch.nn.Linear(num_features + rank, hidden), torch.nn.Tanh(),
             torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
             torch.nn.Linear(hidden, 3),
         )
 
     @property
     def macs(self) -> int:
-        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, torch.nn.Linear))
+        """Per call per token: the MLP's products, plus the read and its normalization (3 per coordinate)."""
+        mlp = sum(m.in_features * m.out_features for m in self.net if isinstance(m, torch.nn.Linear))
+        return mlp + (self.hidden_size * self.rank + 3 * self.hidden_size if self.rank else 0)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.net((feats.float() - self.mean) / self.std)
+    def set_skip_offsets(self, budgets: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Calibrated offsets added to the SKIP logit at these (increasing) budgets; see `skip_offset`."""
+        if budgets.shape != offsets.shape or budgets.ndim != 1 or (budgets.diff() <= 0).any():
+            raise ValueError("skip offsets need increasing budgets [K] and offsets [K]")
+        self.register_buffer("offset_budgets", budgets.float().clone())
+        self.register_buffer("skip_offsets", offsets.float().clone())
+
+    def skip_offset(self, budget: torch.Tensor) -> torch.Tensor:
+        """Offset of the SKIP logit at `budget` [...]: linear between calibrated budgets, the nearest
+        one's outside them, 0 when uncalibrated."""
+        if self.skip_offsets.numel() == 0:
+            return torch.zeros_like(budget, dtype=torch.float32)
+        b, xs, ys = budget.float().clamp(float(self.offset_budgets[0]), float(self.offset_budgets[-1])), self.offset_budgets, self.skip_offsets
+        i = torch.searchsorted(xs, b.contiguous()).clamp(1, max(len(xs) - 1, 1))
+        if len(xs) == 1:
+            return ys[0].expand_as(b).clone()
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (b - x0) / (x1 - x0)
+
+    @staticmethod
+    def rms_normalize(hidden: torch.Tensor) -> torch.Tensor:
+        """hidden / RMS(hidden) over the last axis: the residual stream's direction, at unit scale."""
+        h = hidden.float()
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def forward(self, feats: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        x = (feats.float() - self.mean) / self.std
+        if self.rank:
+            if hidden is None:
+                raise ValueError("this policy reads the residual stream: pass hidden [..., hidden_size]")
+            x = torch.cat([x, self.read((self.rms_normalize(hidden) - self.h_mean) / self.h_std)], -1)
+        return self.net(x)
 
 
 class LearnedController(PacedController):
-    """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state, inside the pacing band
-    (PROCESS / SKIP only with a `PlanConfig`). `sample=True` draws actions from
-    softmax(logits / `temperature`) with `generator` (REINFORCE rollouts); otherwise argmax."""
+    """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state (and, if the policy reads
+    it, the residual stream), inside the pacing band (PROCESS / SKIP only with a `PlanConfig`).
+    `sample=True` draws actions from softmax(logits / `temperature`) with `generator` (REINFORCE
+    rollouts); otherwise argmax."""
 
     def __init__(self, policy: PolicyNet, profiler, pacing: PacingConfig | None = None, sample: bool = False,
                  generator: torch.Generator | None = None, record: bool = False, plan: PlanConfig | None = None,
                  temperature: float = 1.0):
-        super().__init__(profiler, pacing, record, plan)
+        super().__init__(profiler, pacing, record, plan, record_hidden=policy.rank > 0)
         self.policy = policy
         self.sample = sample
         self.generator = generator
@@ -360,16 +420,19 @@ class LearnedController(PacedController):
     def overhead_macs(self) -> int:
         return self.profiler.overhead_macs + self.policy.macs
 
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """Policy logits, EXIT masked out for a planned controller, divided by the temperature."""
-        logits = self.policy(feats)
+    def logits(self, feats: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Policy logits plus its calibrated SKIP offset at the token's budget, EXIT masked out for a
+        planned controller, divided by the temperature."""
+        logits = self.policy(feats, hidden)
+        offset = self.policy.skip_offset(feats[..., self.profiler.budget_index])
+        logits = torch.cat([logits[..., :SKIP], logits[..., SKIP : SKIP + 1] + offset.unsqueeze(-1), logits[..., SKIP + 1 :]], -1)
         if self.plan_config is not None:
             logits = logits.masked_fill(_exit_mask(logits), float("-inf"))
         return logits / self.temperature
 
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = self.logits(feats)
+            logits = self.logits(feats, view.hidden if self.policy.rank else None)
         if not self.sample:
             return logits.argmax(-1)
         probs = torch.softmax(logits, -1).reshape(-1, 3)

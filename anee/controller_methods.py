@@ -1,13 +1,17 @@
 """Frontier methods for the ANEE controllers (registered in `anee.perplexity.METHODS`).
 
-- `anee_heuristic`, `anee_warmstart`, `anee_rl`, each with setting `budget=<float>`. The heuristic
-  runs under the default `PlanConfig` (static DROP of the least important layers, per-token
-  decisions on the marginal ones); the learned controllers under the plan stored in their checkpoint.
+- `anee_heuristic`, `anee_warmstart`, `anee_rl`, each with setting `budget=<float>`, all under one
+  layer plan (static DROP of the least important layers, per-token decisions on the marginal ones):
+  the one stored with the warm-start checkpoint (the default `PlanConfig` when there is none); the
+  learned controllers also under the pacing band stored with them.
+- `anee_warmstart_profiler_only`: the warm-start trained on the profiler state alone, without the
+  read of the residual stream (an ablation).
 - `anee_heuristic_every_layer`: the heuristic asked at every layer, without a plan (every skipped
   layer pays its K/V-only path and every layer pays the controller).
 
 Checkpoints are read from `ctx.extras["checkpoint_dir"]`: `profiler.safetensors` (notebook 02;
-rebuilt from `ctx.calibration_ids` when absent), `warmstart.safetensors` (03), `rl.safetensors` (04).
+rebuilt from `ctx.calibration_ids` when absent), `warmstart.safetensors` and
+`warmstart_profiler_only.safetensors` (03), `rl.safetensors` (04).
 Costs include the profiler's entropy estimator and the policy MLP.
 """
 
@@ -17,10 +21,11 @@ from pathlib import Path
 
 from .controller import HeuristicController, LearnedController, PlanConfig
 from .perplexity import EvalContext, MethodOutput, register_method
-from .policy_io import load_plan, load_policy
+from .policy_io import load_controller, load_plan
 from .profiler import Profiler, calibrate_profiler
 
 PROFILER_FILE, WARMSTART_FILE, RL_FILE = "profiler.safetensors", "warmstart.safetensors", "rl.safetensors"
+BLIND_FILE = "warmstart_profiler_only.safetensors"  # the warm-start without the residual-stream read (ablation)
 
 
 def checkpoint_dir(ctx: EvalContext) -> Path:
@@ -50,9 +55,15 @@ def _method(ctx: EvalContext, controller, budget: float):
     return run
 
 
+def shared_plan(ctx: EvalContext) -> PlanConfig:
+    """The learned controllers' layer plan (from the warm-start checkpoint), else the default."""
+    path = checkpoint_dir(ctx) / WARMSTART_FILE
+    return (load_plan(path, ctx.adapter.num_layers) or PlanConfig()) if path.is_file() else PlanConfig()
+
+
 @register_method("anee_heuristic")
 def anee_heuristic(ctx: EvalContext, budget: float) -> callable:
-    return _method(ctx, HeuristicController(get_profiler(ctx), plan=PlanConfig()), budget)
+    return _method(ctx, HeuristicController(get_profiler(ctx), plan=shared_plan(ctx)), budget)
 
 
 @register_method("anee_heuristic_every_layer")
@@ -61,14 +72,18 @@ def anee_heuristic_every_layer(ctx: EvalContext, budget: float) -> callable:
 
 
 def learned_controller(ctx: EvalContext, file: str) -> LearnedController:
-    """The saved policy `file` under the plan it was trained with."""
-    path, L = checkpoint_dir(ctx) / file, ctx.adapter.num_layers
-    return LearnedController(load_policy(path, L), get_profiler(ctx), plan=load_plan(path, L))
+    """The saved policy `file` under the plan and pacing band it was trained with."""
+    return load_controller(checkpoint_dir(ctx) / file, get_profiler(ctx))
 
 
 @register_method("anee_warmstart")
 def anee_warmstart(ctx: EvalContext, budget: float) -> callable:
     return _method(ctx, learned_controller(ctx, WARMSTART_FILE), budget)
+
+
+@register_method("anee_warmstart_profiler_only")
+def anee_warmstart_profiler_only(ctx: EvalContext, budget: float) -> callable:
+    return _method(ctx, learned_controller(ctx, BLIND_FILE), budget)
 
 
 @register_method("anee_rl")

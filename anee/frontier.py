@@ -26,7 +26,7 @@ def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=
         hierarchical,  # noqa: F401  (registers hierarchical)
     )
 
-    planned = ("anee_heuristic", "anee_warmstart", "anee_rl")
+    planned = ("anee_heuristic", "anee_warmstart", "anee_warmstart_profiler_only", "anee_rl")
     specs = [(m, {"budget": b}) for m in planned for b in (planned_budgets or budgets)]
     specs += [("anee_heuristic_every_layer", {"budget": b}) for b in budgets]
     specs += [("hierarchical", {"capacity": c, "exits": False}) for c in (0.9, 0.7)]

@@ -58,9 +58,9 @@ def static_ppl(p: SkipProfiles, k: float) -> float:
     return float(np.exp(np.interp(k, p.skips, p.nll.mean(1))))
 
 
-def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> np.ndarray:
-    """Option per column [N] of `kl` [K, N] with least total KL subject to mean `units` (of the picked
-    options; [K] or [K, N]) >= `target`: argmin of kl - price * units, the price found by bisection."""
+def lagrangian_price(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> float:
+    """The smallest price (KL per unit) at which picking argmin of kl - price * units per column of
+    `kl` [K, N] gives mean `units` ([K] or [K, N]) >= `target`, found by bisection."""
     units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
     cols = np.arange(kl.shape[1])
 
@@ -73,7 +73,14 @@ def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int
     for _ in range(iters):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean_units(mid) < target else (lo, mid)
-    return (kl - hi * units).argmin(0)
+    return hi
+
+
+def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> np.ndarray:
+    """Option per column [N] of `kl` [K, N] with least total KL subject to mean `units` (of the picked
+    options; [K] or [K, N]) >= `target`: argmin of kl - price * units at `lagrangian_price`."""
+    units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
+    return (kl - lagrangian_price(kl, units, target, iters) * units).argmin(0)
 
 
 def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, kv_fraction: float, overhead: float = 0.0,

@@ -130,6 +130,8 @@ def estimator_error(executor: AdaptiveExecutor, est: ShortlistEntropy, hidden: t
 class Profiler:
     """Computes the `FEATURES` state of every token at a layer from a `LayerView`."""
 
+    budget_index = FEATURES.index("budget")  # where a controller finds the token's budget in the state
+
     def __init__(self, entropy: ShortlistEntropy, importance: torch.Tensor, executor: AdaptiveExecutor, entropy_median: float = 0.1):
         L = executor.adapter.num_layers
         if importance.shape != (L,):

@@ -109,3 +109,22 @@ def test_baselines_cost_and_order():
     assert bi.layer_fraction == pytest.approx(4 / 6) and lens.layer_fraction == pytest.approx(3 / 6)
     assert budget.layer_fraction <= 0.5 + 1e-9
     assert full.ppl != bi.ppl
+
+
+def test_ppl_at_saving_interpolates_and_hull_removes_bumps():
+    import numpy as np
+    import pandas as pd
+
+    from anee.evaluation import lower_hull, ppl_at_saving
+
+    # method a: a bump at 0.2 (above the chord from 0.1 to 0.3); method b: a straight line in log-ppl
+    df = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "layer_saved_net": [0.0, 0.1, 0.2, 0.3, 0.0, 0.4],
+                       "ppl": [10.0, 15.0, 60.0, 40.0, 10.0, 10.0 * 2**4]})
+    exact = ppl_at_saving(df, [0.2, 0.35]).set_index(["method", "net_saved"]).ppl
+    assert exact["a", 0.2] == pytest.approx(60.0) and math.isnan(exact["a", 0.35])
+    assert exact["b", 0.2] == pytest.approx(40.0)  # 10 * 2 ** (0.2 / 0.1)
+    hull = ppl_at_saving(df, [0.2], hull=True).set_index("method").ppl
+    assert hull["a"] == pytest.approx(math.sqrt(15.0 * 40.0))  # time-sharing 0.1 and 0.3
+    assert hull["b"] == pytest.approx(40.0)
+    x, y = np.array([0.0, 0.1, 0.1, 0.2, 0.3]), np.log([10.0, 14.0, 12.0, 60.0, 40.0])
+    assert lower_hull(x, y).tolist() == [0, 2, 4]  # of two points at one saving, the lower; the bump dropped

@@ -2,7 +2,8 @@
 
 Executed copies go to results/executed/ (the sources stay clean); every table and figure is
 rewritten by the notebooks themselves through anee.io. Wall times per notebook are written to
-results/timings_reproduce_<profile>.json, the only file here allowed to differ between runs.
+results/timings_reproduce.json (full run; partial runs: results/executed/), the only file here
+allowed to differ between runs.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def main() -> int:
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
     timings["total"] = round(time.perf_counter() - start, 1)
-    suffix = "" if args.profile == "full" else "_quick"
-    path = ROOT / "results" / (f"timings_reproduce{suffix}.json" if not args.only else f"timings_reproduce{suffix}_partial.json")
-    if args.profile == "quick":
-        path = ROOT / "results" / "quick" / path.name
+    # a partial run's timings are not the artifact's: they go beside the executed copies (git-ignored)
+    if args.only:
+        path = out_dir / f"timings_partial_{args.profile}.json"
+    elif args.profile == "full":
+        path = ROOT / "results" / "timings_reproduce.json"
+    else:
+        path = ROOT / "results" / "quick" / "timings_reproduce_quick.json"
         path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(timings, indent=2) + "\n")
     print(f"total {timings['total']:.0f} s -> {path.relative_to(ROOT)}")

@@ -5,21 +5,27 @@
 # layer importance), measures the estimator's error against the exact logit-lens entropy and its cost,
 # runs the budget-aware `HeuristicController` over valid windows and stores (state, action, outcome)
 # traces as `datasets` parquet files for notebook 03: the heuristic's own decisions, and
-# counterfactual traces in which every PROCESS / SKIP combination on the marginal layers is played
-# for every token, so each token's outcome is known for each choice. Budget adherence is checked on
-# the **test** split.
+# hindsight-labelled traces. For those, every token's outcome is first measured for each nested
+# choice on the marginal layers (skip the j least important of them), each token is given the j
+# that would have been best at one compute price per budget, and that allocation is played back
+# while the state at every marginal decision is recorded: the profiler features *and* the
+# token's residual stream, which the learned controller reads. Budget adherence is checked on the
+# **test** split.
 #
 # The controllers run under a *layer plan* (`PlanConfig`): for a budget, the least important layers
 # are DROPPED for every token (no token reads their keys/values, so they cost nothing, as in static
 # layer removal) and the controller is asked, per token, only about the next `PLAN_MARGINAL`
-# layers of the importance ranking. A per-token SKIP there still pays the K/V-only path.
+# layers of the importance ranking, skipping half of them on average. A per-token SKIP there still
+# pays the K/V-only path. The per-token band (`PACING_SLACK`) is wide enough for a token to skip
+# any number of the marginal layers; the plan's share keeps the average on the budget.
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
 SEED = 0
 SHORTLIST_K = 64
-PLAN_MARGINAL = 2  # layers decided per token; the rest of the budget is met by static DROP
+PLAN_MARGINAL = 4  # layers decided per token; the rest of the budget is met by static DROP
+PACING_SLACK = 0.1  # per-token band around the budget for the learned controllers (notebooks 02-04)
 
 # %% [colab]
 
@@ -28,20 +34,20 @@ import numpy as np
 import pandas as pd
 
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, PlanConfig
+from anee.controller import HeuristicController, PacingConfig, PlanConfig
 from anee.data import sample_windows, wikitext_tokens
 from anee.evaluation import budget_adherence
 from anee.io import output_dir, save_json, save_table
 from anee.notebook import pick, setup
 from anee.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
-from anee.traces import collect_traces, combo_table, counterfactual_traces, to_dataset
+from anee.traces import allocation_traces, collect_traces, hindsight_allocation, hindsight_summary, nested_outcomes, to_dataset
 
 setup(PROFILE, SEED)
 N_WINDOWS, SEQ_LEN = pick(PROFILE, quick=(4, 128), full=(16, 256))
-TRACE_BUDGETS = pick(PROFILE, quick=[0.5, 0.7, 0.9], full=[0.6, 0.7, 0.8, 0.9])
+TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3])
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
-PLAN = PlanConfig(marginal=PLAN_MARGINAL)
+PLAN, PACING = PlanConfig(marginal=PLAN_MARGINAL), PacingConfig(slack=PACING_SLACK)
 model, tokenizer = load_model(MODEL)
 executor = AdaptiveExecutor(adapter_for(model))
 valid = wikitext_tokens(tokenizer, "valid", 8192)
@@ -88,23 +94,26 @@ save_table(summary, "02_trace_summary", PROFILE)
 summary
 
 # %% [markdown]
-# ## Counterfactual traces on the marginal layers
-# Mean KL to the full model for each combination (in depth order of the marginal layers) and how
-# often each combination is the best one for a token at zero compute price: if one combination
-# were best for every token, no per-token policy could beat a static one.
+# ## Hindsight-labelled traces on the marginal layers
+# For every valid window and budget, each nested choice on the plan's marginal layers is played for
+# all tokens (j = 0: process them all, j = marginal: skip them all) and every token's KL to the full
+# model is recorded. One price per budget (KL per skipped marginal layer) is set so that tokens skip
+# half of the marginal layers on average; each token then gets the j with least KL + price * j.
+# If every token got the same j, no per-token policy could beat a static one: the table shows how
+# the allocation spreads and how much KL it saves against every token skipping j = marginal / 2.
 
 # %%
-cf = counterfactual_traces(executor, profiler, PLAN, windows, TRACE_BUDGETS)
-cf_path = trace_path.parent / "02_counterfactual_traces.parquet"
-to_dataset(cf).to_parquet(str(cf_path))
-cf_df = pd.DataFrame(cf)
-per_token = combo_table(cf_df).pivot(index=["window", "budget", "token"], columns="combo", values="kl")
-cf_summary = pd.DataFrame({"combo": per_token.columns, "mean_token_kl": per_token.mean().to_numpy(),
-                           "best_for_tokens": per_token.idxmin(axis=1).value_counts(normalize=True).reindex(per_token.columns, fill_value=0).to_numpy()})
-save_table(cf_summary, "02_counterfactual_summary", PROFILE)
-save_json({"rows": len(df), "counterfactual_rows": len(cf_df), "features": list(FEATURES), "windows": N_WINDOWS,
-           "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL}, "02_trace_meta", PROFILE)
-cf_summary
+outcomes = nested_outcomes(executor, profiler, PLAN, windows, TRACE_BUDGETS)
+allocation, prices = hindsight_allocation(outcomes, PLAN.skip_share)
+labelled = allocation_traces(executor, profiler, PLAN, windows, allocation, PACING)
+to_dataset({k: v.to_numpy() for k, v in outcomes.items()}).to_parquet(str(trace_path.parent / "02_nested_outcomes.parquet"))
+to_dataset(labelled).to_parquet(str(trace_path.parent / "02_hindsight_traces.parquet"))
+hindsight = hindsight_summary(outcomes, allocation).merge(prices, on="budget")
+save_table(hindsight, "02_hindsight_allocation", PROFILE)
+save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS,
+           "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL, "pacing_slack": PACING_SLACK,
+           "hidden_size": int(labelled["hidden"].shape[1])}, "02_trace_meta", PROFILE)
+hindsight
 
 # %% [markdown]
 # ## Budget adherence of the heuristic on the test split
@@ -121,5 +130,7 @@ assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02  # es
 assert (est_table.pearson_r > 0.4).all() and est_table.mae_nats.is_monotonic_decreasing
 assert set(np.unique(df.action)) <= {0, 1} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers
 assert summary.token_fraction.is_monotonic_increasing
-assert len(cf_summary) == 2**PLAN_MARGINAL and abs(cf_summary.best_for_tokens.sum() - 1) < 1e-9
+assert (hindsight.mean_skips - PLAN.skip_share * hindsight.marginal).abs().max() < 0.01  # the price meets the share
+assert (hindsight.hindsight_kl <= hindsight.static_kl + 1e-9).all()  # hindsight never loses to the static split
+assert set(np.unique(labelled["label"])) <= {0, 1} and abs(np.mean(labelled["label"]) - PLAN.skip_share) < 0.02
 assert (adherence.abs_error <= 0.05).all()

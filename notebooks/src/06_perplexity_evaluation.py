@@ -40,7 +40,9 @@ FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3, 0.4))  # of lay
 # drop a whole number of layers), so no method wins at a level by interpolating across a bump
 BI_REMOVED = pick(PROFILE, quick=range(1, 10), full=range(1, 13))
 BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
-PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7), full=(0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6))  # cheap: denser grid
+# the planned controllers move in steps of whole dropped layers; a grid finer than one layer (1/30)
+# keeps their curve as dense as static removal's
+PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7), full=tuple(round(0.95 - 0.025 * i, 3) for i in range(15)))
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 HEADROOM_TOKENS = pick(PROFILE, quick=512, full=2048)  # hindsight-bound section
 model, tokenizer = load_model(MODEL)
@@ -63,20 +65,27 @@ table
 # %% [markdown]
 # ## Perplexity at equal net savings
 # Each method's points are interpolated (in log-perplexity) at the same net layer-compute savings.
-# A method whose points do not bracket a level shows NaN there instead of an extrapolation.
+# A method whose points do not bracket a level shows NaN there instead of an extrapolation. A second
+# table lets every method time-share two of its operating points (interpolation along its lower
+# convex hull in log-perplexity), so no method wins at a level only because another method's curve
+# has a bump there.
 
 # %%
 # every method can fall back to the full model, so the full model anchors each curve at 0 % saved
 anchored = pd.concat([table] + [table[table.method == "full"].assign(method=m) for m in table.method.unique() if m != "full"])
-at_levels = ppl_at_saving(anchored[anchored.method != "full"], LEVELS).pivot(index="method", columns="net_saved", values="ppl")
+anchored = anchored[anchored.method != "full"]
+at_levels = ppl_at_saving(anchored, LEVELS).pivot(index="method", columns="net_saved", values="ppl")
+on_hull = ppl_at_saving(anchored, LEVELS, hull=True).pivot(index="method", columns="net_saved", values="ppl")
 save_table(at_levels.reset_index(), "06_ppl_at_equal_savings", PROFILE)
+save_table(on_hull.reset_index(), "06_ppl_at_equal_savings_hull", PROFILE)
 comparison = {
-    f"{learned}_beats_{other}_levels": int((at_levels.loc[learned] < at_levels.loc[other]).sum())
-    for learned in ("anee_rl",) for other in ("anee_heuristic", "block_influence") if learned in at_levels.index
+    f"{learned}_beats_{other}_levels{suffix}": int((levels.loc[learned] < levels.loc[other]).sum())
+    for suffix, levels in (("", at_levels), ("_hull", on_hull))
+    for learned in ("anee_rl", "anee_warmstart") for other in ("anee_heuristic", "block_influence") if learned in levels.index
 }
 save_json(comparison, "06_rl_comparison", PROFILE)
 print(comparison)
-at_levels
+pd.concat({"interpolated": at_levels, "convex hull": on_hull}, axis=1)
 
 # %% [markdown]
 # ## How much could a per-token allocation gain? A hindsight bound

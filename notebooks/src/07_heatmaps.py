@@ -22,14 +22,14 @@ import pandas as pd
 import torch
 
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, LearnedController, PlanConfig
+from anee.controller import HeuristicController, PlanConfig
 from anee.cost import PROCESS
 from anee.data import wikitext_tokens
 from anee.evaluation import budget_adherence
 from anee.heatmaps import execution_map, layer_usage, layer_usage_plot, savings_plot
 from anee.io import output_dir, save_figure, save_table
 from anee.notebook import pick, setup
-from anee.policy_io import load_plan, load_policy
+from anee.policy_io import load_controller
 from anee.profiler import Profiler
 
 setup(PROFILE, SEED)
@@ -40,8 +40,7 @@ executor = AdaptiveExecutor(adapter_for(model))
 L = executor.adapter.num_layers
 profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
 if (CKPT / "rl.safetensors").is_file():
-    path = CKPT / "rl.safetensors"
-    NAME, controller = "rl", LearnedController(load_policy(path, L), profiler, plan=load_plan(path, L))
+    NAME, controller = "rl", load_controller(CKPT / "rl.safetensors", profiler)
 else:
     NAME, controller = "heuristic", HeuristicController(profiler, plan=PlanConfig())
 print("controller:", NAME)
