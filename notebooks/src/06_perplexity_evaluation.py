@@ -117,15 +117,18 @@ save_figure(fig, "06_frontier", PROFILE)
 
 # %% [markdown]
 # Static removal by Block Influence is the bar to clear: it pays nothing for the layers it drops.
-# The planned ANEE controllers (`anee_heuristic`, `anee_warmstart`, `anee_rl`) meet the static
-# part of each budget the same way (DROPped layers cost nothing) and decide per token only on two
-# marginal layers, where a SKIP still pays the K/V-only path; `anee_heuristic_every_layer` is asked
-# at every layer and pays that path for every skipped layer, which is what held the per-token
-# controllers back before the plan. Early exit through the unmodified head (logit lens) degrades
-# fastest: intermediate residual streams of a model trained without exits are poor inputs to its
-# final norm and head. The hindsight bound separates the two reasons a per-token controller can
-# lose: where the oracle, paying the same K/V and controller costs, sits well below static removal,
-# the loss is in predicting which tokens can afford to skip, not in the cost of skipping.
+# The planned ANEE controllers (`anee_heuristic`, `anee_warmstart`, `anee_rl`) meet the static part
+# of each budget the same way (DROPped layers cost nothing) and decide per token on the plan's
+# marginal layers, where a SKIP still pays the K/V-only path and every call pays the profiler and
+# the policy. Whether per-token decisions then beat static removal depends on what the controller
+# sees: the tables above compare the warm-start policy that reads the residual stream with the same
+# policy on the profiler state only (`anee_warmstart_profiler_only`), the heuristic, and the RL
+# policy, at equal net savings, interpolated and on each method's convex hull. `anee_heuristic_every_layer`
+# is asked at every layer and pays the K/V path for every skipped layer. Early exit through the
+# unmodified head (logit lens) degrades fastest: intermediate residual streams of a model trained
+# without exits are poor inputs to its final norm and head. The hindsight bound shows how much a
+# perfect per-token predictor, paying the same K/V and controller costs, could gain over static
+# removal; the distance between it and the learned controllers is what better prediction could still buy.
 
 # %%
 assert abs(table.loc[table.method == "full", "layer_saved_net"].item()) < 1e-12
