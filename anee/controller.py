@@ -233,6 +233,12 @@ def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fracti
     return plan
 
 
+def skip_share(decisions: torch.Tensor, plan: torch.Tensor) -> float:
+    """Share of SKIPs among `decisions` [..., L] at the plan's asked layers (NaN where nothing is asked)."""
+    asked = decisions[..., plan == ASK]
+    return float((asked == SKIP).float().mean()) if asked.numel() else float("nan")
+
+
 def marginal_order(plan: torch.Tensor, rank: torch.Tensor) -> list[int]:
     """The plan's ASK layers, least important first: the order in which a nested allocation skips them."""
     asked = (plan == ASK).nonzero().flatten()

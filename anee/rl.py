@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .controller import ASK, LearnedController, PacingConfig, PlanConfig, PolicyNet
-from .cost import SKIP
+from .controller import LearnedController, PacingConfig, PlanConfig, PolicyNet, skip_share
 from .executor import AdaptiveExecutor
 from .traces import token_kl
 
@@ -91,12 +90,6 @@ def log_prob(policy: PolicyNet, records: list[dict], controller: LearnedControll
     return total, ent / max(n, 1)
 
 
-def skip_share(trace, plan: torch.Tensor) -> float:
-    """Share of SKIPs among the decisions at the plan's asked layers (NaN where nothing is asked)."""
-    asked = trace.decisions[..., plan == ASK]
-    return float((asked == SKIP).float().mean()) if asked.numel() else float("nan")
-
-
 def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, windows: torch.Tensor, cfg: RLConfig,
                     pacing: PacingConfig | None = None, plan: PlanConfig | None = None) -> tuple[PolicyNet, list[dict]]:
     """Fine-tune a copy of `policy` with REINFORCE on windows [N, >= seq_len] (valid split)."""
@@ -121,11 +114,11 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
             full = executor.forward(ids).logits
             reward, stats, trace = rollout(executor, controller, ids, budgets, full, cfg, lam)
             layer_plan = controller.plan(budgets[0], executor.adapter.num_layers)
-            deployed = {"fraction": stats["layer_fraction"], "share": skip_share(trace, layer_plan)}
+            deployed = {"fraction": stats["layer_fraction"], "share": skip_share(trace.decisions, layer_plan)}
             if cfg.self_critical:
                 base_out = executor.forward(ids, controller=greedy, budget=_budget_arg(budgets, cfg))
                 baseline, _, greedy_frac = token_reward(executor, base_out, full, budgets, lam, cfg.mu)
-                deployed = {"fraction": float(greedy_frac.mean()), "share": skip_share(base_out.trace, layer_plan)}
+                deployed = {"fraction": float(greedy_frac.mean()), "share": skip_share(base_out.trace.decisions, layer_plan)}
                 stats["greedy_layer_fraction"] = deployed["fraction"]
             else:
                 baseline = reward.mean(1, keepdim=True)

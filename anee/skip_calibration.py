@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .controller import ASK, LearnedController
+from .controller import ASK, LearnedController, skip_share
 from .cost import PROCESS, SKIP
 from .executor import AdaptiveExecutor
 
@@ -24,19 +24,14 @@ def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController
     """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions."""
     controller.record = True
     controller.reset_records()
-    plan = controller.plan(budget, executor.adapter.num_layers)
-    skipped = asked = 0
-    for ids in windows:
-        out = executor.forward(ids.unsqueeze(0), controller=controller, budget=budget)
-        decisions = out.trace.decisions[..., plan == ASK]
-        skipped, asked = skipped + int((decisions == SKIP).sum()), asked + decisions.numel()
+    decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget).trace.decisions for ids in windows])
     margins = []
     for r in controller.records:
         logits = controller.policy(r["features"], r.get("hidden"))
         margins.append((logits[..., SKIP] - logits[..., PROCESS])[r["free"]])
     controller.record = False
     controller.reset_records()
-    return torch.cat(margins), skipped / max(asked, 1)
+    return torch.cat(margins), skip_share(decisions, controller.plan(budget, executor.adapter.num_layers))
 
 
 def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budgets: list[float],

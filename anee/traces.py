@@ -138,9 +138,8 @@ def hindsight_allocation(outcomes: pd.DataFrame, skip_share: float, iters: int =
     for b, g in outcomes.groupby("budget"):
         kl = g.pivot(index=["window", "token"], columns="skips", values="token_kl")
         options = kl.columns.to_numpy()
-        units = np.broadcast_to(options.astype(float)[:, None], (len(options), len(kl)))
-        price = lagrangian_price(kl.to_numpy().T, units, skip_share * options.max(), iters)
-        pick = (kl.to_numpy().T - price * units).argmin(0)
+        price = lagrangian_price(kl.to_numpy().T, options.astype(float), skip_share * options.max(), iters)
+        pick = (kl.to_numpy() - price * options).argmin(1)
         parts.append(kl.index.to_frame(index=False).assign(budget=b, skips=options[pick]))
         prices.append({"budget": b, "marginal": int(options.max()), "price": price, "mean_skips": float(options[pick].mean())})
     return pd.concat(parts, ignore_index=True)[["window", "budget", "token", "skips"]], pd.DataFrame(prices)

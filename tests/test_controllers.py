@@ -209,8 +209,7 @@ def test_learned_controller_adds_the_offset_to_skip_only(tiny):
 def test_calibration_brings_the_share_to_the_plan(tiny):
     """A policy that skips almost everywhere: after calibration its greedy share of SKIPs on the
     calibration windows is near the plan's, at each calibrated budget and in between."""
-    from anee.controller import PlanConfig
-    from anee.rl import skip_share
+    from anee.controller import PlanConfig, skip_share
     from anee.skip_calibration import calibrate_skip_offsets
 
     _, ex, prof, ids = tiny
@@ -225,6 +224,6 @@ def test_calibration_brings_the_share_to_the_plan(tiny):
     first, last = table[table["round"] == 0], table[table["round"] == table["round"].max()]
     assert (first.skip_share > 0.8).all() and ((last.skip_share - 0.5).abs() < 0.1).all()
     between = ex.forward(windows, controller=c, budget=0.55)
-    assert abs(skip_share(between.trace, c.plan(0.55, 10)) - 0.5) < 0.2
+    assert abs(skip_share(between.trace.decisions, c.plan(0.55, 10)) - 0.5) < 0.2
     with pytest.raises(ValueError, match="planned"):
         calibrate_skip_offsets(ex, LearnedController(p, prof), windows, [0.5])
