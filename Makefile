@@ -39,7 +39,7 @@ lint: setup
 # then the decode benchmark (a timings file) and the README from the fresh results.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
-	$(PY) -m anee.bench
+	$(PY) -m anee.evaluation.bench
 	$(PY) tools/make_readme.py
 
 reproduce-quick: setup
@@ -50,7 +50,7 @@ notebooks: setup
 	$(PY) tools/build_notebooks.py --execute
 
 bench: setup
-	$(PY) -m anee.bench
+	$(PY) -m anee.evaluation.bench
 
 readme: setup
 	$(PY) tools/make_readme.py

@@ -1,12 +1,15 @@
-"""Tiny random LLaMA + calibrated profiler shared by the controller / profiler / RL tests."""
+"""Tiny models and shared helpers of the tests: random LLaMA / GPT-2 builders, a calibrated profiler
+for the controller / profiler / RL tests, the hierarchical tests' models, a fake weight bank."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from anee import AdaptiveExecutor, adapter_for
-from anee.profiler import calibrate_profiler
+from anee.engine.profiler import calibrate_profiler
 
 
 def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int, positions: int,
@@ -41,3 +44,47 @@ def tiny_setup(layers: int = 6, k: int = 16):
     ids = torch.randint(0, 128, (1, 256), generator=torch.Generator().manual_seed(1))
     prof = calibrate_profiler(ex, ids, k=k, window=64, max_windows=2)
     return model, ex, prof, ids
+
+
+def controllers(prof):
+    """A heuristic and an untrained learned controller on one profiler (the pacing / learned tests)."""
+    from anee.engine.controllers.heuristic import HeuristicController
+    from anee.engine.controllers.learned import LearnedController
+    from anee.engine.controllers.policy import PolicyNet
+    from anee.engine.profiler import FEATURES
+
+    torch.manual_seed(0)
+    return {"heuristic": HeuristicController(prof), "learned": LearnedController(PolicyNet(len(FEATURES)), prof)}
+
+
+# -- the hierarchical model's tests (anee.hierarchical, its evaluation and its frontier method) -------
+HIER_VOCAB = 97
+
+
+def hier_llama(layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
+    """Hierarchical-model tests: hidden 64, vocab 97, context 256."""
+    return llama(layers, 64, 4, 2, 112, vocab=HIER_VOCAB, positions=256, seed=seed)
+
+
+def hier_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=HIER_VOCAB, n_embd=64, n_layer=4, n_head=4, n_positions=128)).eval()
+
+
+def randomize(model, seed: int = 1):
+    """Random routers, gates (some tokens exit) and lenses of a `HierarchicalModel`, so every code
+    path is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.shape[-1] == p.shape[0] else 1.0))
+    return model
+
+
+def token_ids(batch: int, T: int, seed: int, vocab: int = HIER_VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, T), generator=torch.Generator().manual_seed(seed))
+
+
+# -- fake weight bank of the granularity table / pool tests ----------------------------------------
+FULL_BYTES = 1000.0
+BANK = SimpleNamespace(full_bytes=FULL_BYTES)  # WindowScores.rel_bytes only reads full_bytes

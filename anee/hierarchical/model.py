@@ -12,7 +12,7 @@ d layers). An exited token is decoded from its frozen state through the (optiona
 final norm and the LM head. Its K/V at the layers it no longer runs come from the frozen state, like
 ANEE's SKIP, so the cache stays aligned and each later token sees exactly one key per position.
 
-Cost (per token, MACs from `anee.cost.CostModel`): a processed layer with its FFN costs
+Cost (per token, MACs from `anee.core.cost.CostModel`): a processed layer with its FFN costs
 `layer(context)`, without it `layer(context) - mlp`; a layer after the exit costs `kv_only`; router
 (2*D per processed layer), exit gates (2*D per gate reached) and the tuned lens (D*D at the exit) are
 overhead. Reported savings are net of all of it.
@@ -29,52 +29,28 @@ Both use `scaled_dot_product_attention` with a causal mask (no padding support: 
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import adapter_for
-from ..cost import CostModel, CostReport
+from ..core import layer_step as step
+from ..core.adapters import adapter_for
+from ..core.checkpoints import Checkpointable
+from ..core.cost import CostModel, CostReport
+from ..core.divergence import token_kl
+from ..core.outputs import HierarchicalOutput
 from .gates import AffineLens, ExitGate, default_exit_layers
 from .routers import MIN_CAPACITY, FFNRouter, causal_center, check_capacity, score, threshold_route, topk_route
 
-FORMAT = "anee.hierarchical/1"
 ROUTINGS = ("all", "topk", "threshold", "calibrate")
 
 
-@dataclass
-class HierOutput:
-    """Result of a forward pass, with its execution record."""
-
-    logits: torch.Tensor  # [B, T, V]
-    ffn: torch.Tensor  # [B, T, L] bool: FFN ran
-    active: torch.Tensor  # [B, T, L] bool: layer processed (token not exited before it)
-    exit_depth: torch.Tensor  # [B, T] long: layers run before exiting (L = never exited)
-    thresholds: torch.Tensor  # [L] float64 thresholds used (-inf = every token routed)
-    context: torch.Tensor  # [B, T] keys attended (itself included)
-    exits_enabled: bool
-    router_logits: list[torch.Tensor] = field(default_factory=list)  # per layer [B, T, 2] (dense path)
-    exit_hidden: list[torch.Tensor] = field(default_factory=list)  # stream at each exit depth (dense path)
-    final_hidden: torch.Tensor | None = None  # final stream before the norm (dense path, on request)
-
-    @property
-    def realized_capacity(self) -> float:
-        """FFN runs / processed (token, layer) pairs."""
-        return float(self.ffn.sum() / self.active.sum().clamp_min(1))
-
-    def ffn_usage_per_layer(self) -> torch.Tensor:
-        """[L] fraction of the processed tokens that ran the FFN at each layer."""
-        return self.ffn.sum((0, 1)).double() / self.active.sum((0, 1)).double().clamp_min(1)
-
-
-class HierarchicalModel(nn.Module):
+class HierarchicalModel(Checkpointable, nn.Module):
     """Routers and exit gates around a frozen HF decoder (the base is not a submodule: its weights
     never enter this module's state dict or checkpoints)."""
+
+    FORMAT = "anee.hierarchical/2"
+    FIX = "re-run notebook 05 to retrain and rewrite it"
 
     def __init__(self, base: nn.Module, exit_layers: tuple[int, ...] | None = None, tuned_lens: bool = True,
                  model_name: str = ""):
@@ -123,14 +99,13 @@ class HierarchicalModel(nn.Module):
         """KL(full || FFN of layer l skipped for every token), per layer, on ids [B, T] (validation
         split); stored in `self.sensitivity`. Costs one forward per layer."""
         L = self.num_layers
-        teacher = torch.log_softmax(self.base(ids).logits.float(), -1)
+        full_logits = self.base(ids).logits
         sens = torch.empty(L, dtype=torch.float64)
         for layer in range(L):
             thr = torch.full((L,), float("-inf"), dtype=torch.float64)
             thr[layer] = float("inf")
-            logits = self.dense_forward(ids, "threshold", thresholds=thr).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            sens[layer] = float((teacher.exp() * (teacher - logp)).sum(-1).mean())
+            logits = self.dense_forward(ids, "threshold", thresholds=thr).logits
+            sens[layer] = float(token_kl(full_logits, logits).mean())
         self.sensitivity.copy_(sens)
         return sens
 
@@ -180,7 +155,7 @@ class HierarchicalModel(nn.Module):
                       thresholds: torch.Tensor | None = None, exits: bool = False, exit_threshold: float = 0.5,
                       collect_exit_hidden: bool = False, straight_through: bool = False,
                       compute_logits: bool = True, collect_final: bool = False,
-                      router_data: list | None = None) -> HierOutput:
+                      router_data: list | None = None) -> HierarchicalOutput:
         """Teacher-forced pass over ids [B, T] with masked dense arithmetic.
 
         routing: "all" (every FFN), "topk" (training: top ceil(c_l*T) per sequence), "threshold"
@@ -221,11 +196,7 @@ class HierarchicalModel(nn.Module):
                         exit_depth = torch.where(leave, layer, exit_depth)
                         active = active & ~leave
             act_rec[:, :, layer] = active
-            x = a.attn_norm(layer, h)
-            q, k, v = a.qkv(layer, x, pos)
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.attn_scale,
-                                                  enable_gqa=q.shape[1] != k.shape[1])
-            mid = h + a.attn_out(layer, attn.transpose(1, 2).reshape(B, T, -1))
+            mid = step.attention_residual(a, layer, h, pos, None, step.CAUSAL)  # an exited token's K/V come from its frozen h
             logits_r = self.routers[layer](mid)
             router_logits.append(logits_r)
             s = score(logits_r).detach()
@@ -241,94 +212,78 @@ class HierarchicalModel(nn.Module):
                     used[layer] = float(thresholds[layer])
                 run = threshold_route(sc, used[layer]) & active
             ffn_rec[:, :, layer] = run
-            ffn_out = a.mlp(layer, mid)
+            ffn_out = step.mlp_update(a, layer, mid)
             if router_data is not None:
                 rel = ffn_out.detach().norm(dim=-1) / mid.detach().norm(dim=-1).clamp_min(1e-6)
                 router_data.append((F.rms_norm(mid.detach(), mid.shape[-1:])[active], rel.clamp_min(1e-6).log()[active]))
+            gate = None
             if straight_through:
                 p = torch.softmax(logits_r, -1)[..., 1]
-                m = run.to(p.dtype) + p - p.detach()
-                new = mid + m.unsqueeze(-1) * ffn_out
-            else:
-                new = torch.where(run.unsqueeze(-1), mid + ffn_out, mid)
-            h = torch.where(active.unsqueeze(-1), new, h)
+                gate = run.to(p.dtype) + p - p.detach()
+            h = torch.where(active.unsqueeze(-1), step.mix(mid, ffn_out, run, gate), h)
         final = h if decode is None else torch.where(active.unsqueeze(-1), h, decode)
         logits = a.logits(final) if compute_logits else final.new_empty(B, T, 0)
         context = torch.arange(1, T + 1, device=dev, dtype=torch.float64).expand(B, T)
         if routing in ("all", "topk"):
             used = torch.full((L,), float("nan"), dtype=torch.float64)
-        return HierOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits, exit_hidden,
-                          final if collect_final else None)
+        return HierarchicalOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits, exit_hidden,
+                                  final if collect_final else None)
 
     # -- sparse (gathered, the timed inference path) -----------------------------------------------
     @torch.no_grad()
     def sparse_forward(self, ids: torch.Tensor, thresholds: torch.Tensor | None, exits: bool = False,
-                       exit_threshold: float = 0.5) -> HierOutput:
+                       exit_threshold: float = 0.5) -> HierarchicalOutput:
         """Inference over ids [B, T]: per-token threshold routing (None = every FFN) and hard exits.
-        FFN, Q, attention and O run only for the tokens that need them; rows are processed one by one."""
+        FFN, Q, attention and O run only for the tokens that need them (gathered rows); rows of the
+        batch are processed one by one."""
         a, L = self.adapter, self.num_layers
         B, T = ids.shape
         dev = ids.device
         thr = torch.full((L,), float("-inf"), dtype=torch.float64) if thresholds is None else thresholds.double().cpu()
         thr_list = thr.tolist()
         exit_at = {d: i for i, d in enumerate(self.exit_layers)}
-        causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-        d = a.dims
         logits_rows, act_rec, ffn_rec = [], torch.zeros(B, T, L, dtype=torch.bool), torch.zeros(B, T, L, dtype=torch.bool)
         exit_depth = torch.full((B, T), L, dtype=torch.long)
         for b in range(B):
             row = ids[b : b + 1]
             position_ids = torch.arange(T, device=dev)[None]
-            h = a.embed(row, position_ids)[0]  # [T, D]
-            pos = a.position_state(h[None], position_ids)
-            idx = torch.arange(T, device=dev)  # tokens not exited, increasing
-            decode = h.new_empty(T, d.hidden)
+            h = a.embed(row, position_ids)  # [1, T, D]
+            pos = a.position_state(h, position_ids)
+            live = torch.ones(1, T, dtype=torch.bool, device=dev)  # tokens not exited
+            decode = torch.empty_like(h)
             for layer in range(L):
-                if exits and layer in exit_at and idx.numel():
+                if exits and layer in exit_at and live.any():
                     e = exit_at[layer]
-                    leave = self.exit_probability(e, h[idx]) > exit_threshold
+                    leave = live.clone()
+                    leave[live] = self.exit_probability(e, h[live]) > exit_threshold
                     if leave.any():
-                        gone = idx[leave]
-                        decode[gone] = self.decode_hidden(e, h[gone])
-                        exit_depth[b, gone.cpu()] = layer
-                        idx = idx[~leave]
-                if idx.numel() == 0:
+                        decode[leave] = self.decode_hidden(e, h[leave])
+                        exit_depth[b, leave[0].cpu()] = layer
+                        live = live & ~leave
+                if not live.any():
                     break  # nobody left to attend: the remaining K/V would never be read in this window
-                act_rec[b, idx.cpu(), layer] = True
-                x = a.attn_norm(layer, h[None])  # element-wise
-                if idx.numel() == T:
-                    q, k, v = a.qkv(layer, x, pos)
-                    attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.attn_scale,
-                                                          enable_gqa=q.shape[1] != k.shape[1])
-                else:
-                    done = _complement(idx, T)
-                    q, k_a, v_a = a.qkv(layer, x[:, idx], _sub_pos(pos, idx))
-                    k_e, v_e = a.kv(layer, x[:, done], _sub_pos(pos, done))
-                    k = k_a.new_empty(1, k_a.shape[1], T, k_a.shape[3])
-                    v = torch.empty_like(k)
-                    k[:, :, idx], v[:, :, idx] = k_a, v_a
-                    k[:, :, done], v[:, :, done] = k_e, v_e
-                    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal[idx], scale=a.attn_scale,
-                                                          enable_gqa=q.shape[1] != k.shape[1])
-                mid = h[idx] + a.attn_out(layer, attn.transpose(1, 2).reshape(1, idx.numel(), -1))[0]
+                act_rec[b, live[0].cpu(), layer] = True
+                every = bool(live.all())
+                mid = step.attention_residual(a, layer, h, pos, None, step.CAUSAL, queries=None if every else live)
                 if thr_list[layer] == float("-inf"):
                     run = None
-                    mid = mid + a.mlp(layer, mid[None])[0]
-                    ffn_rec[b, idx.cpu(), layer] = True
+                    ffn_rec[b, live[0].cpu(), layer] = True
                 else:
-                    run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]  # idx is in position order
-                    if run.any():
-                        sel = run.nonzero().squeeze(1)
-                        mid = mid.index_add(0, sel, a.mlp(layer, mid[sel][None])[0])
-                    ffn_rec[b, idx[run].cpu(), layer] = True
-                h = h.index_copy(0, idx, mid) if idx.numel() < T else mid
-            decode[idx] = h[idx]
-            logits_rows.append(a.logits(decode[None]))
+                    run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]  # live tokens in position order
+                    ffn_rec[b, live[0].nonzero().squeeze(1)[run[0]].cpu(), layer] = True
+                mid = step.mlp_rows(a, layer, mid, run)
+                if every:
+                    h = mid
+                else:
+                    h = h.clone()
+                    h[live] = mid[0]
+            decode[live] = h[live]
+            logits_rows.append(a.logits(decode))
         context = torch.arange(1, T + 1, dtype=torch.float64).expand(B, T)
-        return HierOutput(torch.cat(logits_rows), ffn_rec, act_rec, exit_depth, thr, context, exits)
+        return HierarchicalOutput(torch.cat(logits_rows), ffn_rec, act_rec, exit_depth, thr, context, exits)
 
     # -- cost ------------------------------------------------------------------------------------
-    def cost_report(self, out: HierOutput, routed: bool = True) -> CostReport:
+    def cost_report(self, out: HierarchicalOutput, routed: bool = True) -> CostReport:
         """Per-token MACs of an execution record (see the module docstring). `routed=False` charges no
         router overhead (capacity 1.0 runs every FFN without asking the routers)."""
         c, L = self.cost, self.num_layers
@@ -387,60 +342,34 @@ class HierarchicalModel(nn.Module):
         return lo
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def metadata(self, extra: dict | None = None) -> dict[str, str]:
+    def checkpoint_config(self) -> dict:
         d = self.adapter.dims
-        meta = {
-            "format": FORMAT, "model_name": self.model_name, "model_type": self.base.config.model_type,
-            "num_layers": str(d.num_layers), "hidden": str(d.hidden), "vocab": str(d.vocab),
-            "exit_layers": json.dumps(list(self.exit_layers)), "tuned_lens": json.dumps(self.tuned_lens),
-        }
-        if extra:
-            meta["extra"] = json.dumps(extra, sort_keys=True)
-        return meta
-
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write routers, gates and lenses as safetensors (atomic rename), shapes described in metadata."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(tmp), metadata=self.metadata(extra))
-        os.replace(tmp, path)
-        return path
+        return {"model_name": self.model_name, "model_type": self.base.config.model_type, "num_layers": d.num_layers,
+                "hidden": d.hidden, "vocab": d.vocab, "exit_layers": list(self.exit_layers), "tuned_lens": self.tuned_lens,
+                "extra": getattr(self, "checkpoint_extra", {})}
 
     @classmethod
-    def load(cls, path: str | Path, base: nn.Module) -> HierarchicalModel:
-        """Load a checkpoint onto `base`, refusing mismatched models, formats or tensor shapes."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no hierarchical checkpoint at {path}: run notebook 05 (train) first")
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: hierarchical checkpoints are safetensors files only (no pickle)")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+    def from_config(cls, config: dict, base: nn.Module) -> HierarchicalModel:
         d = adapter_for(base).dims
         for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab)):
-            if int(meta.get(key, -1)) != want:
-                raise ValueError(f"{path}: checkpoint {key}={meta.get(key)} does not match the model's {want}")
-        model = cls(base, tuple(json.loads(meta["exit_layers"])), json.loads(meta["tuned_lens"]), meta.get("model_name", ""))
-        tensors = load_file(str(path))
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-        for key, t in tensors.items():
-            if tuple(t.shape) != tuple(expected[key].shape):
-                raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
-        model.load_state_dict(tensors, strict=True)
-        model.checkpoint_extra = json.loads(meta.get("extra", "{}"))
+            if config[key] != want:
+                raise ValueError(f"checkpoint {key}={config[key]!r} does not match the model's {want}")
+        if not isinstance(config["tuned_lens"], bool):
+            raise ValueError(f"tuned_lens must be true or false, got {config['tuned_lens']!r}")
+        model = cls(base, tuple(config["exit_layers"]), config["tuned_lens"], str(config["model_name"]))
+        model.checkpoint_extra = dict(config["extra"])
         return model
+
+    def save(self, path, extra: dict | None = None):
+        """Write routers, gates, lenses and the FFN sensitivities (safetensors, atomic), config in the header."""
+        if extra is not None:
+            self.checkpoint_extra = extra
+        return super().save(path)
+
+    @classmethod
+    def load(cls, path, base: nn.Module) -> HierarchicalModel:
+        """Load a checkpoint onto `base`, refusing mismatched models, formats, shapes or values."""
+        return cls.from_checkpoint(path, base)
 
 
 def calibrated_threshold(scores: torch.Tensor, capacity: float) -> float:
@@ -455,18 +384,3 @@ def calibrated_threshold(scores: torch.Tensor, capacity: float) -> float:
     if k >= n:
         return float(s[-1])
     return float(0.5 * (s[k - 1] + s[k]))  # midpoint: robust to nearby test scores
-
-
-def _complement(idx: torch.Tensor, T: int) -> torch.Tensor:
-    keep = torch.ones(T, dtype=torch.bool, device=idx.device)
-    keep[idx] = False
-    return keep.nonzero().squeeze(1)
-
-
-def _sub_pos(pos, idx):
-    """Position state restricted to the tokens `idx` (rotary cos/sin [1, T, hd] -> [1, n, hd])."""
-    if pos is None:
-        return None
-    if isinstance(pos, tuple):
-        return tuple(p[:, idx] for p in pos)
-    raise TypeError(f"unsupported position state {type(pos)}")

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.divergence import entropy
+
 MIN_CAPACITY, MAX_CAPACITY = 0.1, 0.9
 
 
@@ -86,8 +88,7 @@ def threshold_route(scores: torch.Tensor, threshold: float | torch.Tensor) -> to
 def aux_losses(logits: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(z-loss, mean binary entropy) of router logits [..., 2], averaged over `weight` (bool/float)."""
     z = torch.logsumexp(logits, dim=-1) ** 2
-    logp = torch.log_softmax(logits, dim=-1)
-    ent = -(logp.exp() * logp).sum(-1)
+    ent = entropy(logits)
     if weight is None:
         return z.mean(), ent.mean()
     w = weight.to(z.dtype)

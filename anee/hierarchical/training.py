@@ -31,9 +31,9 @@ import random
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..data import sample_windows
+from ..core.data import sample_windows
+from ..core.divergence import kl_from_logprobs
 from .gates import gumbel_decoupled
 from .model import HierarchicalModel
 from .routers import aux_losses
@@ -63,12 +63,6 @@ class TrainConfig:
     router_init_windows: int = 0  # >0: closed-form router warm start (off: no better than random in our tests)
     lens_fit_windows: int = 4  # 0 = no closed-form tuned-lens initialisation
     seed: int = 0
-
-
-def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) [B, T] from teacher log-probs and student logits."""
-    s = torch.log_softmax(student_logits.float(), -1)
-    return F.kl_div(s, teacher_logp, log_target=True, reduction="none").sum(-1)
 
 
 @contextlib.contextmanager
@@ -105,7 +99,7 @@ def train_routers(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig)
         capacity = 1.0 - min(1.0, (step + 1) / ramp_steps) * (1.0 - target)
         teacher = _teacher(model, x)
         out = model.dense_forward(x, "topk", capacity, straight_through=True)
-        kd = kl_per_token(teacher, out.logits).mean()
+        kd = kl_from_logprobs(teacher, out.logits).mean()
         zs, ents = zip(*(aux_losses(r) for r in out.router_logits))
         z, ent = torch.stack(zs).mean(), torch.stack(ents).mean()
         loss = kd + cfg.z_loss * z + cfg.entropy * ent
@@ -132,13 +126,13 @@ def train_exits(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -
         teacher = _teacher(model, x)
         with torch.no_grad():
             out = model.dense_forward(x, "topk", cfg.exit_capacity, collect_exit_hidden=True)
-            kl_final = kl_per_token(teacher, out.logits)
+            kl_final = kl_from_logprobs(teacher, out.logits)
         remaining = torch.ones_like(kl_final)
         expected, depth, kls = torch.zeros_like(kl_final), torch.zeros_like(kl_final), []
         exit_rates = []
         for e, d in enumerate(model.exit_layers):
             h = out.exit_hidden[e]
-            kl_e = kl_per_token(teacher, model.adapter.logits(model.decode_hidden(e, h)))
+            kl_e = kl_from_logprobs(teacher, model.adapter.logits(model.decode_hidden(e, h)))
             kls.append(kl_e)
             y = gumbel_decoupled(model.gates[e](h).float(), cfg.tau_forward or 0.1, tau_b,
                                  hard=cfg.tau_forward == 0, generator=gen)[..., 1]

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from anee import ANEEConfig, ANEEWrapper, load_model
-from anee.io import save_figure, save_table
-from anee.notebook import pick, setup
-from anee.plots import budget_bars
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import save_figure, save_table
+from anee.viz.plots import budget_bars
 
 setup(PROFILE, SEED)
 MAX_NEW_TOKENS = pick(PROFILE, quick=20, full=48)

@@ -33,14 +33,24 @@ PACING_SLACK = 0.1  # per-token band around the budget for the learned controlle
 import numpy as np
 import pandas as pd
 
-from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, PacingConfig, PlanConfig
-from anee.data import sample_windows, wikitext_tokens
-from anee.evaluation import budget_adherence
-from anee.io import output_dir, save_json, save_table
-from anee.notebook import pick, setup
-from anee.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
-from anee.traces import allocation_traces, collect_traces, hindsight_allocation, hindsight_summary, nested_outcomes, to_dataset
+from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
+from anee.core.data import sample_windows, wikitext_tokens
+from anee.engine.controllers.heuristic import HeuristicController
+from anee.engine.controllers.pacing import PacingConfig
+from anee.engine.controllers.plan import PlanConfig
+from anee.engine.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
+from anee.engine.training.traces import (
+    allocation_traces,
+    collect_traces,
+    hindsight_allocation,
+    hindsight_summary,
+    nested_outcomes,
+    to_dataset,
+    trace_summary,
+)
+from anee.evaluation.budget import budget_adherence
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_json, save_table
 
 setup(PROFILE, SEED)
 N_WINDOWS, SEQ_LEN = pick(PROFILE, quick=(4, 128), full=(16, 256))
@@ -70,7 +80,7 @@ save_table(est_table, "02_entropy_estimator", PROFILE)
 est_table
 
 # %%
-imp = pd.DataFrame({"layer": range(len(profiler.importance)), "block_influence": profiler._raw_importance.numpy()})
+imp = pd.DataFrame({"layer": range(len(profiler.importance)), "block_influence": profiler.raw_importance.numpy()})
 save_table(imp, "02_layer_importance", PROFILE)
 print("profiler + heuristic overhead per call per token:", profiler.overhead_macs, "MACs =",
       f"{profiler.overhead_macs / executor.cost.layer_static:.2%} of a layer")
@@ -86,10 +96,7 @@ trace_path = output_dir("results", PROFILE) / "traces" / "02_heuristic_traces.pa
 trace_path.parent.mkdir(parents=True, exist_ok=True)
 dataset.to_parquet(str(trace_path))
 df = dataset.to_pandas()
-summary = df.groupby("budget").agg(rows=("action", "size"), process=("action", lambda a: (a == 0).mean()),
-                                   skip=("action", lambda a: (a == 1).mean()), exit=("action", lambda a: (a == 2).mean()),
-                                   free=("free", "mean"), token_kl=("token_kl", "mean"),
-                                   token_fraction=("token_fraction", "mean")).reset_index()
+summary = trace_summary(df)
 save_table(summary, "02_trace_summary", PROFILE)
 summary
 
@@ -128,9 +135,9 @@ adherence
 # %%
 assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02  # estimator << one layer (exact head: 8 layers)
 assert (est_table.pearson_r > 0.4).all() and est_table.mae_nats.is_monotonic_decreasing
-assert set(np.unique(df.action)) <= {0, 1} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers
+assert set(np.unique(df.action)) <= {PROCESS, SKIP} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers
 assert summary.token_fraction.is_monotonic_increasing
 assert (hindsight.mean_skips - PLAN.skip_share * hindsight.marginal).abs().max() < 0.01  # the price meets the share
 assert (hindsight.hindsight_kl <= hindsight.static_kl + 1e-9).all()  # hindsight never loses to the static split
-assert set(np.unique(labelled["label"])) <= {0, 1} and abs(np.mean(labelled["label"]) - PLAN.skip_share) < 0.02
+assert set(np.unique(labelled["label"])) <= {PROCESS, SKIP} and abs(np.mean(labelled["label"]) - PLAN.skip_share) < 0.02
 assert (adherence.abs_error <= 0.05).all()

@@ -24,16 +24,20 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, LearnedController, PacingConfig, PlanConfig
-from anee.data import sample_windows, wikitext_tokens
-from anee.evaluation import budget_adherence
-from anee.io import output_dir, save_json, save_table
-from anee.notebook import pick, setup
-from anee.policy_io import load_policy, save_policy
-from anee.profiler import FEATURES, Profiler
-from anee.skip_calibration import calibrate_skip_offsets
-from anee.traces import WarmStartConfig, hidden_column, static_accuracy, train_warmstart
+from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
+from anee.core.data import sample_windows, wikitext_tokens
+from anee.engine.controllers.heuristic import HeuristicController
+from anee.engine.controllers.learned import LearnedController
+from anee.engine.controllers.pacing import PacingConfig
+from anee.engine.controllers.plan import PlanConfig
+from anee.engine.controllers.policy import load_policy, save_policy
+from anee.engine.profiler import FEATURES, Profiler
+from anee.engine.training.skip_calibration import calibrate_skip_offsets
+from anee.engine.training.traces import hidden_column
+from anee.engine.training.warmstart import WarmStartConfig, static_accuracy, train_warmstart
+from anee.evaluation.budget import budget_adherence
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_json, save_table
 
 setup(PROFILE, SEED)
 EPOCHS = pick(PROFILE, quick=8, full=20)
@@ -44,7 +48,7 @@ meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_t
 PLAN, PACING = PlanConfig(marginal=meta["plan_marginal"]), PacingConfig(slack=meta["pacing_slack"])  # notebook 02's
 model, tokenizer = load_model(MODEL)
 executor = AdaptiveExecutor(adapter_for(model))
-profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
+profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
 valid = wikitext_tokens(tokenizer, "valid", 16384)
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 traces = datasets.Dataset.from_parquet(str(output_dir("results", PROFILE) / "traces" / "02_hindsight_traces.parquet"))
@@ -98,7 +102,7 @@ adherence.pivot(index="budget", columns="controller", values="layer_fraction")
 
 # %%
 assert n_params <= 10_000
-assert set(np.unique(labels.label)) <= {0, 1} and H.shape == (len(labels), executor.adapter.dims.hidden)
+assert set(np.unique(labels.label)) <= {PROCESS, SKIP} and H.shape == (len(labels), executor.adapter.dims.hidden)
 assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
 assert (adherence.abs_error <= 0.05).all()
 last = calibration[calibration["round"] == calibration["round"].max()]

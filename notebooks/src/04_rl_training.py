@@ -21,20 +21,20 @@ SEED = 0
 # %% [colab]
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
-import anee.controller_methods  # noqa: F401  (registers anee_heuristic / anee_warmstart / anee_rl)
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, LearnedController
-from anee.data import sample_windows, wikitext_tokens
-from anee.evaluation import budget_adherence
-from anee.io import output_dir, save_figure, save_table
-from anee.notebook import pick, setup
-from anee.policy_io import load_pacing, load_plan, load_policy, save_policy
-from anee.profiler import Profiler
-from anee.rl import RLConfig, price_to_lam, train_reinforce
-from anee.skip_calibration import calibrate_skip_offsets
+from anee.core.data import sample_windows, wikitext_tokens
+from anee.engine.controllers.heuristic import HeuristicController
+from anee.engine.controllers.learned import LearnedController
+from anee.engine.controllers.policy import load_policy, save_policy
+from anee.engine.profiler import Profiler
+from anee.engine.training.rl import RLConfig, price_to_lam, train_reinforce
+from anee.engine.training.skip_calibration import calibrate_skip_offsets
+from anee.evaluation.budget import budget_adherence
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_figure, save_table
+from anee.viz.training import rl_curves
 
 setup(PROFILE, SEED)
 RL_STEPS = pick(PROFILE, quick=6, full=120)
@@ -46,9 +46,9 @@ CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL)
 executor = AdaptiveExecutor(adapter_for(model))
 L = executor.adapter.num_layers
-profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
+profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
 warm = load_policy(CKPT / "warmstart.safetensors", L)
-PLAN, PACING = load_plan(CKPT / "warmstart.safetensors", L), load_pacing(CKPT / "warmstart.safetensors", L)  # of 02-03
+PLAN, PACING = warm.plan_config(), warm.pacing_config()  # of 02-03
 prices = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv")
 RL = RLConfig(steps=RL_STEPS, batch=2, seq_len=256, lr=3e-4, lam_lr=0.5, mu=0.0, entropy_bonus=0.0, temperature=1.0,
               self_critical=True, shared_budget=True, budgets=tuple(b for b in prices.budget if b >= RL_MIN_BUDGET),
@@ -69,18 +69,7 @@ save_table(calibration, "04_skip_calibration", PROFILE)
 save_policy(CKPT / "rl.safetensors", policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)}, plan=PLAN, pacing=PACING)
 history = pd.DataFrame(hist)
 save_table(history, "04_rl_history", PROFILE)
-fig, axes = plt.subplots(1, 4, figsize=(15, 3))
-for ax, col in zip(axes, ["reward", "kl", "greedy_skip_share"]):
-    ax.plot(history.step, history[col], alpha=0.4)
-    ax.plot(history.step, history[col].rolling(5, min_periods=1).mean())
-    ax.set_title(col)
-    ax.set_xlabel("step")
-axes[2].axhline(PLAN.skip_share, color="k", lw=0.8, ls="--")
-for b, g in history.groupby("budget"):  # one dual price per training budget
-    axes[3].plot(g.step, g.lam, marker=".", label=f"{b:g}")
-axes[3].set(title="lam (per budget)", xlabel="step", yscale="log")
-axes[3].legend(fontsize=6, ncol=2)
-save_figure(fig, "04_rl_curves", PROFILE)
+save_figure(rl_curves(history, PLAN.skip_share), "04_rl_curves", PROFILE)
 
 # %% [markdown]
 # ## Budget adherence on the test split

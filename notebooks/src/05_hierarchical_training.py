@@ -17,7 +17,7 @@
 #   safetensors with shape/metadata checks. All training data comes from WikiText-2 *valid*; every
 #   reported number is on WikiText-2 *test*.
 #
-# Compute is counted exactly with `anee.cost.CostModel`: a layer without its FFN costs
+# Compute is counted exactly with `anee.core.cost.CostModel`: a layer without its FFN costs
 # `layer - mlp`, an exited token still computes K/V at the remaining layers (`kv_only`, so later tokens
 # can attend to it), routers/gates/lens are overhead, the LM head is paid by every token.
 
@@ -33,15 +33,15 @@ THREADS = 1  # one thread: deterministic, and several times faster than 2 on a s
 
 # %%
 import pandas as pd
-import torch
 
 from anee import load_model
-from anee.data import sample_windows, wikitext_tokens
-from anee.hierarchical import HierarchicalModel, TrainConfig, best_seconds_interleaved, evaluate_setting, train
-from anee.hierarchical.methods import checkpoint_path
-from anee.hierarchical.plots import routing_analysis, training_curves
-from anee.io import output_dir, save_figure, save_json, save_table
-from anee.notebook import pick, setup
+from anee.core.data import sample_windows, wikitext_tokens
+from anee.evaluation.hierarchical import capacity_table, causality_check, evaluate_setting, exit_table, timing_table
+from anee.evaluation.methods.hierarchical import checkpoint_path
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_figure, save_json, save_table
+from anee.hierarchical import HierarchicalModel, TrainConfig, train
+from anee.viz.hierarchical import routing_analysis, training_curves
 
 setup(PROFILE, SEED, threads=THREADS)
 WINDOW = 256  # evaluation and calibration window (tokens); stride = window
@@ -101,32 +101,16 @@ sens.round(3).T
 # %%
 ref = evaluate_setting(hm, test, calib, 1.0, label="capacity=1.0")
 results = {c: evaluate_setting(hm, test, calib, c, label=f"capacity={c}") for c in CAPACITIES}
-SEED_CLAIMS = {0.9: ("1.1x", "<1 %"), 0.7: ("1.3x", "~3 %"), 0.55: ("1.6x", "~8 %"), 0.4: ("1.8x", "~12 %")}
-rows = []
-for c, r in [(1.0, ref), *results.items()]:
-    row = dict(r.row)
-    row["ppl_increase_pct"] = 100 * (row["ppl"] / ref.row["ppl"] - 1)
-    row["seed_speedup_tinyllama"], row["seed_ppl_increase_tinyllama"] = SEED_CLAIMS.get(c, ("1.0x", "0 %"))
-    rows.append(row)
-capacity_table = pd.DataFrame(rows)[["capacity", "realized_capacity", "ppl", "ppl_increase_pct", "compute_speedup",
-                                     "layer_speedup", "seed_speedup_tinyllama", "seed_ppl_increase_tinyllama", "tokens"]]
-save_table(capacity_table, "05_capacity_table", PROFILE)
-capacity_table.round(3)
+capacities = capacity_table(ref, results)
+save_table(capacities, "05_capacity_table", PROFILE)
+capacities.round(3)
 
 # %%
 # Wall-clock (varies run to run and with machine load: its own file). All settings are timed in
 # interleaved rounds on the same test window; the minimum over rounds is the least load-disturbed.
-x = test[:, :WINDOW]
-fns = {"hf": lambda: model(x), 1.0: lambda: hm.sparse_forward(x, None)}
-fns.update({c: (lambda t: lambda: hm.sparse_forward(x, t))(r.thresholds) for c, r in results.items()})
-best = best_seconds_interleaved(fns, rounds=TIMING_ROUNDS)
-timings = [{"capacity": c, "seconds": best[c], "hf_seconds": best["hf"]} for c in [1.0, *results]]
-timings = pd.DataFrame(timings)
-timings["wallclock_speedup_vs_hf"] = timings.hf_seconds / timings.seconds
-timings["wallclock_speedup_vs_own_full"] = best[1.0] / timings.seconds
-timings["threads"] = torch.get_num_threads()
+timings = timing_table(model, hm, test[:, :WINDOW], {c: r.thresholds for c, r in results.items()}, TIMING_ROUNDS)
 save_table(timings, "05_timings", PROFILE)
-side_by_side = capacity_table.merge(timings[["capacity", "wallclock_speedup_vs_hf", "wallclock_speedup_vs_own_full"]])
+side_by_side = capacities.merge(timings[["capacity", "wallclock_speedup_vs_hf", "wallclock_speedup_vs_own_full"]])
 side_by_side[["capacity", "realized_capacity", "compute_speedup", "wallclock_speedup_vs_hf",
               "wallclock_speedup_vs_own_full", "ppl_increase_pct", "seed_speedup_tinyllama",
               "seed_ppl_increase_tinyllama"]].round(3)
@@ -142,14 +126,9 @@ exit_results = {
 }
 target_capacity = hm.capacity_for_speedup(calib, TARGET_SPEEDUP)
 target = evaluate_setting(hm, test, calib, target_capacity, label=f"target_speedup={TARGET_SPEEDUP}")
-exit_rows = [dict(r.row, variant=k) for k, r in exit_results.items()]
-exit_rows.append(dict(target.row, variant=f"target_speedup={TARGET_SPEEDUP} (capacity {target_capacity:.3f})"))
-exit_table = pd.DataFrame(exit_rows)
-exit_table["ppl_increase_pct"] = 100 * (exit_table.ppl / ref.row["ppl"] - 1)
-exit_table = exit_table[["variant", "capacity", "realized_capacity", "exited_fraction", "mean_depth", "ppl",
-                         "ppl_increase_pct", "compute_speedup"]]
-save_table(exit_table, "05_exits", PROFILE)
-exit_table.round(3)
+exits = exit_table({**exit_results, f"target_speedup={TARGET_SPEEDUP} (capacity {target_capacity:.3f})": target}, ref.row["ppl"])
+save_table(exits, "05_exits", PROFILE)
+exits.round(3)
 
 # %% [markdown]
 # ## Routing analysis
@@ -173,18 +152,7 @@ save_table(depths, "05_exit_depths", PROFILE)
 # decision and no logit of the first half may change.
 
 # %%
-T = 128
-a_ids = test[:, :T]
-b_ids = torch.cat([a_ids[:, : T // 2], test[:, T : T + T // 2]], 1)
-thr = exit_results["exits, tuned lens"].thresholds
-a = hm.sparse_forward(a_ids, thr, exits=True)
-b = hm.sparse_forward(b_ids, thr, exits=True)
-causal = {
-    "first_half_ffn_identical": bool(torch.equal(a.ffn[:, : T // 2], b.ffn[:, : T // 2])),
-    "first_half_exits_identical": bool(torch.equal(a.exit_depth[:, : T // 2], b.exit_depth[:, : T // 2])),
-    "first_half_max_logit_diff": float((a.logits[:, : T // 2] - b.logits[:, : T // 2]).abs().max()),
-    "second_half_decisions_changed": bool(not torch.equal(a.ffn[:, T // 2 :], b.ffn[:, T // 2 :])),
-}
+causal = causality_check(hm, test, exit_results["exits, tuned lens"].thresholds, length=128)
 save_json(causal, "05_causality", PROFILE)
 # NBVAL_CHECK_OUTPUT
 print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"], causal["first_half_max_logit_diff"] <= 1e-5)
@@ -222,12 +190,13 @@ print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"], 
 # the honest result on the model we can run.
 
 # %%
-assert (capacity_table.realized_capacity[capacity_table.capacity < 1] - capacity_table.capacity[capacity_table.capacity < 1]).abs().max() <= 0.05
-assert capacity_table.compute_speedup.is_monotonic_increasing  # less capacity -> more speedup
-assert capacity_table.ppl.iloc[0] <= capacity_table.ppl.min() + 1e-6  # the full model is the best
+routed = capacities[capacities.capacity < 1]
+assert (routed.realized_capacity - routed.capacity).abs().max() <= 0.05
+assert capacities.compute_speedup.is_monotonic_increasing  # less capacity -> more speedup
+assert capacities.ppl.iloc[0] <= capacities.ppl.min() + 1e-6  # the full model is the best
 # FFN skipping can never beat the FFN share of the compute (ceiling at context 1, the cheapest attention)
-assert capacity_table.compute_speedup.iloc[-1] < 1.0 / (1 - 0.6 * hm.cost.mlp * hm.num_layers / hm.cost.full_token(1))
+assert capacities.compute_speedup.iloc[-1] < 1.0 / (1 - 0.6 * hm.cost.mlp * hm.num_layers / hm.cost.full_token(1))
 assert all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical")) and causal["first_half_max_logit_diff"] <= 1e-5
 assert history.loss.notna().all() and (history[history.phase == "routers"].kl > 0).all()
 assert checkpoint_path(CKPT, "tuned").is_file() and checkpoint_path(CKPT, "logit").is_file()
-assert (exit_table.compute_speedup[exit_table.capacity < 1] > 1).all()
+assert (exits.compute_speedup[exits.capacity < 1] > 1).all()

@@ -19,19 +19,21 @@ LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compa
 
 # %%
 import pandas as pd
-import torch
 
-import anee.methods  # noqa: F401  (registers full, block_influence, logit_lens, anee_budget)
 from anee import load_model
-from anee.data import wikitext_tokens
-from anee.frontier import extra_specs, frontier_context
-from anee.headroom import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
-from anee.methods import removal_order
-from anee.evaluation import ppl_at_saving
-from anee.io import save_figure, save_json, save_table
-from anee.notebook import pick, setup
-from anee.perplexity import run_frontier
-from anee.plots import frontier
+from anee.core.data import wikitext_tokens
+from anee.evaluation.frontier import (
+    controller_overhead,
+    equal_saving_tables,
+    extra_specs,
+    frontier_context,
+    headroom_table,
+    run_frontier,
+    wins,
+)
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import save_figure, save_json, save_table
+from anee.viz.plots import frontier
 
 setup(PROFILE, SEED)
 EVAL_TOKENS = pick(PROFILE, quick=512, full=4096)
@@ -72,17 +74,10 @@ table
 
 # %%
 # every method can fall back to the full model, so the full model anchors each curve at 0 % saved
-anchored = pd.concat([table] + [table[table.method == "full"].assign(method=m) for m in table.method.unique() if m != "full"])
-anchored = anchored[anchored.method != "full"]
-at_levels = ppl_at_saving(anchored, LEVELS).pivot(index="method", columns="net_saved", values="ppl")
-on_hull = ppl_at_saving(anchored, LEVELS, hull=True).pivot(index="method", columns="net_saved", values="ppl")
+at_levels, on_hull = equal_saving_tables(table, LEVELS)
 save_table(at_levels.reset_index(), "06_ppl_at_equal_savings", PROFILE)
 save_table(on_hull.reset_index(), "06_ppl_at_equal_savings_hull", PROFILE)
-comparison = {
-    f"{learned}_beats_{other}_levels{suffix}": int((levels.loc[learned] < levels.loc[other]).sum())
-    for suffix, levels in (("", at_levels), ("_hull", on_hull))
-    for learned in ("anee_rl", "anee_warmstart") for other in ("anee_heuristic", "block_influence") if learned in levels.index
-}
+comparison = wins(at_levels, on_hull)
 save_json(comparison, "06_rl_comparison", PROFILE)
 print(comparison)
 pd.concat({"interpolated": at_levels, "convex hull": on_hull}, axis=1)
@@ -96,17 +91,7 @@ pd.concat({"interpolated": at_levels, "convex hull": on_hull}, axis=1)
 # what a better per-token predictor could reach; static removal is scored on the same windows.
 
 # %%
-overhead = float(((1 - table.layer_fraction) - table.layer_saved_net)[table.method == "anee_heuristic_every_layer"].mean())
-order = removal_order(ctx.extras["block_influence"])
-windows = [test_ids[:, i : i + WINDOW] for i in range(0, HEADROOM_TOKENS - WINDOW + 1, WINDOW)]
-profiles = skip_profiles(ctx.executor, windows, order, list(range(0, round(0.45 * L))))
-kv = ctx.cost.kv_only / float(ctx.cost.layer(torch.arange(1, WINDOW + 1, dtype=torch.float64)).mean())
-headroom = pd.DataFrame([
-    {"net_saved": s, "static_block_influence_ppl": static_ppl(profiles, s * L),
-     "oracle_ppl_no_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, 0.0)),
-     "oracle_ppl_with_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, kv, overhead)),
-     "kv_fraction_of_layer": kv, "controller_overhead": overhead, "tokens": profiles.kl.shape[1]}
-    for s in LEVELS])
+headroom = headroom_table(ctx, test_ids, WINDOW, HEADROOM_TOKENS, LEVELS, controller_overhead(table))
 save_table(headroom, "06_headroom", PROFILE)
 headroom
 

@@ -22,15 +22,16 @@ import pandas as pd
 import torch
 
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.controller import HeuristicController, PlanConfig
-from anee.cost import PROCESS
-from anee.data import wikitext_tokens
-from anee.evaluation import budget_adherence
-from anee.heatmaps import execution_map, layer_usage, layer_usage_plot, savings_plot
-from anee.io import output_dir, save_figure, save_table
-from anee.notebook import pick, setup
-from anee.policy_io import load_controller
-from anee.profiler import Profiler
+from anee.core.data import wikitext_tokens
+from anee.engine.controllers.heuristic import HeuristicController
+from anee.engine.controllers.learned import load_controller
+from anee.engine.controllers.plan import PlanConfig
+from anee.engine.profiler import Profiler
+from anee.evaluation.budget import budget_adherence
+from anee.evaluation.depth import effective_depth, layer_usage, per_token_depth
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_figure, save_table
+from anee.viz.execution_maps import execution_map, layer_usage_plot, savings_plot
 
 setup(PROFILE, SEED)
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
@@ -38,7 +39,7 @@ CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL)
 executor = AdaptiveExecutor(adapter_for(model))
 L = executor.adapter.num_layers
-profiler = Profiler.load(CKPT / "profiler.safetensors", executor)
+profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
 if (CKPT / "rl.safetensors").is_file():
     NAME, controller = "rl", load_controller(CKPT / "rl.safetensors", profiler)
 else:
@@ -49,19 +50,16 @@ print("controller:", NAME)
 # ## Execution maps of sample texts
 
 # %%
-rows = []
+parts = []
 fig, axes = plt.subplots(len(TEXTS), 1, figsize=(9, 4.5 * len(TEXTS)))
 for i, text in enumerate(TEXTS):
     ids = tokenizer(text, return_tensors="pt").input_ids
-    out = executor.forward(ids, controller=controller, budget=BUDGET)
-    d = out.trace.decisions[0]
+    d = executor.forward(ids, controller=controller, budget=BUDGET).trace.decisions[0]
     tokens = tokenizer.convert_ids_to_tokens(ids[0])
     execution_map(d, tokens, f"{NAME} controller, budget {BUDGET}", ax=axes[i])
-    for t, tok in enumerate(tokens):
-        rows.append({"text": i, "position": t, "token": tok, "layers_processed": int((d[t] == PROCESS).sum()),
-                     "last_processed": int((d[t] == PROCESS).nonzero().max()) + 1 if (d[t] == PROCESS).any() else 0})
+    parts.append(per_token_depth(d, tokens, i))
 save_figure(fig, "07_execution_maps", PROFILE)
-per_token = pd.DataFrame(rows)
+per_token = pd.concat(parts, ignore_index=True)
 save_table(per_token, "07_per_token_compute", PROFILE)
 per_token.groupby("text").layers_processed.describe()
 
@@ -77,13 +75,7 @@ for b in (0.5, 0.7, 0.9):
         decisions.append(executor.forward(test[:, s : s + 256], controller=controller, budget=b).trace.decisions)
     dec = torch.cat(decisions, 1)
     usage[f"budget {b}"] = layer_usage(dec)
-    processed = (dec == PROCESS)
-    idx = torch.arange(L).expand_as(processed)
-    last = torch.where(processed, idx + 1, 0).amax(-1).float()
-    depth_rows.append({"budget": b, "mean_layers_processed": processed.sum(-1).float().mean().item(),
-                       "mean_effective_depth": last.mean().item(), "std_layers_processed": processed.sum(-1).float().std().item(),
-                       "first2_usage": usage[f"budget {b}"][:2].mean(), "last2_usage": usage[f"budget {b}"][-2:].mean(),
-                       "middle_usage": usage[f"budget {b}"][2:-2].mean()})
+    depth_rows.append(effective_depth(dec, b))
 depth = pd.DataFrame(depth_rows)
 save_table(depth, "07_effective_depth", PROFILE)
 save_table(pd.DataFrame({"layer": range(L), **usage}), "07_layer_usage", PROFILE)

@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 
 from anee import AdaptiveExecutor, adapter_for, load_model
-from anee.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
-from anee.data import wikitext_tokens
-from anee.granularity import Strategies, granularity_figure
-from anee.granularity_pool import (
+from anee.core.data import wikitext_tokens
+from anee.engine.importance import block_influence, removal_order
+from anee.evaluation.context import EvalContext
+from anee.evaluation.granularity.pool import (
     budget_violations,
     make_selectors,
     measure_pool,
@@ -49,14 +49,15 @@ from anee.granularity_pool import (
     run_selectors,
     selector_budgets,
 )
-from anee.granularity_table import describe_best, granularity_summary, granularity_table
-from anee.io import output_dir, save_figure, save_json, save_table
-from anee.methods import block_influence, removal_order
-from anee.notebook import pick, setup
-from anee.perplexity import EvalContext
-from anee.precision import refinement_threshold, segment_schedule, segment_sensitivity, segments
-from anee.quantize import FP32, WeightBank
-from anee.selection import ComplexityFeatures
+from anee.evaluation.granularity.strategies import Strategies
+from anee.evaluation.granularity.table import describe_best, granularity_summary, granularity_table
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.results import output_dir, save_figure, save_json, save_table
+from anee.granularity.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
+from anee.granularity.precision import refinement_threshold, segment_schedule, segment_sensitivity, segments
+from anee.granularity.quantize import FP32, WeightBank
+from anee.granularity.selection import ComplexityFeatures
+from anee.viz.granularity import granularity_figure
 
 setup(PROFILE, SEED, threads=THREADS)
 WINDOW = pick(PROFILE, quick=64, full=128)

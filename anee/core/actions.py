@@ -1,0 +1,26 @@
+"""What a token may do at a layer, and the one plan entry that is not an action.
+
+    PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
+    SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache (later tokens attend to it)
+    EXIT     SKIP for this and every remaining layer
+    DROP     nothing at all, not even K/V: the layer is removed for every token of the sequence
+
+Stored as int8 in decision tensors [B, T, L]. A *plan* (one entry per layer, see
+`anee.engine.controllers.plan`) holds either a fixed action for every token or `ASK`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+PROCESS, SKIP, EXIT, DROP = 0, 1, 2, 3
+ACTION_NAMES = ("PROCESS", "SKIP", "EXIT", "DROP")
+ASK = -1  # in a plan: decide per token at this layer
+
+
+def pattern_decisions(pattern: Sequence[int] | torch.Tensor, tokens: int, batch: int = 1) -> torch.Tensor:
+    """Decisions [batch, tokens, L] that apply one action per layer (`pattern` [L]) to every token."""
+    pattern = torch.as_tensor(pattern, dtype=torch.int8)
+    return pattern.expand(batch, tokens, pattern.numel())

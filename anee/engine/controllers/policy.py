@@ -1,0 +1,147 @@
+"""The learned controller's policy network and its checkpoints (safetensors, config in the header)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ...core.checkpoints import Checkpointable
+from ..profiler import FEATURES
+from .pacing import PacingConfig
+from .plan import PlanConfig
+
+
+class PolicyNet(Checkpointable, torch.nn.Module):
+    """Tiny MLP: normalized profiler features, plus (with `rank` > 0) a learned rank-`rank` read of
+    the token's RMS-normalized residual stream -> logits over PROCESS / SKIP / EXIT.
+
+    The scalar features summarise the state; the read lets the policy look at *what* the token
+    is, which is what tells tokens that tolerate a skip from tokens that do not."""
+
+    FORMAT = "anee.policy/3"
+    FIX = "re-run notebook 03 (warm-start) / 04 (RL) to regenerate it"
+
+    def __init__(self, num_features: int, hidden: int = 32, hidden_size: int = 0, rank: int = 0):
+        super().__init__()
+        for name, value, least in (("num_features", num_features, 1), ("hidden", hidden, 1), ("hidden_size", hidden_size, 0), ("rank", rank, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"PolicyNet {name} must be an integer >= {least}, got {value!r}")
+        if (rank > 0) != (hidden_size > 0):
+            raise ValueError(f"a residual-stream read needs both hidden_size and rank > 0, got {hidden_size}, {rank}")
+        self.num_features, self.hidden, self.hidden_size, self.rank = num_features, hidden, hidden_size, rank
+        self.trained_for: dict = {}  # kind, num_layers, features, plan, pacing: written by `save_policy`
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+        self.set_skip_offsets(torch.zeros(0), torch.zeros(0))
+        if rank:
+            self.register_buffer("h_mean", torch.zeros(hidden_size))
+            self.register_buffer("h_std", torch.ones(hidden_size))
+            self.read = torch.nn.Linear(hidden_size, rank, bias=False)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(num_features + rank, hidden), torch.nn.Tanh(),
+            torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+            torch.nn.Linear(hidden, 3),
+        )
+
+    @property
+    def macs(self) -> int:
+        """Per call per token: the MLP's products, plus the read and its normalization (3 per coordinate)."""
+        mlp = sum(m.in_features * m.out_features for m in self.net if isinstance(m, torch.nn.Linear))
+        return mlp + (self.hidden_size * self.rank + 3 * self.hidden_size if self.rank else 0)
+
+    def set_skip_offsets(self, budgets: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Calibrated offsets added to the SKIP logit at these (increasing) budgets; see `skip_offset`."""
+        if budgets.shape != offsets.shape or budgets.ndim != 1 or (budgets.diff() <= 0).any():
+            raise ValueError("skip offsets need increasing budgets [K] and offsets [K]")
+        self.register_buffer("offset_budgets", budgets.float().clone())
+        self.register_buffer("skip_offsets", offsets.float().clone())
+
+    def skip_offset(self, budget: torch.Tensor) -> torch.Tensor:
+        """Offset of the SKIP logit at `budget` [...]: linear between calibrated budgets, the nearest
+        one's outside them, 0 when uncalibrated."""
+        if self.skip_offsets.numel() == 0:
+            return torch.zeros_like(budget, dtype=torch.float32)
+        b, xs, ys = budget.float().clamp(float(self.offset_budgets[0]), float(self.offset_budgets[-1])), self.offset_budgets, self.skip_offsets
+        i = torch.searchsorted(xs, b.contiguous()).clamp(1, max(len(xs) - 1, 1))
+        if len(xs) == 1:
+            return ys[0].expand_as(b).clone()
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (b - x0) / (x1 - x0)
+
+    @staticmethod
+    def rms_normalize(hidden: torch.Tensor) -> torch.Tensor:
+        """hidden / RMS(hidden) over the last axis: the residual stream's direction, at unit scale."""
+        h = hidden.float()
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def forward(self, feats: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        x = (feats.float() - self.mean) / self.std
+        if self.rank:
+            if hidden is None:
+                raise ValueError("this policy reads the residual stream: pass hidden [..., hidden_size]")
+            x = torch.cat([x, self.read((self.rms_normalize(hidden) - self.h_mean) / self.h_std)], -1)
+        return self.net(x)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint_config(self) -> dict:
+        return {"num_features": self.num_features, "hidden": self.hidden, "hidden_size": self.hidden_size,
+                "rank": self.rank, "skip_offsets": int(self.skip_offsets.numel()), **self.trained_for}
+
+    @classmethod
+    def from_config(cls, config: dict) -> PolicyNet:
+        policy = cls(config["num_features"], config["hidden"], config["hidden_size"], config["rank"])
+        k = config["skip_offsets"]
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"skip_offsets must be a non-negative integer, got {k!r}")
+        policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))  # shapes; values come from the file
+        policy.trained_for = {key: config[key] for key in TRAINED_FOR}
+        policy.plan_config()  # validates the stored plan and pacing
+        policy.pacing_config()
+        return policy
+
+    def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors, strict=True)
+        self.set_skip_offsets(self.offset_budgets, self.skip_offsets)  # increasing budgets
+        if (self.std <= 0).any() or (self.rank and (self.h_std <= 0).any()):
+            raise ValueError("feature scales (std) must be positive")
+        self.eval()
+
+    def plan_config(self) -> PlanConfig | None:
+        """The layer plan this policy was trained under (None: asked at every layer)."""
+        plan = self.trained_for.get("plan")
+        return None if plan is None else PlanConfig(**plan)
+
+    def pacing_config(self) -> PacingConfig:
+        """The per-token pacing band this policy was trained under."""
+        return PacingConfig(**self.trained_for.get("pacing", {}))
+
+
+TRAINED_FOR = ("kind", "num_layers", "features", "plan", "pacing", "extra")
+
+
+def save_policy(path: str | Path, policy: PolicyNet, kind: str, num_layers: int, extra: dict[str, str] | None = None,
+                plan: PlanConfig | None = None, pacing: PacingConfig | None = None) -> Path:
+    """Write the policy with what it was trained for: `kind` ("warmstart", "rl"), the model depth,
+    the profiler features, and the layer plan and per-token band (None: asked at every layer / the
+    default band)."""
+    policy.trained_for = {"kind": kind, "num_layers": num_layers, "features": list(FEATURES),
+                          "plan": dataclasses.asdict(plan) if plan is not None else None,
+                          "pacing": dataclasses.asdict(pacing or PacingConfig()), "extra": dict(extra or {})}
+    return policy.save(path)
+
+
+def load_policy(path: str | Path, num_layers: int, kind: str | None = None) -> PolicyNet:
+    """A `PolicyNet` from `path`; ValueError if the file is corrupt or made for other features, models or kinds."""
+    try:
+        policy = PolicyNet.from_checkpoint(path)
+    except ValueError:
+        raise
+    except Exception as e:  # a checked config can still fail in torch (e.g. a shape mismatch it reports itself)
+        raise ValueError(f"checkpoint {path}: {type(e).__name__}: {e}; {PolicyNet.FIX}") from None
+    want = {"num_layers": num_layers, "features": list(FEATURES), **({"kind": kind} if kind is not None else {})}
+    for key, value in want.items():
+        if policy.trained_for.get(key) != value:
+            raise ValueError(f"checkpoint {path}: {key}={policy.trained_for.get(key)!r}, expected {value!r}; {PolicyNet.FIX}")
+    return policy

@@ -1,0 +1,208 @@
+"""The adaptive layer loop: one code path for every family, every chunk size and every policy.
+
+A chunk of T new tokens (T = 1 in sequential decode, T = sequence length in teacher-forced parallel
+mode) runs through the unrolled stack, one `anee.core.layer_step.layer_step` per layer. At each
+layer each token is
+
+    PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
+    SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache
+    EXIT     SKIP for this and every remaining layer
+    DROP     nothing at all, not even K/V: the layer is removed for every token of the sequence
+
+Because a token's decision depends only on its own state and the cache holds every position at
+every layer, running a sequence in one chunk or token by token gives the same logits and trace.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.actions import ASK, DROP, EXIT, PROCESS
+from ..core.adapters import ModelAdapter
+from ..core.cost import CostModel
+from ..core.kv_cache import KVCache
+from ..core.layer_step import layer_step
+from ..core.outputs import ExecutorOutput, Trace
+from .controllers.base import Controller, FullController, LayerView
+
+
+class AdaptiveExecutor:
+    """Runs a HF causal LM's layers one by one under a controller; never modifies the weights."""
+
+    def __init__(self, adapter: ModelAdapter, min_layers: int = 0):
+        if not 0 <= min_layers <= adapter.num_layers:
+            raise ValueError(
+                f"min_layers={min_layers} must be between 0 and the model's {adapter.num_layers} layers"
+            )
+        self.adapter = adapter
+        self.cost = CostModel(adapter.dims)
+        self.min_layers = min_layers
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        controller: Controller | None = None,
+        decisions: torch.Tensor | None = None,
+        budget: float | torch.Tensor = 1.0,
+        padding_mask: torch.Tensor | None = None,
+        collect_hidden: bool = False,
+    ) -> ExecutorOutput:
+        """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
+
+        Either `decisions` [B, T, L] (teacher forcing: the pattern is applied as masks) or a
+        `controller` (default: process everything). A DROP column must be DROP for the whole chunk
+        (and for every chunk of the sequence). `padding_mask` [B, T] marks real tokens for
+        left-padded batches; it is remembered in the cache for later chunks.
+        """
+        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
+
+    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False) -> ExecutorOutput:
+        """`forward` without the no-grad guard, for training controllers or gates through it."""
+        adapter, L = self.adapter, self.adapter.num_layers
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError("input_ids must be a non-empty [batch, tokens] tensor (got an empty prompt?)")
+        cache = cache if cache is not None else KVCache(L)
+        B, T = input_ids.shape
+        past = cache.length
+        if past + T > adapter.dims.max_positions:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the model's context of {adapter.dims.max_positions}; "
+                "shorten the prompt or max_new_tokens"
+            )
+        budget_t = _budget_tensor(budget, B, input_ids.device)
+        if decisions is not None and decisions.shape != (B, T, L):
+            raise ValueError(f"decisions must have shape {(B, T, L)}, got {tuple(decisions.shape)}")
+        controller = controller or FullController()
+
+        position_ids, attn_mask = self._positions_and_mask(cache, B, T, past, padding_mask, input_ids.device)
+        dev = input_ids.device
+        context = attn_mask.sum(-1).squeeze(1) if attn_mask is not None else torch.full((B, T), past + 1, device=dev)
+        context = context.to(torch.float64)
+
+        h = adapter.embed(input_ids, position_ids)
+        pos = adapter.position_state(h, position_ids)
+        hidden_states = [] if collect_hidden else None
+        if decisions is None and hasattr(controller, "static_decisions"):
+            decisions = controller.static_decisions(B, T, L)
+            decisions[..., : self.min_layers] = PROCESS
+        if decisions is not None:
+            # Known in advance (teacher forcing or a static policy): no per-layer bookkeeping at all.
+            record = _absorb_exits(decisions.to(dev))
+            process_counts = (record == PROCESS).sum((0, 1)).tolist()
+            dropped = _dropped_layers(record)
+            overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
+            for layer in range(L):
+                if hidden_states is not None:
+                    hidden_states.append(h)
+                process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
+                h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer], layer in dropped)
+        else:
+            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states)
+        if hidden_states is not None:
+            hidden_states.append(h)
+        cache.advance(T)
+        logits = adapter.logits(h)
+        return ExecutorOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
+
+    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states):
+        """The dynamic loop: before each layer the controller sees every token's state and budget.
+        A controller with a `plan(budget, num_layers)` fixes some layers in advance (PROCESS, SKIP
+        or DROP for every token) and is asked, and charged, only at the layers its plan marks ASK."""
+        adapter, L = self.adapter, self.adapter.num_layers
+        B, T = h.shape[:2]
+        plan = _plan(controller, budget, L, self.min_layers, h.device)
+        layer_cost = self.cost.layer(context)
+        full = L * layer_cost
+        spent = torch.zeros(B, T, dtype=torch.float64, device=h.device)
+        overhead = torch.zeros_like(spent)
+        exited = torch.zeros(B, T, dtype=torch.bool, device=h.device)
+        record = torch.empty(B, T, L, dtype=torch.int8, device=h.device)
+        prev = h
+        for layer in range(L):
+            if hidden_states is not None:
+                hidden_states.append(h)
+            fixed = int(plan[layer])
+            if fixed == DROP:
+                action = torch.full((B, T), DROP, dtype=torch.long, device=h.device)
+            elif fixed != ASK:
+                action = torch.where(exited, EXIT, fixed)
+            else:
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan)
+                action = torch.where(exited, EXIT, controller.decide(view).long())
+                overhead += controller.overhead_macs * (~exited)
+            process = action == PROCESS
+            n_process = int(process.sum())
+            record[:, :, layer] = action.to(torch.int8)
+            if fixed != DROP:
+                spent += torch.where(process, layer_cost, float(self.cost.kv_only))
+            exited = exited | (action == EXIT)
+            prev, h = h, layer_step(adapter, layer, h, pos, cache, attn_mask, process if 0 < n_process < B * T else None,
+                                    n_process, fixed == DROP)
+        return h, record, overhead
+
+    def _positions_and_mask(self, cache, B, T, past, padding_mask, device):
+        """Position ids [B, T] and the boolean attention mask [B, 1, T, past+T] (None when every
+        query may see every key, i.e. a single unpadded token)."""
+        if padding_mask is not None:
+            padding_mask = padding_mask.to(device).bool()
+            if padding_mask.shape != (B, T):
+                raise ValueError(f"padding_mask must have shape {(B, T)}")
+        if padding_mask is None and cache.padding_mask is None:
+            position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+            if T == 1:
+                return position_ids, None
+            causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+            return position_ids, causal.expand(B, 1, T, past + T)
+        old = cache.padding_mask if cache.padding_mask is not None else torch.ones(B, past, dtype=torch.bool, device=device)
+        new = padding_mask if padding_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+        full_mask = torch.cat([old, new], dim=1)
+        cache.padding_mask = full_mask
+        # Left padding: positions count real tokens only, as HF generate does.
+        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+        mask = causal.unsqueeze(0) & full_mask.unsqueeze(1)
+        # A padded query row would see no key at all; let it see itself to keep softmax finite.
+        eye = torch.zeros(T, past + T, dtype=torch.bool, device=device)
+        eye[torch.arange(T), past + torch.arange(T)] = True
+        mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
+        return position_ids, mask.unsqueeze(1)
+
+
+def _absorb_exits(decisions: torch.Tensor) -> torch.Tensor:
+    """int8 decisions where every entry after a token's first EXIT is EXIT too (DROP stays DROP)."""
+    exited = (decisions == EXIT).to(torch.int8).cummax(-1).values.bool()
+    return torch.where(exited & (decisions != DROP), EXIT, decisions).to(torch.int8)
+
+
+def _dropped_layers(decisions: torch.Tensor) -> set[int]:
+    """Layers DROPPED in `decisions` [B, T, L]; ValueError if a layer is dropped for some tokens only."""
+    drop = decisions == DROP
+    partial = drop.any((0, 1)) & ~drop.all((0, 1))
+    if partial.any():
+        raise ValueError(f"layers {partial.nonzero().flatten().tolist()} are DROP for some tokens only; DROP removes a "
+                         "layer for every token (use SKIP for a per-token skip)")
+    return set(drop.all((0, 1)).nonzero().flatten().tolist())
+
+
+def _plan(controller, budget: torch.Tensor, L: int, min_layers: int, device) -> torch.Tensor:
+    """The controller's per-layer plan [L] (ASK = decide per token), PROCESS for the first `min_layers`."""
+    if hasattr(controller, "plan"):
+        plan = torch.as_tensor(controller.plan(budget, L), dtype=torch.long, device=device).clone()
+        if plan.shape != (L,):
+            raise ValueError(f"plan must have one entry per layer ({L}), got shape {tuple(plan.shape)}")
+    else:
+        plan = torch.full((L,), ASK, dtype=torch.long, device=device)
+    plan[:min_layers] = PROCESS
+    return plan
+
+
+def _budget_tensor(budget: float | torch.Tensor, batch: int, device) -> torch.Tensor:
+    """Validate an energy budget (scalar or per row) and return it as [B, 1] float64."""
+    b = torch.as_tensor(budget, dtype=torch.float64).flatten()
+    if b.numel() not in (1, batch):
+        raise ValueError(f"energy_budget must be a scalar or one value per row ({batch}), got {b.numel()}")
+    if torch.isnan(b).any() or (b < 0).any() or (b > 1).any():
+        raise ValueError(f"energy_budget must be in [0, 1] (fraction of full layer compute), got {budget!r}")
+    return b.expand(batch).reshape(batch, 1).to(device)

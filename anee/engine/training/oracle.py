@@ -1,0 +1,97 @@
+"""How much could *any* per-token allocation of skipped layers gain over static removal?
+
+A hindsight upper bound: run the model with the `k` least influential layers skipped for every
+token, for each k in a range, and record each token's KL(full || skipped_k). An oracle then gives
+every token its own k, minimising total KL subject to a mean net saving (K/V-only path of skipped
+layers and a per-token controller overhead charged), found by bisection on a Lagrange multiplier.
+
+Two simplifications make it optimistic, which is what a bound should be: the oracle sees the
+outcome before choosing, and it ignores that a token's choice changes the K/V other tokens attend to.
+The allocation uses the KL to the full model, never the label, so it cannot win by picking lucky
+predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.actions import PROCESS, SKIP, pattern_decisions
+from ...core.divergence import token_kl
+from ..executor import AdaptiveExecutor
+
+
+@dataclass
+class SkipProfiles:
+    """Per-token KL and NLL [K, N] for each number of statically skipped layers in `skips`."""
+
+    skips: np.ndarray  # [K]
+    kl: np.ndarray  # [K, N]
+    nll: np.ndarray  # [K, N]
+
+
+@torch.no_grad()
+def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order: list[int], skips: list[int]) -> SkipProfiles:
+    """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2."""
+    L = executor.adapter.num_layers
+    kl_rows, nll_rows = [], []
+    full = [executor.forward(w).logits[0, :-1] for w in windows]
+    for k in skips:
+        skipped = set(order[:k])
+        pattern = [SKIP if i in skipped else PROCESS for i in range(L)]
+        kl, nll = [], []
+        for w, full_logits in zip(windows, full):
+            logits = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1])).logits[0, :-1]
+            kl.append(token_kl(full_logits, logits))
+            nll.append(F.cross_entropy(logits.float(), w[0, 1:], reduction="none"))
+        kl_rows.append(torch.cat(kl).double().numpy())
+        nll_rows.append(torch.cat(nll).double().numpy())
+    return SkipProfiles(np.array(skips), np.stack(kl_rows), np.stack(nll_rows))
+
+
+def static_ppl(p: SkipProfiles, k: float) -> float:
+    """Perplexity of static removal of `k` layers (log-linear between evaluated integers)."""
+    return float(np.exp(np.interp(k, p.skips, p.nll.mean(1))))
+
+
+def lagrangian_price(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> float:
+    """The smallest price (KL per unit) at which picking argmin of kl - price * units per column of
+    `kl` [K, N] gives mean `units` ([K] or [K, N]) >= `target`, found by bisection."""
+    units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
+    cols = np.arange(kl.shape[1])
+
+    def mean_units(price: float) -> float:
+        return units[(kl - price * units).argmin(0), cols].mean()
+
+    lo, hi = 0.0, 1.0
+    while mean_units(hi) < target and hi < 1e6:
+        hi *= 2
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_units(mid) < target else (lo, mid)
+    return hi
+
+
+def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> np.ndarray:
+    """Option per column [N] of `kl` [K, N] with least total KL subject to mean `units` (of the picked
+    options; [K] or [K, N]) >= `target`: argmin of kl - price * units at `lagrangian_price`."""
+    units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
+    return (kl - lagrangian_price(kl, units, target, iters) * units).argmin(0)
+
+
+def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, kv_fraction: float, overhead: float = 0.0,
+                      iters: int = 60) -> np.ndarray:
+    """Index into `p.skips` per token [N]: least total KL with mean net saving >= `net_saved`
+    (per token: k (1 - kv_fraction) / L - overhead). Raises if even the largest k cannot reach it."""
+    saving = p.skips * (1 - kv_fraction) / num_layers - overhead
+    if saving.max() < net_saved:
+        raise ValueError(f"skipping {p.skips.max()} layers saves {saving.max():.3f} net < target {net_saved}")
+    # the saving is affine in k, so the target is a mean number of skipped layers
+    return lagrangian_pick(p.kl, p.skips, (net_saved + overhead) * num_layers / (1 - kv_fraction), iters)
+
+
+def oracle_ppl(p: SkipProfiles, pick: np.ndarray) -> float:
+    return float(np.exp(p.nll[pick, np.arange(p.nll.shape[1])].mean()))

@@ -1,0 +1,58 @@
+"""Calibrate a learned controller's SKIP threshold so that it skips the plan's share at every budget.
+
+A planned controller lands on a budget on average only if it skips the plan's `skip_share` of the
+marginal decisions. A policy trained at a few budgets may skip more or less at others (and RL moves
+it), so its average compute would drift from the budget even though every token stays inside the
+pacing band. `calibrate_skip_offsets` runs the greedy controller on valid windows at each budget and
+sets the offset added to the SKIP logit to the quantile of the SKIP-minus-PROCESS margins that makes
+`skip_share` of the free decisions SKIPs. Later marginal layers see states that earlier decisions
+changed, so it repeats for a few damped rounds. Between calibrated budgets the offset is interpolated.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ...core.actions import ASK, PROCESS, SKIP
+from ..controllers.learned import LearnedController
+from ..controllers.plan import skip_share
+from ..executor import AdaptiveExecutor
+
+
+@torch.no_grad()
+def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budget: float):
+    """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions."""
+    controller.record = True
+    controller.reset_records()
+    decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget).trace.decisions for ids in windows])
+    margins = []
+    for r in controller.records:
+        logits = controller.policy(r["features"], r.get("hidden"))
+        margins.append((logits[..., SKIP] - logits[..., PROCESS])[r["free"]])
+    controller.record = False
+    controller.reset_records()
+    return torch.cat(margins), skip_share(decisions, controller.plan(budget, executor.adapter.num_layers))
+
+
+def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budgets: list[float],
+                           rounds: int = 3) -> pd.DataFrame:
+    """Set `controller.policy`'s SKIP offsets at `budgets` from runs on `windows` [N, T] (valid split);
+    returns the share of SKIPs at each budget and round (the last round after the final offsets)."""
+    if controller.plan_config is None:
+        raise ValueError("skip calibration is for planned controllers (the share is the plan's skip_share)")
+    L = executor.adapter.num_layers
+    budgets = sorted(b for b in budgets if (controller.plan(b, L) == ASK).any())  # a budget that asks nothing needs none
+    if not budgets:
+        raise ValueError("none of the budgets asks the controller anything: nothing to calibrate")
+    share, policy = controller.plan_config.skip_share, controller.policy
+    offsets, rows = torch.zeros(len(budgets)), []
+    for r in range(rounds + 1):
+        policy.set_skip_offsets(torch.tensor(budgets), offsets)
+        for i, b in enumerate(budgets):
+            margins, realized = _margins_and_share(executor, controller, windows, b)
+            rows.append({"round": r, "budget": b, "skip_share": realized, "offset": float(offsets[i])})
+            if r < rounds and margins.numel():
+                target = -torch.quantile(margins.float(), 1.0 - share)
+                offsets[i] = target if r == 0 else (offsets[i] + target) / 2  # damped: the margins move with the offset
+    return pd.DataFrame(rows)

@@ -1,0 +1,65 @@
+"""Baseline methods for the perplexity frontier (listed in `anee.evaluation.methods.METHODS`).
+
+- `full`: every layer processed.
+- `block_influence`: static removal of the `n_removed` layers with the lowest Block Influence
+  (ShortGPT: BI = 1 - cos(h_in, h_out), averaged over calibration tokens of the valid split).
+- `logit_lens`: every token stops after `depth` layers and is decoded through the final norm and
+  LM head.
+- `anee_budget`: ANEE's simple budget policy at `budget`.
+
+Static methods pay nothing for the layers they drop: no token ever reads those layers' K/V.
+"""
+
+from __future__ import annotations
+
+from ...core.actions import EXIT, PROCESS, SKIP, pattern_decisions
+from ...core.cost import static_cost
+from ...core.outputs import MethodOutput
+from ...engine.controllers.budget import BudgetController
+from ...engine.importance import block_influence, removal_order
+from ..context import EvalContext, Method
+
+
+def full_model(ctx: EvalContext) -> Method:
+    def run(ids):
+        out = ctx.executor.forward(ids)
+        return MethodOutput(out.logits, out.trace.cost(ctx.cost))
+
+    return run
+
+
+def block_influence_removal(ctx: EvalContext, n_removed: int) -> Method:
+    if "block_influence" not in ctx.extras:
+        if ctx.calibration_ids is None:
+            raise ValueError("block_influence needs calibration_ids (valid split) in the EvalContext")
+        ctx.extras["block_influence"] = block_influence(ctx.executor, ctx.calibration_ids)
+    L = ctx.adapter.num_layers
+    removed = set(removal_order(ctx.extras["block_influence"])[:n_removed])
+    pattern = [SKIP if i in removed else PROCESS for i in range(L)]
+
+    def run(ids):
+        out = ctx.executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
+        return MethodOutput(out.logits, static_cost(ctx.cost, out.trace.context, L - n_removed))
+
+    return run
+
+
+def logit_lens_exit(ctx: EvalContext, depth: int) -> Method:
+    L = ctx.adapter.num_layers
+    pattern = [PROCESS] * depth + [EXIT] * (L - depth)
+
+    def run(ids):
+        out = ctx.executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
+        return MethodOutput(out.logits, static_cost(ctx.cost, out.trace.context, depth))
+
+    return run
+
+
+def anee_budget(ctx: EvalContext, budget: float, exit_threshold: float = 0.0) -> Method:
+    controller = BudgetController(exit_threshold)
+
+    def run(ids):
+        out = ctx.executor.forward(ids, controller=controller, budget=budget)
+        return MethodOutput(out.logits, out.trace.cost(ctx.cost))
+
+    return run

@@ -1,0 +1,148 @@
+"""Adaptive execution: parallel == sequential under random PROCESS/SKIP/EXIT, SKIP keeps the cache
+aligned with the right values, EXIT is absorbing, min_layers is honoured, DROP removes a layer for the
+whole sequence at zero cost and its misuse is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama, wrap
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from anee import AdaptiveExecutor, BudgetController, CostModel, FixedController, adapter_for
+from anee.core.actions import DROP, EXIT, PROCESS, SKIP
+from anee.core.adapters.base import Dims
+from anee.core.cost import trace_cost
+from anee.core.kv_cache import KVCache
+from anee.engine.executor import _absorb_exits
+
+TOL = 1e-4
+
+
+def random_decisions(B, T, L, seed):
+    """Random actions; after the first EXIT a row stays EXIT (the executor's convention)."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.multinomial(torch.tensor([0.55, 0.3, 0.15]), B * T * L, replacement=True, generator=g).view(B, T, L)
+    exited = (d == EXIT).cumsum(-1) > 0
+    return torch.where(exited, EXIT, d).to(torch.int8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parallel_equals_sequential(tiny_model, seed):
+    ex = AdaptiveExecutor(adapter_for(tiny_model))
+    B, T, L = 2, 24, ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+    decisions = random_decisions(B, T, L, seed)
+    parallel = ex.forward(ids, decisions=decisions)
+    cache, logits = KVCache(L), []
+    for t in range(T):
+        step = ex.forward(ids[:, t : t + 1], cache=cache, decisions=decisions[:, t : t + 1])
+        logits.append(step.logits)
+    assert (torch.cat(logits, 1) - parallel.logits).abs().max() <= TOL
+    for layer in range(L):
+        assert (cache.keys[layer] - parallel.cache.keys[layer]).abs().max() <= TOL
+    assert torch.equal(parallel.trace.decisions, decisions)
+    # the decisions really changed the computation
+    assert (parallel.logits - ex.forward(ids).logits).abs().max() > 1e-3
+
+
+def test_controller_decisions_equal_in_both_modes(tiny_model):
+    ex = AdaptiveExecutor(adapter_for(tiny_model), min_layers=1)
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(7))
+    parallel = ex.forward(ids, controller=BudgetController(), budget=0.6)
+    cache, decisions = KVCache(ex.adapter.num_layers), []
+    for t in range(ids.shape[1]):
+        decisions.append(ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(), budget=0.6).trace.decisions)
+    assert torch.equal(torch.cat(decisions, 1), parallel.trace.decisions)
+
+
+def test_skipped_layer_writes_its_own_kv_to_the_cache():
+    model = tiny_llama()
+    ex = AdaptiveExecutor(adapter_for(model))
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(3))
+    L = ex.adapter.num_layers
+    decisions = torch.zeros(1, 10, L, dtype=torch.int8)
+    decisions[0, 6, 2] = SKIP  # token 6 skips layer 2
+    decisions[0, 8, 1:] = EXIT  # token 8 exits after layer 0
+    out = ex.forward(ids, decisions=decisions, collect_hidden=True)
+    for token, layer in [(6, 2), (8, 1), (8, 3)]:
+        h = out.hidden_states[layer][:, token : token + 1]  # the token's input to that layer
+        block = model.model.layers[layer]
+        x = block.input_layernorm(h)
+        k = (x @ block.self_attn.k_proj.weight.T).view(1, 1, -1, 8).transpose(1, 2)
+        v = (x @ block.self_attn.v_proj.weight.T).view(1, 1, -1, 8).transpose(1, 2)
+        cos, sin = model.model.rotary_emb(x, torch.tensor([[token]]))
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        assert (out.cache.keys[layer][:, :, token : token + 1] - k).abs().max() <= 1e-5
+        assert (out.cache.values[layer][:, :, token : token + 1] - v).abs().max() <= 1e-5
+    # SKIP leaves the residual stream unchanged; EXIT freezes it for every later layer
+    assert torch.equal(out.hidden_states[3][0, 6], out.hidden_states[2][0, 6])
+    assert torch.equal(out.hidden_states[L][0, 8], out.hidden_states[1][0, 8])
+
+
+def test_exit_is_absorbing_and_min_layers_is_enforced(tiny_model):
+    ex = AdaptiveExecutor(adapter_for(tiny_model), min_layers=2)
+    L = ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+    pattern = [EXIT, SKIP, SKIP, PROCESS][:L] + [PROCESS] * (L - 4)
+    trace = ex.forward(ids, controller=FixedController(pattern)).trace
+    assert (trace.decisions[..., :2] == PROCESS).all()  # min_layers overrides the controller
+    assert (trace.decisions[..., 2] == SKIP).all() and (trace.decisions[..., 3] == PROCESS).all()
+    early = AdaptiveExecutor(adapter_for(tiny_model), min_layers=1)
+    trace = early.forward(ids, controller=FixedController([PROCESS, EXIT] + [PROCESS] * (L - 2))).trace
+    assert (trace.decisions[..., 1:] == EXIT).all()
+    assert (trace.layers_executed == 1).all()
+
+
+def _pattern(L, dropped, T, B=1):
+    row = torch.tensor([DROP if i in dropped else PROCESS for i in range(L)], dtype=torch.int8)
+    return row.expand(B, T, L).clone()
+
+
+def test_drop_equals_skip_for_every_token_and_costs_nothing(tiny_model):
+    """A layer no token processes: DROP and SKIP give identical logits; DROP pays no K/V."""
+    ex = AdaptiveExecutor(adapter_for(tiny_model))
+    L = ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    drop = _pattern(L, {1, L - 2}, 20, 2)
+    skip = torch.where(drop == DROP, SKIP, drop).to(torch.int8)
+    a, b = ex.forward(ids, decisions=drop), ex.forward(ids, decisions=skip)
+    assert torch.equal(a.logits, b.logits)
+    assert a.cache.keys[1] is None and a.cache.dropped[1] is True and a.cache.length == 20
+    ca, cb = a.trace.cost(ex.cost), b.trace.cost(ex.cost)
+    assert torch.allclose(cb.layer_macs - ca.layer_macs, torch.full_like(ca.layer_macs, 2.0 * ex.cost.kv_only))
+    per_layer = ex.cost.layer(a.trace.context)
+    assert torch.allclose(ca.layer_macs, (L - 2) * per_layer)
+
+
+def test_drop_decode_matches_parallel_and_misuse_is_refused(tiny_model):
+    ex = AdaptiveExecutor(adapter_for(tiny_model))
+    L = ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
+    par = ex.forward(ids, decisions=_pattern(L, {2}, 12))
+    cache, logits = KVCache(L), []
+    for t in range(12):
+        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=_pattern(L, {2}, 1)).logits)
+    assert torch.allclose(par.logits, torch.cat(logits, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="dropped for the whole sequence"):
+        ex.forward(ids[:, :1], cache=cache, decisions=_pattern(L, set(), 1))  # layer 2 was dropped before
+    partial = _pattern(L, {2}, 12)
+    partial[0, 3, 2] = SKIP
+    with pytest.raises(ValueError, match="DROP for some tokens only"):
+        ex.forward(ids, decisions=partial)
+
+
+def test_exit_does_not_override_drop():
+    d = torch.tensor([[[PROCESS, EXIT, DROP, SKIP]]], dtype=torch.int8)
+    assert _absorb_exits(d).tolist() == [[[PROCESS, EXIT, DROP, EXIT]]]
+    cm = CostModel(Dims(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=16, vocab=10, num_layers=4,
+                        mlp_matrices=3, max_positions=32))
+    rep = trace_cost(cm, _absorb_exits(d), torch.tensor([[5.0]]))
+    assert rep.layer_macs.item() == cm.layer(5.0) + 2 * cm.kv_only  # EXIT pays K/V, DROP nothing
+
+
+def test_min_layers_larger_than_depth():
+    with pytest.raises(ValueError, match="min_layers"):
+        AdaptiveExecutor(adapter_for(tiny_llama(n_layer=4)), min_layers=5)
+    with pytest.raises(ValueError, match="min_layers"):
+        wrap(tiny_llama(n_layer=4), min_layers=9)

@@ -1,0 +1,52 @@
+"""Baselines: static removal equals skipping (the surgery check), costs and the removal order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _surgery import removed_layers
+from conftest import VOCAB, tiny_llama
+
+from anee import AdaptiveExecutor, adapter_for
+from anee.engine.importance import block_influence, removal_order
+from anee.evaluation.context import EvalContext
+from anee.evaluation.frontier import run_frontier
+
+
+def test_removal_surgery_equals_skipping_and_restores_the_model():
+    model = tiny_llama(n_layer=6)
+    adapter = adapter_for(model)
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids).logits
+        with removed_layers(adapter, [1, 4]):
+            assert len(model.model.layers) == 4
+            shallow = model(ids, use_cache=False).logits
+        decisions = torch.zeros(1, 20, 6, dtype=torch.int8)
+        decisions[..., [1, 4]] = 1
+        skipped = AdaptiveExecutor(adapter).forward(ids, decisions=decisions).logits
+        assert (shallow - skipped).abs().max() <= 1e-4
+        assert len(model.model.layers) == 6 and model.config.num_hidden_layers == 6
+        with pytest.raises(RuntimeError), removed_layers(adapter, [0]):
+            raise RuntimeError("boom")
+        assert torch.equal(model(ids).logits, before)
+    with pytest.raises(ValueError):
+        with removed_layers(adapter, [6]):
+            pass
+
+
+def test_baselines_cost_and_order():
+    model = tiny_llama(n_layer=6)
+    ids = torch.randint(0, VOCAB, (1, 200), generator=torch.Generator().manual_seed(2))
+    ex = AdaptiveExecutor(adapter_for(model))
+    influence = block_influence(ex, ids, window=64)
+    assert influence.shape == (6,) and ((influence >= 0) & (influence <= 2)).all()
+    order = removal_order(influence)
+    assert influence[order[0]] == influence.min()
+    ctx = EvalContext(model, None, ex, calibration_ids=ids, extras={"block_influence": influence})
+    results = run_frontier(ctx, [("full", {}), ("block_influence", {"n_removed": 2}), ("logit_lens", {"depth": 3}),
+                                 ("anee_budget", {"budget": 0.5})], ids[:, :120], window=64, stride=32)
+    full, bi, lens, budget = results
+    assert bi.layer_fraction == pytest.approx(4 / 6) and lens.layer_fraction == pytest.approx(3 / 6)
+    assert budget.layer_fraction <= 0.5 + 1e-9
+    assert full.ppl != bi.ppl

@@ -1,0 +1,49 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("make_readme", Path(__file__).resolve().parents[2] / "tools" / "make_readme.py")
+
+
+@pytest.fixture()
+def readme(tmp_path, monkeypatch):
+    mod = importlib.util.module_from_spec(SPEC)
+    SPEC.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("method,setting,ppl\nfull,,20.5\nbi,n=3,30.25\nbi,n=6,61.0\n")
+    (tmp_path / "results" / "j.json").write_text(json.dumps({"a": {"b": 0.12345}, "l": [3, 4]}))
+    return mod
+
+
+def test_values_come_from_results(readme):
+    assert readme.render("{{cell:t|method=bi,setting=n=6|ppl:.1f}}") == "61.0"
+    assert readme.render("{{cell:t|method=full|ppl}}") == "20.5"
+    assert readme.render("x {{value:j.a.b:.2f}} {{value:j.l.1}}") == "x 0.12 4"
+    table = readme.render("{{table:t|method,ppl}}")
+    assert "| bi | 30.25 |" in table and "setting" not in table
+
+
+def test_ambiguous_or_missing_cells(readme):
+    with pytest.raises(ValueError, match="2 rows"):
+        readme.render("{{cell:t|method=bi|ppl}}")
+    with pytest.raises(ValueError, match="0 rows"):
+        readme.render("{{cell:t|method=nope|ppl}}")
+    assert "n/a" in readme.render("{{cell:missing|method=bi|ppl}}")
+    assert "not yet generated" in readme.render("{{table:missing}}")
+
+
+def test_repository_address_is_set_once_in_pyproject():
+    """The Colab badges and CITATION.cff take the address from pyproject.toml [project.urls]."""
+    make_readme = importlib.util.module_from_spec(SPEC)
+    SPEC.loader.exec_module(make_readme)
+    url = make_readme.repository_url()
+    assert url.startswith("https://github.com/") and make_readme.REPO_SLUG == url.removeprefix("https://github.com/")
+    assert f"github/{make_readme.REPO_SLUG}/blob/main/notebooks/01_sanity_check.ipynb" in make_readme.colab("01_sanity_check")
+    cff = "cff-version: 1.2.0\ntitle: x\nauthors:\n  - name: y\n"
+    assert make_readme.citation(cff) == f'cff-version: 1.2.0\ntitle: x\nrepository-code: "{url}"\nauthors:\n  - name: y\n'
+    assert make_readme.citation('repository-code: "https://old"\nauthors: []\n') == f'repository-code: "{url}"\nauthors: []\n'
+    committed = (make_readme.ROOT / "CITATION.cff").read_text()
+    assert f'repository-code: "{url}"' in committed  # the committed file agrees
