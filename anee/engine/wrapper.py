@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +19,12 @@ from ..core.adapters import adapter_for
 from ..core.cost import CostReport
 from ..core.loading import load_model
 from ..core.outputs import ExecutorOutput, Trace
-from .config import ANEEConfig, check_budget
+from ..core.scalars import flag, integer
+from .arguments import check_budget, check_prompts, check_seed
+from .config import ANEEConfig
 from .controllers.base import Controller, FullController
 from .controllers.budget import BudgetController
-from .executor import AdaptiveExecutor
+from .executor import AdaptiveExecutor, check_input_ids
 from .sampling import SamplingConfig, next_token
 
 
@@ -38,6 +42,11 @@ class ANEEWrapper(nn.Module):
 
     def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None, controller: Controller | None = None):
         super().__init__()
+        if not isinstance(config, ANEEConfig):
+            raise TypeError(f"config must be an ANEEConfig, got {type(config).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a HF causal LM (a torch.nn.Module, e.g. from anee.load_model), got {type(model).__name__}; "
+                            "to load one by name, set ANEEConfig(model_name=...) and pass no model")
         self.config = config
         if model is None:
             model, loaded_tokenizer = load_model(config.model_name, device=config.device, dtype=config.dtype)
@@ -81,61 +90,98 @@ class ANEEWrapper(nn.Module):
         eos_token_id: int | None = None,
         controller: Controller | None = None,
     ) -> GenerationResult:
-        """Incremental decoding with the KV cache: the prompt in one chunk, then one token at a time."""
+        """Incremental decoding with the KV cache: the prompt in one chunk, then one token at a time.
+
+        Every argument is checked before any model work (`anee.engine.arguments`); sampling draws what
+        HF `generate` draws for the same seed at budget 1.0 (`anee.engine.sampling`). Shared by
+        threads, one wrapper and one controller give each call the result it gets alone: per-call
+        state lives in the call. A budget below `min_layers / num_layers` warns (see `ANEEConfig`)."""
         budget = self.config.energy_budget if energy_budget is None else check_budget(energy_budget)
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
-        generator = torch.Generator(device=input_ids.device).manual_seed(self.config.seed if seed is None else seed)
+        max_new_tokens = integer("max_new_tokens", max_new_tokens)
+        warpers = SamplingConfig(do_sample, temperature, top_k, top_p).warpers()
+        seed = self.config.seed if seed is None else check_seed(seed)
+        eos_token_id = None if eos_token_id is None else integer("eos_token_id", eos_token_id)
         controller = controller or self.controller
+        if not callable(getattr(controller, "decide", None)):
+            raise TypeError(f"controller must have a decide(view) method (see anee.engine.controllers.base), got {type(controller).__name__}")
+        mask = self._check_ids(input_ids, padding_mask, max_new_tokens)
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         B = input_ids.shape[0]
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
-        if input_ids.numel() == 0 or not mask.any(-1).all():
-            raise ValueError("empty prompt: every row needs at least one token")
-        if input_ids.shape[1] + max_new_tokens > self.adapter.dims.max_positions:
-            raise ValueError(
-                f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                f"model's context of {self.adapter.dims.max_positions}; shorten the prompt or max_new_tokens"
-            )
         out = self.executor.forward(input_ids, controller=controller, budget=budget,
                                     padding_mask=None if padding_mask is None else mask)
-        cache, traces, generated = out.cache, [out.trace], []
+        cache, traces, sequences = out.cache, [out.trace], input_ids
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         logits = out.logits[:, -1]
         for _ in range(max_new_tokens):
-            token = next_token(logits, sampling, generator)
+            token = next_token(logits, warpers, generator, sequences)
             if eos_token_id is not None:
                 token = torch.where(finished, eos_token_id, token)
                 finished |= token == eos_token_id
-            generated.append(token)
-            if len(generated) == max_new_tokens or finished.all():
+            sequences = torch.cat([sequences, token[:, None]], 1)
+            if sequences.shape[1] - input_ids.shape[1] == max_new_tokens or finished.all():
                 break
             step = self.executor.forward(token[:, None], cache=cache, controller=controller, budget=budget,
                                          padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool))
             traces.append(step.trace)
             logits = step.logits[:, -1]
-        new = torch.stack(generated, 1) if generated else input_ids[:, :0]
+        new = sequences[:, input_ids.shape[1] :]
         trace = Trace.cat(traces)
         full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)
         real = full_mask[:, : trace.decisions.shape[1]] if padding_mask is not None else None
-        return GenerationResult(torch.cat([input_ids, new], 1), new, trace, trace.cost(self.cost_model, real), full_mask)
+        cost = trace.cost(self.cost_model, real)
+        self._warn_if_min_layers_override(budget, cost)
+        return GenerationResult(sequences, new, trace, cost, full_mask)
 
-    def generate(self, tokenizer=None, prompt: str | list[str] = "", max_new_tokens: int = 20, energy_budget: float | None = None, return_result: bool = False, **kwargs):
-        """Generate text from a prompt (or a list of prompts, left-padded); returns the full text."""
+    def _check_ids(self, input_ids, padding_mask, max_new_tokens: int) -> torch.Tensor:
+        """The padding mask [B, T] (all True without one), after checking ids, mask (left padding) and length."""
+        if isinstance(input_ids, torch.Tensor) and input_ids.numel() == 0:
+            raise ValueError("empty prompt: every row needs at least one token")
+        check_input_ids(input_ids, self.adapter.dims.vocab)
+        if padding_mask is not None and (not isinstance(padding_mask, torch.Tensor) or padding_mask.shape != input_ids.shape):
+            got = f"shape {tuple(padding_mask.shape)}" if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+            raise TypeError(f"padding_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
+        if not mask.any(-1).all():
+            raise ValueError("empty prompt: every row needs at least one token")
+        if (mask[:, 1:] < mask[:, :-1]).any():
+            raise ValueError("padding_mask must pad on the left (pads first, then the prompt), as generate() does: "
+                             "generation continues from each row's last position")
+        if input_ids.shape[1] + max_new_tokens > self.adapter.dims.max_positions:
+            raise ValueError(
+                f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"model's context of {self.adapter.dims.max_positions}; shorten the prompt or max_new_tokens"
+            )
+        return mask
+
+    def _warn_if_min_layers_override(self, budget: float, cost: CostReport) -> None:
+        """`min_layers` always run: say so when that alone exceeds the budget, with the realized fraction."""
+        floor = self.executor.min_layers / self.num_layers
+        if floor > budget + 1e-9:
+            warnings.warn(
+                f"energy_budget={budget:g} is below min_layers={self.executor.min_layers} of {self.num_layers} layers "
+                f"({floor:.3f} of full layer compute), and those layers always run: realized layer fraction "
+                f"{cost.layer_fraction:.3f}. Lower ANEEConfig.min_layers to honour budgets below {floor:.3f}.",
+                UserWarning, stacklevel=3)
+
+    def generate(self, tokenizer=None, prompt: str | Iterable[str] = "", max_new_tokens: int = 20, energy_budget: float | None = None,
+                 return_result: bool = False, **kwargs):
+        """Generate text from a prompt: a str gives a str; any sequence of str (list, tuple,
+        generator; left-padded into one batch) gives a list. Returns the full texts (prompt included)
+        and, with `return_result`, the `GenerationResult`. `kwargs` go to `generate_ids`."""
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is None:
             raise ValueError("pass tokenizer=... (anee.load_model returns one)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not p.strip() for p in prompts):
-            raise ValueError("empty prompt: give at least one non-blank prompt")
+        if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
+            raise TypeError(f"tokenizer must be a HF tokenizer (anee.load_model returns one), got {type(tokenizer).__name__}")
+        prompts, single = check_prompts(prompt)
+        return_result = flag("return_result", return_result)
         input_ids, padding_mask = _left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer)
         kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)  # stop where HF generate would
         result = self.generate_ids(input_ids.to(self.config.device), max_new_tokens, energy_budget,
                                    padding_mask=None if padding_mask.all() else padding_mask, **kwargs)
         texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(result.sequences, result.padding_mask)]
-        if return_result:
-            return texts if isinstance(prompt, list) else texts[0], result
-        return texts if isinstance(prompt, list) else texts[0]
+        text = texts[0] if single else texts
+        return (text, result) if return_result else text
 
 
 def _left_pad(rows: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:

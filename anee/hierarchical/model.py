@@ -39,6 +39,7 @@ from ..core.checkpoints import Checkpointable
 from ..core.cost import CostModel, CostReport
 from ..core.divergence import token_kl
 from ..core.outputs import HierarchicalOutput
+from ..core.scalars import integer
 from .gates import AffineLens, ExitGate, default_exit_layers
 from .routers import MIN_CAPACITY, FFNRouter, causal_center, check_capacity, score, threshold_route, topk_route
 
@@ -351,12 +352,19 @@ class HierarchicalModel(Checkpointable, nn.Module):
     @classmethod
     def from_config(cls, config: dict, base: nn.Module) -> HierarchicalModel:
         d = adapter_for(base).dims
-        for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab)):
-            if config[key] != want:
-                raise ValueError(f"checkpoint {key}={config[key]!r} does not match the model's {want}")
+        for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab), ("model_type", base.config.model_type)):
+            if config[key] != want or type(config[key]) is not type(want):
+                raise ValueError(f"checkpoint {key}={config[key]!r} does not match the model's {want!r}")
+        exits = config["exit_layers"]
+        if not isinstance(exits, list):
+            raise TypeError(f"exit_layers must be a list of layer indices, got {exits!r}")
+        exits = tuple(integer("exit layer", e, 1, d.num_layers - 1) for e in exits)
         if not isinstance(config["tuned_lens"], bool):
             raise ValueError(f"tuned_lens must be true or false, got {config['tuned_lens']!r}")
-        model = cls(base, tuple(config["exit_layers"]), config["tuned_lens"], str(config["model_name"]))
+        for key in ("model_name", "extra"):
+            if not isinstance(config[key], str if key == "model_name" else dict):
+                raise TypeError(f"{key} has the wrong type: {config[key]!r}")
+        model = cls(base, exits, config["tuned_lens"], config["model_name"])
         model.checkpoint_extra = dict(config["extra"])
         return model
 

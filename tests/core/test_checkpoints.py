@@ -1,5 +1,6 @@
-"""Safetensors checkpoints with their config in the header: exact round trips, atomic writes, and a
-ValueError naming the fix for every kind of bad file."""
+"""Safetensors checkpoints with their config in the header: exact round trips, atomic writes, a
+checksum of the contents, and a ValueError naming the fix for every kind of bad file (truncated,
+bit-flipped, type-confused)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import re
 
 import pytest
 import torch
+from _anee_tiny import damaged
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -86,6 +90,11 @@ def test_missing_file(tmp_path):
     (tmp_path / "folder.safetensors").mkdir()  # not a file either
     with raises_with_fix("not found"):
         load_checkpoint(tmp_path / "folder.safetensors", FORMAT, FIX)
+
+
+def test_path_of_another_type():
+    with pytest.raises(TypeError, match="checkpoint path must be a str or a Path, got int 5"):
+        load_checkpoint(5, FORMAT, FIX)
 
 
 def test_truncated_or_garbled_file(tmp_path):
@@ -169,7 +178,7 @@ def test_checkpointable_round_trip_and_bad_files(tmp_path):
     fix = re.escape(Scaler.FIX)
     for name, config, error in [("size", {"size": 0}, "size must be a positive integer, got 0"),
                                 ("type", {"size": "4"}, "size must be a positive integer, got '4'"),
-                                ("key", {"width": 4}, "'size'")]:
+                                ("key", {"width": 4}, "missing key 'size'")]:
         save_checkpoint(tmp_path / f"{name}.safetensors", {"weight": torch.zeros(4)}, Scaler.FORMAT, config)
         with pytest.raises(ValueError, match=f"its config does not describe a valid Scaler \\({error}\\); {fix}$"):
             Scaler.from_checkpoint(tmp_path / f"{name}.safetensors")
@@ -181,3 +190,49 @@ def test_checkpointable_round_trip_and_bad_files(tmp_path):
         Scaler.from_checkpoint(tmp_path / "nan.safetensors")
     with pytest.raises(ValueError, match=f"has format 'anee.test/1', expected 'anee.scaler/1'; {fix}$"):
         Scaler.from_checkpoint(save_checkpoint(tmp_path / "t.safetensors", tensors(), FORMAT, CONFIG))
+
+
+def test_flipped_bit_that_leaves_a_finite_value_is_caught(tmp_path):
+    """The header's sha256 catches damage no other check can: here the last tensor byte changes a finite value."""
+    path = save_checkpoint(tmp_path / "c.safetensors", tensors(), FORMAT, CONFIG)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with raises_with_fix("its contents do not match the sha256 in its header"):
+        load_checkpoint(path, FORMAT, FIX)
+
+
+def test_damaged_header_key_is_caught(tmp_path):
+    """A flip in the key "sha256" must not turn the file into one written before checksums existed."""
+    path = save_checkpoint(tmp_path / "c.safetensors", tensors(), FORMAT, CONFIG)
+    path.write_bytes(path.read_bytes().replace(b'"sha256"', b'"sha2v6"'))
+    with raises_with_fix(r"unexpected header keys \['sha2v6'\]"):
+        load_checkpoint(path, FORMAT, FIX)
+
+
+def test_file_without_checksum_still_loads(tmp_path):
+    """Checkpoints written before the checksum existed load, with every other check."""
+    save_file(tensors(), str(tmp_path / "old.safetensors"), metadata={"format": FORMAT, "config": json.dumps(CONFIG)})
+    assert load_checkpoint(tmp_path / "old.safetensors", FORMAT, FIX)[1] == CONFIG
+
+
+@given(st.data())
+def test_truncated_or_bit_flipped_checkpoints_give_a_value_error(tmp_path_factory, data):
+    """Property: any truncation or bit flips of a Checkpointable's file give a ValueError naming the
+    file and the fix; never another exception, never a silently different module."""
+    s = Scaler(4)
+    with torch.no_grad():
+        s.weight.copy_(torch.tensor([1.0, -2.0, 3.5, 0.25]))
+    path = s.save(tmp_path_factory.mktemp("flip") / "s.safetensors")
+    path.write_bytes(damaged(path.read_bytes(), data))
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*; {re.escape(Scaler.FIX)}$"):
+        Scaler.from_checkpoint(path)
+
+
+@given(size=st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+                      st.dictionaries(st.text(max_size=2), st.integers(), max_size=2), st.integers(-5, 0), st.just(10**30)))
+def test_type_confused_config_gives_a_value_error(tmp_path_factory, size):
+    """Property: a config value of the wrong type or range is a ValueError naming the file and the fix."""
+    path = save_checkpoint(tmp_path_factory.mktemp("conf") / "s.safetensors", {"weight": torch.zeros(4)}, Scaler.FORMAT, {"size": size})
+    with pytest.raises(ValueError, match=f"its config does not describe a valid Scaler.*; {re.escape(Scaler.FIX)}$"):
+        Scaler.from_checkpoint(path)

@@ -1,12 +1,15 @@
 """Adaptive execution: parallel == sequential under random PROCESS/SKIP/EXIT, SKIP keeps the cache
 aligned with the right values, EXIT is absorbing, min_layers is honoured, DROP removes a layer for the
-whole sequence at zero cost and its misuse is refused."""
+whole sequence at zero cost and its misuse is refused; the same for any batch, padding, pattern and
+budget (property-based)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_llama, wrap
+from conftest import FAMILIES, VOCAB, tiny_llama, wrap
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from anee import AdaptiveExecutor, BudgetController, CostModel, FixedController, adapter_for
@@ -146,3 +149,40 @@ def test_min_layers_larger_than_depth():
         AdaptiveExecutor(adapter_for(tiny_llama(n_layer=4)), min_layers=5)
     with pytest.raises(ValueError, match="min_layers"):
         wrap(tiny_llama(n_layer=4), min_layers=9)
+
+
+_MODELS = {}
+
+
+@given(family=st.sampled_from(sorted(FAMILIES)), rows=st.integers(1, 3), length=st.integers(1, 14), pads=st.data(),
+       seed=st.integers(0, 2**16), min_layers=st.integers(0, 4))
+def test_parallel_equals_sequential_for_any_batch_and_pattern(family, rows, length, pads, seed, min_layers):
+    """Property: any decision pattern on any left-padded batch gives, token by token, the logits, the
+    cache and the trace of the one-chunk pass."""
+    model = _MODELS.setdefault(family, FAMILIES[family]())
+    ex = AdaptiveExecutor(adapter_for(model), min_layers=min_layers)
+    L = ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+    pad = [pads.draw(st.integers(0, length - 1), f"pad{r}") for r in range(rows)]
+    mask = torch.tensor([[i >= p for i in range(length)] for p in pad])
+    decisions = random_decisions(rows, length, L, seed)
+    decisions[..., :min_layers] = PROCESS
+    parallel = ex.forward(ids, decisions=decisions, padding_mask=mask)
+    cache, logits = KVCache(L), []
+    for t in range(length):
+        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=decisions[:, t : t + 1], padding_mask=mask[:, t : t + 1]).logits)
+    assert (torch.cat(logits, 1) - parallel.logits)[mask].abs().max() <= TOL
+    assert torch.equal(parallel.trace.decisions, decisions)
+
+
+@given(budget=st.floats(0.0, 1.0), rows=st.integers(1, 3), length=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_budget_controller_decisions_equal_in_both_modes_for_any_budget(budget, rows, length, seed):
+    """Property: at any budget, the budget controller decides the same in one chunk and token by token."""
+    model = _MODELS.setdefault("llama", FAMILIES["llama"]())
+    ex = AdaptiveExecutor(adapter_for(model), min_layers=1)
+    ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+    parallel = ex.forward(ids, controller=BudgetController(0.1), budget=budget)
+    cache = KVCache(ex.adapter.num_layers)
+    steps = [ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(0.1), budget=budget) for t in range(length)]
+    assert torch.equal(torch.cat([s.trace.decisions for s in steps], 1), parallel.trace.decisions)
+    assert (torch.cat([s.logits for s in steps], 1) - parallel.logits).abs().max() <= TOL

@@ -87,6 +87,31 @@ def test_save_load_roundtrip_and_errors(tiny, tmp_path):
         Profiler.from_checkpoint(path, other)
 
 
+@pytest.mark.parametrize("key, value, error", [("k", True, "k must be an integer"), ("k", 10**9, "k must be an integer >= 1 and <= 128"),
+                                                ("num_layers", 6.0, "num_layers=6.0 does not match"),
+                                                ("features", ",".join(FEATURES), "features=.* does not match")])
+def test_type_confused_profiler_config(tiny, tmp_path, key, value, error):
+    from anee.core.checkpoints import load_checkpoint, save_checkpoint
+
+    _, ex, prof, _ = tiny
+    tensors, config = load_checkpoint(prof.save(tmp_path / "p.safetensors"), Profiler.FORMAT, Profiler.FIX)
+    bad = save_checkpoint(tmp_path / "bad.safetensors", tensors, Profiler.FORMAT, {**config, key: value})
+    with pytest.raises(ValueError, match=f"bad.safetensors: its config does not describe a valid Profiler .*{error}.*notebook 02"):
+        Profiler.from_checkpoint(bad, ex)
+
+
+def test_fractional_shortlist_ids_are_refused(tiny, tmp_path):
+    """Token ids stored as floats would be truncated silently."""
+    from anee.core.checkpoints import load_checkpoint, save_checkpoint
+
+    _, ex, prof, _ = tiny
+    tensors, config = load_checkpoint(prof.save(tmp_path / "p.safetensors"), Profiler.FORMAT, Profiler.FIX)
+    tensors["shortlist_ids"] = tensors["shortlist_ids"].float() + 0.5
+    bad = save_checkpoint(tmp_path / "bad.safetensors", tensors, Profiler.FORMAT, config)
+    with pytest.raises(ValueError, match="shortlist_ids must be integer token ids, got torch.float32.*notebook 02"):
+        Profiler.from_checkpoint(bad, ex)
+
+
 def test_plan_aware_view_counts(tiny):
     """Under a plan, `layers_to_target` and the rank feature count only the asked layers."""
     from anee.core.actions import ASK, DROP, PROCESS

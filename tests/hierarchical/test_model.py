@@ -1,14 +1,17 @@
 """The hierarchical model: exactness at full capacity, dense == sparse semantics, causal routing,
-realized capacity, cost accounting, the speedup search, checkpoints."""
+realized capacity, cost accounting, the speedup search, checkpoints (corrupt, bit-flipped or
+type-confused files are a ValueError naming notebook 05)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _anee_tiny import damaged, randomize
 from _anee_tiny import hier_gpt2 as tiny_gpt2
 from _anee_tiny import hier_llama as tiny_llama
-from _anee_tiny import randomize
 from _anee_tiny import token_ids as ids
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anee.hierarchical.model import HierarchicalModel
 
@@ -129,3 +132,49 @@ def test_checkpoint_roundtrip_and_checks(tmp_path):
         HierarchicalModel.load(tmp_path / "h.pt", base)
     with pytest.raises(ValueError, match="not found.*notebook 05"):
         HierarchicalModel.load(tmp_path / "missing.safetensors", base)
+
+
+def _saved(tmp_path, name="h.safetensors"):
+    base = tiny_llama(layers=4)
+    return base, randomize(HierarchicalModel(base, tuned_lens=True, model_name="tiny")).save(tmp_path / name)
+
+
+def test_corrupt_checkpoint_is_a_value_error_naming_notebook_05(tmp_path):
+    """A corrupt hierarchical checkpoint used to raise a raw SafetensorError."""
+    base, path = _saved(tmp_path)
+    data = path.read_bytes()
+    flipped = data[:-1] + bytes([data[-1] ^ 0xFF])
+    for i, bad in enumerate([data[:200], data[:-8], data[:8] + b"[" + data[9:], flipped]):
+        (tmp_path / f"bad{i}.safetensors").write_bytes(bad)
+        with pytest.raises(ValueError, match=f"bad{i}.safetensors.*notebook 05"):
+            HierarchicalModel.load(tmp_path / f"bad{i}.safetensors", base)
+
+
+@pytest.mark.parametrize("key, value, error", [
+    ("exit_layers", "12", "exit_layers must be a list of layer indices"),
+    ("exit_layers", [1.5], "exit layer must be an integer"),
+    ("exit_layers", [True], "exit layer must be an integer"),
+    ("exit_layers", [9], r"exit layer must be an integer >= 1 and <= 3, got 9"),
+    ("model_type", "gpt2", "model_type='gpt2' does not match the model's 'llama'"),
+    ("num_layers", 4.0, "num_layers=4.0 does not match"),
+    ("tuned_lens", 1, "tuned_lens must be true or false"),
+    ("extra", "notes", "extra has the wrong type"),
+])
+def test_type_confused_hierarchical_config(tmp_path, key, value, error):
+    from anee.core.checkpoints import load_checkpoint, save_checkpoint
+
+    base, path = _saved(tmp_path)
+    tensors, config = load_checkpoint(path, HierarchicalModel.FORMAT, HierarchicalModel.FIX)
+    bad = save_checkpoint(tmp_path / "bad.safetensors", tensors, HierarchicalModel.FORMAT, {**config, key: value})
+    with pytest.raises(ValueError, match=f"bad.safetensors: its config does not describe a valid HierarchicalModel .*{error}.*notebook 05"):
+        HierarchicalModel.load(bad, base)
+
+
+@given(st.data())
+@settings(max_examples=10)
+def test_bit_flipped_hierarchical_checkpoints_give_a_value_error(tmp_path_factory, data):
+    """Property: bit flips anywhere in the file are a ValueError naming it and notebook 05."""
+    base, path = _saved(tmp_path_factory.mktemp("flip"))
+    path.write_bytes(damaged(path.read_bytes(), data, truncate=False))
+    with pytest.raises(ValueError, match="h.safetensors.*notebook 05"):
+        HierarchicalModel.load(path, base)

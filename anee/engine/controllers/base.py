@@ -5,8 +5,13 @@ token in the chunk and gets back an action per token: PROCESS, SKIP or EXIT. A c
 have a `plan(budget, num_layers)`: one entry per layer, either a fixed action for every token
 (PROCESS, SKIP or DROP) or ASK; `decide` is then called only at the ASK layers. A decision may only
 use the token's own state, so the same controller gives the same decisions in sequential decode and
-in teacher-forced parallel mode. `overhead_macs` is the work one call costs per token; it is
-charged against the savings.
+in teacher-forced parallel mode. The work one call costs per token is charged against the savings:
+a constant `overhead_macs`, or, for a controller whose work depends on the layer, what its
+`layer_overhead(view)` reports (see `layer_overhead`).
+
+Per-call state lives in the call, not on the controller: what a decision needs about the chunk so
+far (budget spent, which tokens already EXITed) comes in the `LayerView`. One controller can then
+serve several threads at once, each getting the decisions it gets alone.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class LayerView:
     adapter: ModelAdapter
     cost: CostModel
     plan: torch.Tensor | None = None  # [L] fixed actions or ASK; None = ASK everywhere
+    exited: torch.Tensor | None = None  # [B, T] tokens that EXITed at an earlier layer of this chunk; None = none
 
     @property
     def remaining_layers(self) -> int:
@@ -76,13 +82,26 @@ class LayerView:
         reserve = (self.remaining_layers - 1) * self.cost.kv_only
         return self.spent + self.layer_cost + reserve <= self.budget * self.full + 1e-6 * self.full
 
+    def alive(self) -> torch.Tensor:
+        """[B, T] tokens still running (not EXITed before this layer)."""
+        if self.exited is None:
+            return torch.ones(self.spent.shape, dtype=torch.bool, device=self.spent.device)
+        return ~self.exited
+
 
 class Controller(Protocol):
-    overhead_macs: int
+    overhead_macs: int  # MACs per token per call; `layer_overhead(view)` instead when it depends on the layer
 
     def decide(self, view: LayerView) -> torch.Tensor:
         """Actions [B, T] (PROCESS=0, SKIP=1, EXIT=2) for layer `view.layer`."""
         ...
+
+
+def layer_overhead(controller: Controller, view: LayerView) -> float:
+    """MACs per running token of asking `controller` about `view.layer`: its `layer_overhead(view)` if
+    it has one, else its constant `overhead_macs` (returned, never stored: the call stays stateless)."""
+    per_layer = getattr(controller, "layer_overhead", None)
+    return per_layer(view) if per_layer is not None else controller.overhead_macs
 
 
 class FullController:

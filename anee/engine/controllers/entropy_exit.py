@@ -19,21 +19,21 @@ from .base import LayerView
 class EntropyExitController:
     """EXIT a token at a check depth when its logit-lens entropy is below `threshold` (nats).
 
-    `overhead_macs` is set per call: one LM-head evaluation at a check depth, zero elsewhere; the
-    executor charges it to every token still running. The check that triggers an exit produces the
-    logits the token outputs, so this over-counts by at most one head per exiting token.
+    `layer_overhead(view)` is one LM-head evaluation at a check depth, zero elsewhere; the executor
+    charges it to every token still running. The check that triggers an exit produces the logits
+    the token outputs, so this over-counts by at most one head per exiting token. Stateless: one
+    instance may serve several threads.
     """
 
     def __init__(self, check_layers: Sequence[int], threshold: float):
-        self.check_layers = set(check_layers)
+        self.check_layers = frozenset(check_layers)
         self.threshold = threshold
-        self.overhead_macs = 0
+
+    def layer_overhead(self, view: LayerView) -> int:
+        return view.cost.lm_head if view.layer in self.check_layers else 0
 
     def decide(self, view: LayerView) -> torch.Tensor:
-        shape = view.spent.shape
-        self.overhead_macs = 0
         if view.layer not in self.check_layers:
-            return torch.full(shape, PROCESS, dtype=torch.long, device=view.hidden.device)
-        self.overhead_macs = view.cost.lm_head
+            return torch.full(view.spent.shape, PROCESS, dtype=torch.long, device=view.hidden.device)
         ent = entropy(view.adapter.logits(view.hidden))
         return torch.where(ent < self.threshold, EXIT, PROCESS)

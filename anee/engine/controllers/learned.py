@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from ...core.actions import EXIT, SKIP
+from ...core.scalars import flag, real
+from ..profiler import Profiler
 from .base import LayerView
 from .pacing import PacedController, PacingConfig
 from .plan import PlanConfig
@@ -17,16 +19,17 @@ class LearnedController(PacedController):
     """A `PolicyNet` choosing PROCESS / SKIP / EXIT from the profiler state (and, if the policy reads
     it, the residual stream), inside the pacing band (PROCESS / SKIP only with a `PlanConfig`).
     `sample=True` draws actions from softmax(logits / `temperature`) with `generator` (REINFORCE
-    rollouts); otherwise argmax."""
+    rollouts; like `record=True`, a training-time mode that is not for concurrent use, as threads
+    would share the generator's stream); otherwise argmax."""
 
     def __init__(self, policy: PolicyNet, profiler, pacing: PacingConfig | None = None, sample: bool = False,
                  generator: torch.Generator | None = None, record: bool = False, plan: PlanConfig | None = None,
                  temperature: float = 1.0):
         super().__init__(profiler, pacing, record, plan, record_hidden=policy.rank > 0)
         self.policy = policy
-        self.sample = sample
+        self.sample = flag("sample", sample)
         self.generator = generator
-        self.temperature = temperature
+        self.temperature = real("temperature", temperature, 0.0, open_low=True)
 
     @property
     def overhead_macs(self) -> int:
@@ -60,5 +63,7 @@ def _exit_mask(logits: torch.Tensor) -> torch.Tensor:
 
 def load_controller(path: str | Path, profiler, **kwargs) -> LearnedController:
     """The saved policy as a `LearnedController` under the plan and band it was trained with."""
+    if not isinstance(profiler, Profiler):
+        raise TypeError(f"profiler must be a Profiler (e.g. Profiler.from_checkpoint(path, executor)), got {type(profiler).__name__}")
     policy = load_policy(path, profiler.executor.adapter.num_layers)
     return LearnedController(policy, profiler, pacing=policy.pacing_config(), plan=policy.plan_config(), **kwargs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core.actions import ASK, EXIT, PROCESS, SKIP
+from ...core.scalars import flag, real
 from .base import LayerView
 from .plan import PlanConfig, budget_plan
 
@@ -20,8 +21,7 @@ class PacingConfig:
     slack: float = 0.05
 
     def __post_init__(self):
-        if not isinstance(self.slack, (int, float)) or isinstance(self.slack, bool) or not 0.0 <= self.slack <= 1.0:
-            raise ValueError(f"pacing slack must be a number in [0, 1], got {self.slack!r}")
+        self.slack = real("pacing slack", self.slack, 0.0, 1.0)
 
 
 @dataclass
@@ -62,10 +62,11 @@ def apply_guards(raw: torch.Tensor, g: Guards) -> torch.Tensor:
 class PacedController:
     """Base of the ANEE controllers: profiler features -> raw action -> pacing guards.
 
-    Remembers which tokens already EXITed in the current chunk (a new chunk starts when the layer
-    index does not increase) and, with `record=True`, every call's features and actions. With a
-    `PlanConfig` it DROPs / ASKs / PROCESSes layers by the budget's plan; without, it is asked
-    about every layer.
+    With a `PlanConfig` it DROPs / ASKs / PROCESSes layers by the budget's plan; without, it is
+    asked about every layer. Deciding keeps no state on the controller (which tokens already EXITed
+    comes in the view), so one instance may serve several threads. `record=True` is a training-time
+    mode, not for concurrent use: it appends every call's features, actions and guards to
+    `self.records` (and the residual stream with `record_hidden`), which threads would interleave.
     """
 
     def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False, plan: PlanConfig | None = None,
@@ -73,11 +74,9 @@ class PacedController:
         self.profiler = profiler
         self.pacing = pacing or PacingConfig()
         self.plan_config = plan
-        self.record = record
-        self.record_hidden = record_hidden  # also keep each call's residual stream [B, T, D] in the records
+        self.record = flag("record", record)
+        self.record_hidden = flag("record_hidden", record_hidden)  # also keep each call's residual stream [B, T, D] in the records
         self.records: list[dict[str, torch.Tensor]] = []
-        self._last_layer = -1
-        self._exited: torch.Tensor | None = None
 
     @property
     def overhead_macs(self) -> int:
@@ -97,20 +96,15 @@ class PacedController:
         raise NotImplementedError
 
     def decide(self, view: LayerView) -> torch.Tensor:
-        shape = view.spent.shape
-        if view.layer <= self._last_layer or self._exited is None or self._exited.shape != shape:
-            self._exited = torch.zeros(shape, dtype=torch.bool, device=view.hidden.device)
-        self._last_layer = view.layer
         feats = self.profiler.features(view)
         raw = self.raw_actions(view, feats)
         g = pacing_guards(view, self.pacing)
         act = apply_guards(raw, g)
         if self.record:
-            alive = ~self._exited
+            alive = view.alive()
             self.records.append({"layer": torch.tensor(view.layer), "features": feats, "raw": raw, "action": act,
                                  "free": g.free & alive, "alive": alive,
                                  **({"hidden": view.hidden.detach()} if self.record_hidden else {})})
-        self._exited = self._exited | (act == EXIT)
         return act
 
     def reset_records(self) -> None:

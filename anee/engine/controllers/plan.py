@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core.actions import ASK, DROP, PROCESS, SKIP
+from ...core.scalars import integer, real
 
 
 @dataclass
@@ -30,8 +31,8 @@ class PlanConfig:
     skip_share: float = 0.5
 
     def __post_init__(self):
-        if not isinstance(self.marginal, int) or isinstance(self.marginal, bool) or self.marginal < 1 or not 0.0 <= self.skip_share <= 1.0:
-            raise ValueError(f"need marginal >= 1 and skip_share in [0, 1], got {self.marginal}, {self.skip_share}")
+        self.marginal = integer("plan marginal", self.marginal, 1)
+        self.skip_share = real("plan skip_share", self.skip_share, 0.0, 1.0)
 
 
 def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fraction: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ...core.checkpoints import Checkpointable
+from ...core.scalars import integer
 from ..profiler import FEATURES
 from .pacing import PacingConfig
 from .plan import PlanConfig
@@ -22,12 +23,13 @@ class PolicyNet(Checkpointable, torch.nn.Module):
 
     FORMAT = "anee.policy/3"
     FIX = "re-run notebook 03 (warm-start) / 04 (RL) to regenerate it"
+    # Sizes are capped so that a damaged checkpoint config cannot ask for gigabytes before its tensors are checked.
+    LIMITS = {"num_features": (1, 4096), "hidden": (1, 4096), "hidden_size": (0, 65536), "rank": (0, 256)}
 
     def __init__(self, num_features: int, hidden: int = 32, hidden_size: int = 0, rank: int = 0):
         super().__init__()
-        for name, value, least in (("num_features", num_features, 1), ("hidden", hidden, 1), ("hidden_size", hidden_size, 0), ("rank", rank, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"PolicyNet {name} must be an integer >= {least}, got {value!r}")
+        sizes = {"num_features": num_features, "hidden": hidden, "hidden_size": hidden_size, "rank": rank}
+        num_features, hidden, hidden_size, rank = (integer(f"PolicyNet {k}", v, *self.LIMITS[k]) for k, v in sizes.items())
         if (rank > 0) != (hidden_size > 0):
             raise ValueError(f"a residual-stream read needs both hidden_size and rank > 0, got {hidden_size}, {rank}")
         self.num_features, self.hidden, self.hidden_size, self.rank = num_features, hidden, hidden_size, rank
@@ -92,11 +94,10 @@ class PolicyNet(Checkpointable, torch.nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> PolicyNet:
         policy = cls(config["num_features"], config["hidden"], config["hidden_size"], config["rank"])
-        k = config["skip_offsets"]
-        if not isinstance(k, int) or k < 0:
-            raise ValueError(f"skip_offsets must be a non-negative integer, got {k!r}")
+        k = integer("skip_offsets", config["skip_offsets"], 0, 4096)
         policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))  # shapes; values come from the file
         policy.trained_for = {key: config[key] for key in TRAINED_FOR}
+        check_trained_for(policy.trained_for)
         policy.plan_config()  # validates the stored plan and pacing
         policy.pacing_config()
         return policy
@@ -121,6 +122,20 @@ class PolicyNet(Checkpointable, torch.nn.Module):
 TRAINED_FOR = ("kind", "num_layers", "features", "plan", "pacing", "extra")
 
 
+def check_trained_for(trained_for: dict) -> None:
+    """TypeError unless each entry has its type (a JSON config may hold anything): kind str, num_layers
+    int, features a list of str, plan a dict or None, pacing and extra dicts."""
+    t = trained_for
+    integer("num_layers", t["num_layers"], 1)
+    ok = {"kind": isinstance(t["kind"], str),
+          "features": isinstance(t["features"], list) and all(isinstance(f, str) for f in t["features"]),
+          "plan": t["plan"] is None or isinstance(t["plan"], dict), "pacing": isinstance(t["pacing"], dict),
+          "extra": isinstance(t["extra"], dict)}
+    bad = [key for key, good in ok.items() if not good]
+    if bad:
+        raise TypeError(f"{', '.join(bad)} of the wrong type ({', '.join(f'{k}={t[k]!r}' for k in bad)})")
+
+
 def save_policy(path: str | Path, policy: PolicyNet, kind: str, num_layers: int, extra: dict[str, str] | None = None,
                 plan: PlanConfig | None = None, pacing: PacingConfig | None = None) -> Path:
     """Write the policy with what it was trained for: `kind` ("warmstart", "rl"), the model depth,
@@ -134,12 +149,7 @@ def save_policy(path: str | Path, policy: PolicyNet, kind: str, num_layers: int,
 
 def load_policy(path: str | Path, num_layers: int, kind: str | None = None) -> PolicyNet:
     """A `PolicyNet` from `path`; ValueError if the file is corrupt or made for other features, models or kinds."""
-    try:
-        policy = PolicyNet.from_checkpoint(path)
-    except ValueError:
-        raise
-    except Exception as e:  # a checked config can still fail in torch (e.g. a shape mismatch it reports itself)
-        raise ValueError(f"checkpoint {path}: {type(e).__name__}: {e}; {PolicyNet.FIX}") from None
+    policy = PolicyNet.from_checkpoint(path)
     want = {"num_layers": num_layers, "features": list(FEATURES), **({"kind": kind} if kind is not None else {})}
     for key, value in want.items():
         if policy.trained_for.get(key) != value:

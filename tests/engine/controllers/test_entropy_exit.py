@@ -1,4 +1,5 @@
-"""The entropy-exit controller on a language model: the logit lens at the exit depth, checks charged."""
+"""The entropy-exit controller on a language model: the logit lens at the exit depth, checks charged
+through `layer_overhead`, no state kept on the controller."""
 
 import torch
 from _anee_tiny import quant_llama as tiny_llama
@@ -24,3 +25,17 @@ def test_entropy_exit_controller_on_lm():
     lens = adapter.logits(full.hidden_states[2])
     assert torch.allclose(allx.logits, lens, atol=1e-5)  # output is the logit lens at the exit depth
     assert torch.allclose(allx.trace.cost(ex.cost).overhead_macs, torch.full((1, 9), float(ex.cost.lm_head), dtype=torch.float64))
+
+
+def test_entropy_exit_controller_keeps_no_state():
+    """Its per-layer overhead is reported by `layer_overhead(view)`, not set on the instance per call
+    (which threads sharing it would overwrite)."""
+    model = tiny_llama(layers=6)
+    ex = AdaptiveExecutor(adapter_for(model))
+    c = EntropyExitController([2, 4], threshold=3.0)
+    before = dict(vars(c))
+    out = ex.forward(torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(1)), controller=c)
+    assert vars(c) == before and not hasattr(c, "overhead_macs")
+    live_at = lambda layer: (out.trace.decisions[..., :layer] != EXIT).all(-1)  # noqa: E731
+    expected = ex.cost.lm_head * (live_at(2).double() + live_at(4).double())
+    assert torch.equal(out.trace.overhead_macs, expected)

@@ -1,4 +1,5 @@
-"""Per-token pacing: every token ends in the band around its budget; the guards, exactly."""
+"""Per-token pacing: every token ends in the band around its budget; the guards, exactly; no per-call
+state on the controller (record mode reads the exits from the view)."""
 
 import pytest
 import torch
@@ -41,3 +42,26 @@ def test_full_budget_processes_everything(tiny):
     out = ex.forward(ids[:, :16], controller=c, budget=1.0)
     assert (out.trace.decisions == PROCESS).all()
     assert torch.allclose(out.logits, ex.forward(ids[:, :16]).logits, atol=1e-5)
+
+
+def test_controllers_keep_no_per_call_state(tiny):
+    """Which tokens already EXITed comes in the view: deciding changes nothing on the controller."""
+    _, ex, prof, ids = tiny
+    for name, c in _controllers(prof).items():
+        before = {k: v for k, v in vars(c).items() if k != "records"}
+        ex.forward(ids[:, :24].reshape(2, 12), controller=c, budget=0.4)
+        ex.forward(ids[:, :5], controller=c, budget=0.6)
+        assert {k: v for k, v in vars(c).items() if k != "records"} == before, name
+
+
+def test_records_mark_alive_exactly_the_tokens_not_exited(tiny):
+    """In record mode (training), each call's `alive` is the executor's view of the exits so far."""
+    _, ex, prof, ids = tiny
+    c = _controllers(prof)["learned"]
+    c.record = True
+    out = ex.forward(ids[:, :30].reshape(2, 15), controller=c, budget=torch.tensor([0.3, 0.6]))
+    d = out.trace.decisions
+    assert len(set((d == EXIT).int().argmax(-1).flatten().tolist())) > 1 and len(c.records) == 10  # exits at several layers
+    for r in c.records:
+        layer = int(r["layer"])
+        assert torch.equal(r["alive"], ~(d[..., :layer] == EXIT).any(-1))

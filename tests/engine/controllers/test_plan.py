@@ -36,7 +36,7 @@ def test_budget_plan_counts():
     assert budget_plan(rank, 0.5, wide, 0.0).tolist().count(DROP) == 2  # round(4 - 0.5 * 4)
     with pytest.raises(ValueError):
         PlanConfig(marginal=0)
-    with pytest.raises(ValueError, match="marginal"):
+    with pytest.raises(TypeError, match="marginal"):
         PlanConfig(marginal=2.5)  # a plan from a checkpoint is checked before it slices anything
 
 

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors import safe_open
 
 from anee.engine.controllers.plan import PlanConfig
@@ -123,6 +125,18 @@ def _bad_policy_file(tmp_path, case: str):
         config["plan"] = {"marginal": 3, "skip_fraction": 0.5}
     elif case == "negative_hidden":
         config["hidden"] = -5
+    elif case == "huge_hidden":
+        config["hidden"] = 10**6
+    elif case == "rank_as_string":
+        config["rank"] = "4"
+    elif case == "rank_as_bool":
+        config.update(rank=True, hidden_size=True)
+    elif case == "skip_share_as_bool":
+        config["plan"] = {"marginal": 3, "skip_share": True}
+    elif case == "features_as_string":
+        config["features"] = ",".join(FEATURES)
+    elif case == "num_layers_as_float":
+        config["num_layers"] = 30.0
     elif case == "non_json_config":
         save_file(tensors, str(path), metadata={"format": PolicyNet.FORMAT, "config": "{'hidden': 32"})
         return path
@@ -137,10 +151,16 @@ CAUSES = {
     "nan_weight": r"tensor 'net.2.weight' holds non-finite values",
     "zero_std": r"feature scales \(std\) must be positive",
     "decreasing_offsets": r"skip offsets need increasing budgets",
-    "negative_slack": r"pacing slack must be a number in \[0, 1\], got -0.1",
+    "negative_slack": r"pacing slack must be a finite number in \[0, 1\], got -0.1",
     "bad_plan_key": r"unexpected keyword argument 'skip_fraction'",
-    "negative_hidden": r"PolicyNet hidden must be an integer >= 1, got -5",
+    "negative_hidden": r"PolicyNet hidden must be an integer >= 1 and <= 4096, got -5",
     "non_json_config": r"its config is not valid JSON",
+    "huge_hidden": r"PolicyNet hidden must be an integer >= 1 and <= 4096, got 1000000",
+    "rank_as_string": r"PolicyNet rank must be an integer .*got str '4'",
+    "rank_as_bool": r"PolicyNet hidden_size must be an integer .*got bool True",
+    "skip_share_as_bool": r"plan skip_share must be a finite number in \[0, 1\].*got bool True",
+    "features_as_string": r"features of the wrong type",
+    "num_layers_as_float": r"num_layers must be an integer >= 1.*got float 30.0",
 }
 
 
@@ -151,3 +171,27 @@ def test_bad_policy_checkpoints_name_notebook_03(tmp_path, case):
         load_policy(path, 30)
     message = str(err.value)
     assert str(path) in message and "re-run notebook 03 (warm-start) / 04 (RL) to regenerate it" in message
+
+
+JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                                     st.text(max_size=4)),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                           max_leaves=6)
+
+
+@given(key=st.sampled_from(sorted(PolicyNet(len(FEATURES)).checkpoint_config())), value=JSON_VALUES)
+def test_type_confused_policy_configs_give_a_value_error(tmp_path_factory, key, value):
+    """Property: any config entry replaced by any JSON value loads (a value as good as the original)
+    or is a ValueError naming the file and notebook 03; never another exception."""
+    from anee.core.checkpoints import save_checkpoint
+
+    p = PolicyNet(len(FEATURES))
+    save_policy(tmp_path_factory.mktemp("ok") / "p.safetensors", p, "rl", 30)
+    config = {**p.checkpoint_config(), key: value}
+    path = save_checkpoint(tmp_path_factory.mktemp("confused") / "p.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    try:
+        loaded = load_policy(path, 30)
+    except ValueError as err:
+        assert str(path) in str(err) and PolicyNet.FIX in str(err)
+    else:
+        assert loaded.checkpoint_config() == {**config, "skip_offsets": 0}
