@@ -6,7 +6,7 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit nbval lint reproduce reproduce-quick notebooks bench readme clean
+.PHONY: setup test unit nbval lint reproduce reproduce-quick verify notebooks bench readme clean
 
 setup: $(STAMP)
 
@@ -36,11 +36,17 @@ lint: setup
 	$(PY) -m ruff check anee tests tools
 
 # Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/;
-# then the decode benchmark (a timings file) and the README from the fresh results.
+# then the decode benchmark (a timings file), the README from the fresh results, and, when the
+# checkout has committed results, `make verify` against them.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
 	$(PY) -m anee.evaluation.bench
 	$(PY) tools/make_readme.py
+	@if git cat-file -e HEAD:results/06_frontier.csv 2>/dev/null; then $(MAKE) --no-print-directory verify; fi
+
+# Compare results/ with the committed copy (HEAD), with a tolerance per quantity; non-zero on a real difference.
+verify: setup
+	$(PY) -m anee.evaluation.verify
 
 reproduce-quick: setup
 	$(PY) tools/reproduce.py --profile quick

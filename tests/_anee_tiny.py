@@ -115,3 +115,17 @@ def damaged(raw: bytes, data, truncate: bool | None = None) -> bytes:
     for bit in data.draw(st.sets(st.integers(0, 8 * len(raw) - 1), min_size=1, max_size=4), "bits"):
         out[bit // 8] ^= 1 << (bit % 8)
     return bytes(out)
+
+# -- a non-trivial bypass (random small weights) for the executor / layer-step / hierarchical tests --
+def random_bypass(family: str, hidden: int, layers: int, rank: int = 0, target: str = "layer", seed: int = 0,
+                  scale: float = 0.05):
+    """A `BypassBank` whose every parameter is drawn at random (scale `scale`): its updates are small
+    but far from zero, so a test sees whether they were applied."""
+    from anee.core.bypass import BypassBank, BypassConfig
+
+    bank = BypassBank(BypassConfig(family, rank, target), hidden, layers)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return bank.eval()

@@ -12,6 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "anee"
 # a module may import from its own subpackage and from any subpackage of a lower level
 LEVELS = {"core": 0, "engine": 1, "hierarchical": 1, "granularity": 1, "evaluation": 2, "viz": 2}
+# every module is parsed with the running interpreter's grammar: a module it cannot parse breaks them all
 
 
 def modules() -> dict[str, Path]:
@@ -46,6 +47,16 @@ def imported(name: str, path: Path) -> set[str]:
 def area(name: str) -> str | None:
     parts = name.split(".")
     return parts[1] if len(parts) > 1 else None
+
+
+def test_every_module_parses_on_the_supported_pythons():
+    bad = []
+    for name, path in modules().items():
+        try:
+            ast.parse(path.read_text())
+        except SyntaxError as e:
+            bad.append(f"{name}:{e.lineno}: {e.msg}")
+    assert not bad, bad
 
 
 def test_imports_flow_one_way():

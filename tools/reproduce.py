@@ -1,15 +1,19 @@
 """Run every numbered notebook in order with papermill and a given profile.
 
 Executed copies go to results/executed/ (the sources stay clean); every table and figure is
-rewritten by the notebooks themselves through anee.evaluation.results. Wall times per notebook are written to
-results/timings_reproduce.json (full run; partial runs: results/executed/), the only file here
-allowed to differ between runs.
+rewritten by the notebooks themselves through anee.evaluation.results. Wall times per notebook are
+written to results/timings_reproduce.json (full run; partial runs: results/executed/), the only
+file here allowed to differ between runs. A full run also writes results/provenance.json: the
+commit the results come from and whether the code under anee/ and notebooks/ had uncommitted
+changes (then the results cannot be traced to a commit, and `make verify` says so).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +21,18 @@ from pathlib import Path
 import papermill as pm
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def provenance() -> dict:
+    """The commit the results are generated from, and whether its code is what runs."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "anee", "notebooks")
+    import torch
+
+    return {"code_commit": git("rev-parse", "HEAD"), "code_dirty": bool(dirty), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
 def main() -> int:
@@ -30,6 +46,9 @@ def main() -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
     timings = {}
+    origin = provenance()
+    if origin["code_dirty"]:
+        print("note: anee/ or notebooks/ has uncommitted changes: these results will not match any commit", flush=True)
     start = time.perf_counter()
     for nb in notebooks:
         t0 = time.perf_counter()
@@ -50,6 +69,8 @@ def main() -> int:
         path = ROOT / "results" / "quick" / "timings_reproduce_quick.json"
         path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(timings, indent=2) + "\n")
+    if args.profile == "full" and not args.only:
+        (ROOT / "results" / "provenance.json").write_text(json.dumps(origin, indent=2, sort_keys=True) + "\n")
     print(f"total {timings['total']:.0f} s -> {path.relative_to(ROOT)}")
     return 0
 

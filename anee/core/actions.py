@@ -1,9 +1,12 @@
 """What a token may do at a layer, and the one plan entry that is not an action.
 
     PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
-    SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache (later tokens attend to it)
-    EXIT     SKIP for this and every remaining layer
-    DROP     nothing at all, not even K/V: the layer is removed for every token of the sequence
+    SKIP     h <- h + bypass(h), but K/V = proj(norm(h)) still go into the cache (later tokens attend to it)
+    EXIT     h frozen for this and every remaining layer (K/V still written)
+    DROP     h <- h + bypass(h), no K/V: the layer is removed for every token of the sequence
+
+The bypass (`anee.core.bypass`) is a cheap learned stand-in for the layer's update; with the
+identity family (or none) SKIP and DROP leave h as it is.
 
 Stored as int8 in decision tensors [B, T, L]. A *plan* (one entry per layer, see
 `anee.engine.controllers.plan`) holds either a fixed action for every token or `ASK`.

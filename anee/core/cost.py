@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .actions import EXIT, PROCESS, SKIP
+from .actions import DROP, EXIT, PROCESS, SKIP
 from .adapters.base import Dims
 
 # DROP: the layer is removed for the whole sequence. No token attends at it, so nobody reads its
@@ -23,9 +23,11 @@ from .adapters.base import Dims
 
 @dataclass(frozen=True)
 class CostModel:
-    """MAC counts of every component of one decoder, for one token."""
+    """MAC counts of every component of one decoder, for one token. `bypass`: the MACs of the
+    learned stand-in a SKIPPED or DROPPED layer runs instead (0: the identity, nothing)."""
 
     dims: Dims
+    bypass: int = 0
 
     @property
     def q_proj(self) -> int:
@@ -72,12 +74,33 @@ class CostModel:
         """A SKIPPED (or exited) layer: only K and V are computed, for the cache."""
         return self.kv_proj
 
+    @property
+    def skip_path(self) -> int:
+        """A SKIPPED layer: K/V for the cache plus the bypass update."""
+        return self.kv_only + self.bypass
+
+    @property
+    def drop_path(self) -> int:
+        """A DROPPED layer: no K/V, only the bypass update (0 with the identity)."""
+        return self.bypass
+
+    def _fraction(self, macs: int, contexts: torch.Tensor | None) -> float:
+        if contexts is None:
+            return macs / self.layer_static
+        return macs / float(self.layer(contexts.to(torch.float64)).mean())
+
     def kv_fraction(self, contexts: torch.Tensor | None = None) -> float:
         """The K/V-only path's share of a PROCESSED layer: of its context-independent MACs, or of
         its mean cost over `contexts` (keys attended) when given."""
-        if contexts is None:
-            return self.kv_only / self.layer_static
-        return self.kv_only / float(self.layer(contexts.to(torch.float64)).mean())
+        return self._fraction(self.kv_only, contexts)
+
+    def skip_fraction(self, contexts: torch.Tensor | None = None) -> float:
+        """A SKIPPED layer's share of a PROCESSED one (K/V-only path plus bypass), as `kv_fraction`."""
+        return self._fraction(self.skip_path, contexts)
+
+    def drop_fraction(self, contexts: torch.Tensor | None = None) -> float:
+        """A DROPPED layer's share of a PROCESSED one (its bypass), as `kv_fraction`."""
+        return self._fraction(self.drop_path, contexts)
 
     @property
     def lm_head(self) -> int:
@@ -124,12 +147,20 @@ class CostReport:
         }
 
 
+def bypassed(decisions: torch.Tensor) -> torch.Tensor:
+    """Where a token runs the bypass [..., L]: at a SKIP, and at a DROP it reaches before any EXIT."""
+    exited = (decisions == EXIT).to(torch.int8).cummax(-1).values.bool()
+    return (decisions == SKIP) | ((decisions == DROP) & ~exited)
+
+
 def trace_cost(cost: CostModel, decisions: torch.Tensor, context: torch.Tensor, overhead_macs: torch.Tensor | None = None) -> CostReport:
     """Cost of a decision tensor [B, T, L] whose tokens attend to `context` [B, T] keys each."""
     processed = (decisions == PROCESS).sum(-1)
     skipped = ((decisions == SKIP) | (decisions == EXIT)).sum(-1)
     per_layer = cost.layer(context.to(torch.float64))
     layer_macs = processed * per_layer + skipped * cost.kv_only
+    if cost.bypass:
+        layer_macs = layer_macs + bypassed(decisions).sum(-1) * cost.bypass
     full = decisions.shape[-1] * per_layer
     if overhead_macs is None:
         overhead_macs = torch.zeros_like(layer_macs)
@@ -137,6 +168,9 @@ def trace_cost(cost: CostModel, decisions: torch.Tensor, context: torch.Tensor, 
 
 
 def static_cost(cost: CostModel, context: torch.Tensor, layers_run: int) -> CostReport:
-    """Cost of running `layers_run` full layers per token and nothing for the rest (static removal)."""
+    """Cost of running `layers_run` full layers per token and only the bypass for the rest (static
+    removal: nobody reads the removed layers' K/V)."""
     per_layer = cost.layer(context.double())
-    return CostReport(layers_run * per_layer, cost.dims.num_layers * per_layer, cost.lm_head, torch.zeros_like(per_layer))
+    removed = cost.dims.num_layers - layers_run
+    return CostReport(layers_run * per_layer + removed * cost.drop_path, cost.dims.num_layers * per_layer, cost.lm_head,
+                      torch.zeros_like(per_layer))

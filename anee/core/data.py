@@ -53,6 +53,20 @@ def wikitext_tokens(tokenizer, split: str = "test", max_tokens: int | None = Non
     return ids
 
 
+def code_tokens(tokenizer, max_tokens: int | None = None) -> torch.Tensor:
+    """Token ids [1, N] of the vendored Python source (`data/python-stdlib/code.txt`): text of another
+    kind than WikiText-2, for out-of-domain evaluation only (the first `max_tokens` when given)."""
+    path = data_dir().parent / "python-stdlib" / "code.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run from a checkout of the anee repository (data/ is vendored there)")
+    ids = tokenizer(path.read_text(), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if max_tokens is not None:
+        if ids.shape[1] < max_tokens:
+            raise ValueError(f"the code text has {ids.shape[1]} tokens, fewer than {max_tokens}")
+        ids = ids[:, :max_tokens]
+    return ids
+
+
 def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int = 0) -> torch.Tensor:
     """`count` random windows [count, length] from token ids [1, N] (deterministic for a seed)."""
     n = ids.shape[1]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import ModelAdapter
+from .bypass import BypassBank
 from .kv_cache import KVCache
 
 CAUSAL = "causal"  # attention mask: causal within the chunk, no cache (SDPA's is_causal)
@@ -97,39 +98,58 @@ def mlp_update(adapter: ModelAdapter, layer: int, mid: torch.Tensor) -> torch.Te
     return adapter.mlp(layer, mid)
 
 
-def mix(mid: torch.Tensor, update: torch.Tensor, run: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
-    """mid + update where `run` [B, T] (everywhere when None), mid elsewhere; a float `gate` [B, T]
-    weighs the update instead (a straight-through estimator's hard value carrying a soft gradient)."""
+def mix(mid: torch.Tensor, update: torch.Tensor, run: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+        skip_update: torch.Tensor | None = None) -> torch.Tensor:
+    """mid + update where `run` [B, T] (everywhere when None), mid (+ `skip_update`, the FFN bypass)
+    elsewhere; a float `gate` [B, T] weighs the two instead (a straight-through estimator's hard
+    value carrying a soft gradient)."""
     if gate is not None:
-        return mid + gate.unsqueeze(-1) * update
+        g = gate.unsqueeze(-1)
+        return mid + g * update if skip_update is None else mid + g * update + (1 - g) * skip_update
     if run is None:
         return mid + update
-    return torch.where(run.unsqueeze(-1), mid + update, mid)
+    return torch.where(run.unsqueeze(-1), mid + update, mid if skip_update is None else mid + skip_update)
 
 
-def mlp_rows(adapter: ModelAdapter, layer: int, mid: torch.Tensor, run: torch.Tensor | None) -> torch.Tensor:
-    """Gathered FFN half on a batch of one, mid [1, n, D]: the MLP runs only where `run` [1, n]."""
+def mlp_rows(adapter: ModelAdapter, layer: int, mid: torch.Tensor, run: torch.Tensor | None,
+             bypass: BypassBank | None = None) -> torch.Tensor:
+    """Gathered FFN half on a batch of one, mid [1, n, D]: the MLP runs only where `run` [1, n]; the
+    other rows get the FFN bypass (computed on those rows only), or nothing with the identity."""
     if run is None:
         return mid + adapter.mlp(layer, mid)
     selected = run[0].nonzero().squeeze(1)
-    return mid[0].index_add(0, selected, adapter.mlp(layer, mid[0][selected][None])[0]).unsqueeze(0)
+    out = mid[0].index_add(0, selected, adapter.mlp(layer, mid[0][selected][None])[0])
+    if bypass is not None and not bypass.is_identity:
+        others = (~run[0]).nonzero().squeeze(1)
+        out = out.index_add(0, others, bypass.update(layer, mid[0][others]))
+    return out.unsqueeze(0)
+
+
+def bypass_step(bypass: BypassBank | None, layer: int, h: torch.Tensor, bypassed: torch.Tensor | None = None) -> torch.Tensor:
+    """h + bypass(h) where `bypassed` [B, T] (everywhere when None); h itself with the identity."""
+    if bypass is None or bypass.is_identity:
+        return h
+    update = bypass.update(layer, h)
+    return h + update if bypassed is None else torch.where(bypassed.unsqueeze(-1), h + update, h)
 
 
 def layer_step(adapter: ModelAdapter, layer: int, h: torch.Tensor, pos, cache: KVCache | None, mask: Mask,
-               process: torch.Tensor | None = None, n_process: int | None = None, drop: bool = False) -> torch.Tensor:
-    """The executor's block: tokens where `process` [B, T] run both halves, the others keep h and
-    only write their K/V (SKIP, EXIT). `process=None` with `n_process=0` means no token processes
-    (K/V-only for all), otherwise all do. `drop`: the layer does nothing, not even K/V (DROP)."""
+               process: torch.Tensor | None = None, n_process: int | None = None, drop: bool = False,
+               bypass: BypassBank | None = None, bypassed: torch.Tensor | None = None) -> torch.Tensor:
+    """The executor's block: tokens where `process` [B, T] run both halves; the others write their
+    K/V only (SKIP, EXIT) and keep h, or get h + bypass(h) where `bypassed` [B, T] (every token not
+    processing when None). `process=None` with `n_process=0` means no token processes (K/V-only for
+    all), otherwise all do. `drop`: no K/V at all (DROP); the bypassed tokens still get the bypass."""
     if drop:
         if cache is not None:
             cache.drop(layer)
-        return h
+        return bypass_step(bypass, layer, h, bypassed)
     if n_process == 0:
         write_kv(adapter, layer, adapter.attn_norm(layer, h), pos, cache)
-        return h
+        return bypass_step(bypass, layer, h, bypassed)
     mid = attention_residual(adapter, layer, h, pos, cache, mask)
     out = mid + mlp_update(adapter, layer, mid)
-    return out if process is None else torch.where(process.unsqueeze(-1), out, h)
+    return out if process is None else torch.where(process.unsqueeze(-1), out, bypass_step(bypass, layer, h, bypassed))
 
 
 def grouped_layer_step(adapter: ModelAdapter, layer: int, h: torch.Tensor, pos, mask: Mask,

@@ -5,9 +5,12 @@ mode) runs through the unrolled stack, one `anee.core.layer_step.layer_step` per
 layer each token is
 
     PROCESS  h <- h + attn(norm(h)) ; h <- h + mlp(norm(h))
-    SKIP     h <- h, but K/V = proj(norm(h)) still go into the cache
-    EXIT     SKIP for this and every remaining layer
-    DROP     nothing at all, not even K/V: the layer is removed for every token of the sequence
+    SKIP     h <- h + bypass(h), and K/V = proj(norm(h)) still go into the cache
+    EXIT     h frozen (K/V still written) for this and every remaining layer
+    DROP     h <- h + bypass(h), no K/V: the layer is removed for every token of the sequence
+
+`bypass` is the executor's `BypassBank` (`anee.core.bypass`): a learned stand-in for the skipped
+layer's update, charged in every cost; without one (or with the identity family) it adds nothing.
 
 Because a token's decision depends only on its own state and the cache holds every position at
 every layer, running a sequence in one chunk or token by token gives the same logits and trace.
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.actions import ASK, DROP, EXIT, PROCESS
+from ..core.actions import ASK, DROP, EXIT, PROCESS, SKIP
 from ..core.adapters import ModelAdapter
-from ..core.cost import CostModel
+from ..core.bypass import BypassBank
+from ..core.cost import CostModel, bypassed
 from ..core.kv_cache import KVCache
 from ..core.layer_step import layer_step
 from ..core.outputs import ExecutorOutput, Trace
@@ -31,9 +35,17 @@ from .controllers.base import Controller, FullController, LayerView, layer_overh
 class AdaptiveExecutor:
     """Runs a HF causal LM's layers one by one under a controller; never modifies the weights."""
 
-    def __init__(self, adapter: ModelAdapter, min_layers: int = 0):
+    def __init__(self, adapter: ModelAdapter, min_layers: int = 0, bypass: BypassBank | None = None):
+        if bypass is not None and not isinstance(bypass, BypassBank):
+            raise TypeError(f"bypass must be a BypassBank (anee.core.bypass) or None, got {type(bypass).__name__}")
+        if bypass is not None and (bypass.num_layers, bypass.hidden) != (adapter.num_layers, adapter.dims.hidden):
+            raise ValueError(f"the bypass is for {bypass.num_layers} layers of width {bypass.hidden}, the model has "
+                             f"{adapter.num_layers} of width {adapter.dims.hidden}")
+        if bypass is not None and bypass.config.target != "layer":
+            raise ValueError(f"the executor needs a layer bypass, got target={bypass.config.target!r}")
         self.adapter = adapter
-        self.cost = CostModel(adapter.dims)
+        self.bypass = None if bypass is None or bypass.is_identity else bypass
+        self.cost = CostModel(adapter.dims, self.bypass.macs if self.bypass is not None else 0)
         self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers, what=" (the model's number of layers)")
 
     @torch.no_grad()
@@ -89,12 +101,14 @@ class AdaptiveExecutor:
             record = _absorb_exits(decisions.to(dev))
             process_counts = (record == PROCESS).sum((0, 1)).tolist()
             dropped = _dropped_layers(record)
+            by = bypassed(record) if self.bypass is not None else None
             overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
             for layer in range(L):
                 if hidden_states is not None:
                     hidden_states.append(h)
                 process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
-                h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer], layer in dropped)
+                h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer], layer in dropped,
+                               self.bypass, None if by is None else by[:, :, layer])
         else:
             h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states)
         if hidden_states is not None:
@@ -132,11 +146,15 @@ class AdaptiveExecutor:
             process = action == PROCESS
             n_process = int(process.sum())
             record[:, :, layer] = action.to(torch.int8)
-            if fixed != DROP:
-                spent += torch.where(process, layer_cost, float(self.cost.kv_only))
+            # who runs the bypass: a SKIP, and a DROP reached before any EXIT (an exited token stays frozen)
+            by = ~exited if fixed == DROP else action == SKIP
+            if fixed == DROP:
+                spent += by * float(self.cost.drop_path)
+            else:
+                spent += torch.where(process, layer_cost, torch.where(by, float(self.cost.skip_path), float(self.cost.kv_only)))
             exited = exited | (action == EXIT)
             prev, h = h, layer_step(adapter, layer, h, pos, cache, attn_mask, process if 0 < n_process < B * T else None,
-                                    n_process, fixed == DROP)
+                                    n_process, fixed == DROP, self.bypass, by)
         return h, record, overhead
 
     def _positions_and_mask(self, cache, B, T, past, padding_mask, device):

@@ -157,9 +157,9 @@ class Profiler(Checkpointable):
     def layers_to_target(self, view: LayerView, target: torch.Tensor) -> torch.Tensor:
         """[B, T] number of the asked layers left (this one included) that may still be PROCESSED
         for the token to end at fraction `target` [B, 1] of full layer compute (fractional)."""
-        kv = view.cost.kv_only
-        room = target * view.full - view.spent - view.fixed_after() - (view.asks_after + 1) * kv
-        return room / (view.layer_cost - kv)
+        skip = view.cost.skip_path
+        room = target * view.full - view.spent - view.fixed_after() - (view.asks_after + 1) * skip
+        return room / (view.layer_cost - skip)
 
     def more_important_left(self, layer: int, later: torch.Tensor | None = None) -> int:
         """How many of the `later` layers (default: all after `layer`) are more important than it."""
@@ -228,12 +228,14 @@ class Profiler(Checkpointable):
 
 @torch.no_grad()
 def calibrate_profiler(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, k: int = 64, window: int = 256, max_windows: int = 2,
-                       importance_windows: int = 8) -> Profiler:
+                       importance_windows: int = 8, importance: torch.Tensor | None = None) -> Profiler:
     """Shortlist entropy (from `max_windows` windows) + Block-Influence importance (from
     `importance_windows`, the Block-Influence baseline's default, so both rank layers from the same
     data: middle layers differ by ~0.01 in influence and 512 tokens reorder them), valid split only."""
     hidden = calibration_hidden(executor, calibration_ids, window=window, max_windows=max_windows)
     entropy = fit_shortlist(executor, calibration_ids, k=k, hidden=hidden)
-    importance = block_influence(executor, calibration_ids, window=window, max_windows=importance_windows).float()
+    if importance is None:
+        importance = block_influence(executor, calibration_ids, window=window, max_windows=importance_windows)
+    importance = importance.float()
     median = float(entropy.estimate(executor, hidden)[0].median()) / math.log(executor.adapter.dims.vocab)
     return Profiler(entropy, importance, executor, median)

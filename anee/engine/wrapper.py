@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..core.adapters import adapter_for
+from ..core.bypass import BypassBank
 from ..core.cost import CostReport
 from ..core.loading import load_model
 from ..core.outputs import ExecutorOutput, Trace
@@ -40,7 +41,8 @@ class GenerationResult:
 class ANEEWrapper(nn.Module):
     """Wraps a HF causal LM (weights untouched) and runs it layer by layer under a controller."""
 
-    def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None, controller: Controller | None = None):
+    def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None, controller: Controller | None = None,
+                 bypass: BypassBank | None = None):
         super().__init__()
         if not isinstance(config, ANEEConfig):
             raise TypeError(f"config must be an ANEEConfig, got {type(config).__name__}")
@@ -54,7 +56,7 @@ class ANEEWrapper(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter_for(self.model)
-        self.executor = AdaptiveExecutor(self.adapter, config.min_layers)
+        self.executor = AdaptiveExecutor(self.adapter, config.min_layers, bypass=bypass)
         self.controller = controller or self._default_controller()
 
     def _default_controller(self) -> Controller:

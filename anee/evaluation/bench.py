@@ -16,12 +16,14 @@ import platform
 
 import torch
 
+from ..core.bypass import BypassBank
 from ..core.loading import load_model
 from ..core.timing import interleaved_seconds
 from ..engine.config import ANEEConfig
 from ..engine.controllers.base import FixedController, skip_pattern
 from ..engine.wrapper import ANEEWrapper
-from .results import save_json
+from .frontier import load_bypass
+from .results import output_dir, save_json
 
 PROMPT = "The history of the printing press begins in"
 
@@ -29,7 +31,7 @@ PROMPT = "The history of the printing press begins in"
 def layers_to_skip(wrapper: ANEEWrapper, fraction: float) -> int:
     """Fewest skipped layers whose net saving of layer compute reaches `fraction`."""
     cost, L = wrapper.cost_model, wrapper.num_layers
-    per_skip = 1.0 - cost.kv_fraction()
+    per_skip = 1.0 - cost.skip_fraction()
     return min(L - 3, max(1, round(fraction * L / per_skip)))
 
 
@@ -39,18 +41,22 @@ def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int,
     contexts = torch.arange(prompt_len + 1, prompt_len + new_tokens, dtype=torch.float64)
     n_skip = sum(1 for a in pattern if a != 0)
     full = wrapper.num_layers * cost.layer(contexts) + cost.lm_head
-    skipped = (wrapper.num_layers - n_skip) * cost.layer(contexts) + n_skip * cost.kv_only + cost.lm_head
+    skipped = (wrapper.num_layers - n_skip) * cost.layer(contexts) + n_skip * cost.skip_path + cost.lm_head
     layer_saved = float(1 - (skipped - cost.lm_head).sum() / (full - cost.lm_head).sum())
     return layer_saved, float(full.sum() / skipped.sum())
 
 
-def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 5, skip_fraction: float = 0.3, write: bool = True) -> dict:
+def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 5, skip_fraction: float = 0.3, write: bool = True,
+        bypass: BypassBank | None = None) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name)
-    wrapper = ANEEWrapper(ANEEConfig(model_name=model_name, min_layers=0, controller="full"), model=model, tokenizer=tokenizer)
+    config = ANEEConfig(model_name=model_name, min_layers=0, controller="full")
+    wrapper = ANEEWrapper(config, model=model, tokenizer=tokenizer)
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     pattern = skip_pattern(wrapper.num_layers, layers_to_skip(wrapper, skip_fraction))
     skipper = FixedController(pattern)
+    if bypass is None:
+        bypass = load_bypass(output_dir("results", "full") / "checkpoints", wrapper.adapter)
 
     def hf():
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
@@ -61,6 +67,11 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 
         "anee_budget_1.0": lambda: wrapper.generate_ids(ids, new_tokens, energy_budget=1.0),
         "anee_skip_pattern": lambda: wrapper.generate_ids(ids, new_tokens, controller=skipper),
     }
+    if bypass is not None:  # the same kind of pattern with the layer bypass, skipping enough layers for the same net saving
+        by_wrapper = ANEEWrapper(config, model=model, tokenizer=tokenizer, bypass=bypass)
+        by_pattern = skip_pattern(by_wrapper.num_layers, layers_to_skip(by_wrapper, skip_fraction))
+        by_skipper = FixedController(by_pattern)
+        methods["anee_bypass_pattern"] = lambda: by_wrapper.generate_ids(ids, new_tokens, controller=by_skipper)
     with torch.inference_mode():
         times = interleaved_seconds(methods, rounds=repeats, warmup=1, reduce="median")
     tps = {name: new_tokens / t for name, t in times.items()}
@@ -78,6 +89,12 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 
         "skip_measured_over_predicted": measured / predicted,
         "skip_vs_hf": tps["anee_skip_pattern"] / tps["hf_generate"],
     }
+    if bypass is not None:
+        by_saved, by_predicted = predicted_speedup(by_wrapper, by_pattern, ids.shape[1], new_tokens)
+        by_measured = tps["anee_bypass_pattern"] / tps["anee_budget_1.0"]
+        result.update({"bypass": bypass.config.label, "bypass_skip_layers": [i for i, a in enumerate(by_pattern) if a],
+                       "bypass_layer_compute_saved": by_saved, "bypass_predicted_speedup": by_predicted,
+                       "bypass_measured_speedup": by_measured, "bypass_measured_over_predicted": by_measured / by_predicted})
     if write:
         save_json(result, "bench_decode", "full")
     return result
@@ -98,6 +115,12 @@ def main() -> None:
     print(f"  predicted speedup (MAC counts)     : {r['skip_predicted_speedup']:.3f}x")
     print(f"  measured speedup (tokens/s)        : {r['skip_measured_speedup']:.3f}x")
     print(f"  measured / predicted               : {r['skip_measured_over_predicted']:.3f}")
+    if "bypass" in r:
+        print(f"the same with the {r['bypass']} bypass ({len(r['bypass_skip_layers'])} layers, "
+              f"{100 * r['bypass_layer_compute_saved']:.1f}% layer compute saved net)")
+        print(f"  predicted speedup (MAC counts)     : {r['bypass_predicted_speedup']:.3f}x")
+        print(f"  measured speedup (tokens/s)        : {r['bypass_measured_speedup']:.3f}x")
+        print(f"  measured / predicted               : {r['bypass_measured_over_predicted']:.3f}")
 
 
 if __name__ == "__main__":

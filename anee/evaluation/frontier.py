@@ -4,51 +4,86 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..core.actions import DROP, PROCESS, pattern_decisions
 from ..core.adapters import adapter_for
+from ..core.bypass import BypassBank
+from ..core.cost import static_cost
 from ..core.data import wikitext_tokens
+from ..core.outputs import MethodOutput
 from ..engine.executor import AdaptiveExecutor
 from ..engine.importance import removal_order
 from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
 from .context import EvalContext
 from .methods import build_method
-from .perplexity import PerplexityResult, evaluate
+from .perplexity import evaluate
 from .results import output_dir
+from .seeds import summarize, verdict
+
+BYPASS_FILE = "bypass.safetensors"  # notebook 02's layer bypass (the one every later notebook uses)
+LINEAR_CLOSED_FORM_FILE = "bypass_linear_closed_form.safetensors"  # notebook 02's untuned linear map (an ablation)
+
+
+def load_bypass(checkpoint_dir: Path, adapter, file: str = BYPASS_FILE) -> BypassBank | None:
+    """A layer bypass notebook 02 wrote to the checkpoint folder (None when it has not run)."""
+    path = Path(checkpoint_dir) / file
+    return BypassBank.from_checkpoint(path, adapter.dims.hidden, adapter.num_layers) if path.is_file() else None
 
 
 def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4096, min_layers: int = 0) -> EvalContext:
-    """EvalContext with valid-split calibration tokens and the profile's checkpoint folder."""
-    executor = AdaptiveExecutor(adapter_for(model), min_layers=min_layers)
+    """EvalContext with valid-split calibration tokens, the profile's checkpoint folder and, when
+    notebook 02 has written it, an executor with its layer bypass."""
+    adapter = adapter_for(model)
+    executor = AdaptiveExecutor(adapter, min_layers=min_layers)
     calibration = wikitext_tokens(tokenizer, "valid", calibration_tokens)
+    checkpoints = output_dir("results", profile) / "checkpoints"
+    bypass = load_bypass(checkpoints, adapter)
     return EvalContext(model, tokenizer, executor, calibration,
-                       extras={"checkpoint_dir": output_dir("results", profile) / "checkpoints", "profile": profile})
+                       extras={"checkpoint_dir": checkpoints, "profile": profile},
+                       bypass_executor=None if bypass is None else AdaptiveExecutor(adapter, min_layers=min_layers, bypass=bypass))
 
 
-def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None) -> list[tuple[str, dict]]:
+def method_label(name: str, setting: dict) -> str:
+    """A frontier row's method: the registry name, "+bypass" when its skipped layers run the bypass."""
+    return f"{name}+bypass" if setting.get("bypass") else name
+
+
+def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None, seeds=(0,)) -> list[tuple[str, dict]]:
     """Rows contributed by the ANEE controllers (02-04) and the hierarchical model (05). Their
     checkpoints must exist in the profile's checkpoint folder: run those notebooks first. The
-    planned controllers are cheap to evaluate, so they may get a denser grid (`planned_budgets`)."""
-    planned = ("anee_heuristic", "anee_warmstart", "anee_warmstart_profiler_only", "anee_rl")
-    specs = [(m, {"budget": b}) for m in planned for b in (planned_budgets or budgets)]
+    planned controllers are cheap to evaluate, so they may get a denser grid (`planned_budgets`);
+    the learned ones and the hierarchical model run once per training seed. The heuristic runs with
+    and without the layer bypass, the learned controllers with the bypass they were trained with."""
+    planned = planned_budgets or budgets
+    with_bypass = ctx.bypass_executor is not None
+    specs = [("anee_heuristic", {"budget": b}) for b in planned]
+    if with_bypass:
+        specs += [("anee_heuristic", {"budget": b, "bypass": True}) for b in planned]
+    for m in ("anee_warmstart", "anee_warmstart_profiler_only", "anee_rl"):
+        specs += [(m, {"budget": b, "seed": s, "bypass": with_bypass}) for s in seeds for b in planned]
     specs += [("anee_heuristic_every_layer", {"budget": b}) for b in budgets]
-    specs += [("hierarchical", {"capacity": c, "exits": False}) for c in (0.9, 0.7)]
-    specs += [("hierarchical", {"capacity": 0.9, "exits": True})]
+    specs += [("hierarchical", {"capacity": c, "exits": False, "seed": s}) for s in seeds for c in (0.9, 0.7)]
+    specs += [("hierarchical", {"capacity": 0.9, "exits": True, "seed": seeds[0]})]
     return specs
 
 
 def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Tensor, window: int, stride: int,
-                 progress: bool = False) -> list[PerplexityResult]:
-    """Evaluate every (method name, setting) pair on the same windows."""
-    results = []
+                 progress: bool = False) -> pd.DataFrame:
+    """Evaluate every (method name, setting) pair on the same windows: one row per pair, with the
+    method's label (`method_label`) and its training seed (-1 for a method that trains nothing)."""
+    rows = []
     for name, setting in specs:
         method = build_method(name, ctx, **setting)
-        label = ",".join(f"{k}={v}" for k, v in setting.items())
-        results.append(evaluate(method, ids, window, stride, name=name, setting=label, progress=progress))
-    return results
+        text = ",".join(f"{k}={v}" for k, v in setting.items() if k not in ("seed", "bypass"))
+        result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text, progress=progress)
+        rows.append({**result.row(), "seed": int(setting.get("seed", -1))})
+    table = pd.DataFrame(rows)
+    return table[["method", "setting", "seed"] + [c for c in table.columns if c not in ("method", "setting", "seed")]]
 
 
 def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -70,44 +105,115 @@ def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def ppl_at_saving(df: pd.DataFrame, levels: list[float], saved_col: str = "layer_saved_net", hull: bool = False) -> pd.DataFrame:
-    """Perplexity of each method at the given net savings, interpolating log-ppl linearly between
-    evaluated settings (NaN outside the evaluated range). With `hull=True` only the points on each
-    method's lower convex hull are used: every method may time-share two of its operating points, so
-    no method wins at a level merely because another's curve has a bump there."""
+    """Perplexity of each method (and seed, when the table has a `seed` column) at the given net
+    savings, interpolating log-ppl linearly between evaluated settings (NaN outside the evaluated
+    range). With `hull=True` only the points on each method's lower convex hull are used: every
+    method may time-share two of its operating points, so no method wins at a level merely because
+    another's curve has a bump there."""
+    keys = ["method", "seed"] if "seed" in df.columns else ["method"]
     rows = []
-    for method, g in df.groupby("method"):
+    for key, g in df.groupby(keys, sort=False):
+        key = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         x, y = g[saved_col].to_numpy(float), np.log(g.ppl.to_numpy(float))
         keep = lower_hull(x, y) if hull else np.argsort(x, kind="stable")
         x, y = x[keep], y[keep]
         for s in levels:
             ok = x.min() - 1e-9 <= s <= x.max() + 1e-9
-            rows.append({"method": method, "net_saved": s, "ppl": float(np.exp(np.interp(s, x, y))) if ok else float("nan")})
+            rows.append({**key, "net_saved": s, "ppl": float(np.exp(np.interp(s, x, y))) if ok else float("nan")})
     return pd.DataFrame(rows)
 
 
 def anchored(table: pd.DataFrame) -> pd.DataFrame:
     """Every method can fall back to the full model, so the full model's row anchors each method's
-    curve at 0 % saved; the full model's own row is left out."""
-    parts = [table] + [table[table.method == "full"].assign(method=m) for m in table.method.unique() if m != "full"]
-    out = pd.concat(parts)
-    return out[out.method != "full"]
+    curve (each seed's) at 0 % saved; the full model's own row is left out."""
+    full = table[table.method == "full"]
+    runs = table[table.method != "full"]
+    keys = ["method", "seed"] if "seed" in table.columns else ["method"]
+    groups = runs.groupby(keys, sort=False).groups
+    parts = [runs] + [full.assign(**dict(zip(keys, k if isinstance(k, tuple) else (k,)))) for k in groups]
+    return pd.concat(parts, ignore_index=True)
 
 
-def equal_saving_tables(table: pd.DataFrame, levels: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Perplexity [method x level] interpolated between each method's points, and on each method's
-    lower convex hull (both anchored at the full model)."""
+def equal_saving_tables(table: pd.DataFrame, levels: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Perplexity at each net-saving level, interpolated between each method's points and on each
+    method's lower convex hull (both anchored at the full model): one wide table each (a row per
+    method: the mean over seeds at each level, `<level>_std` beside it, `n_seeds`), and every
+    seed's values (long, `curve` = "interpolated" or "hull")."""
     rows = anchored(table)
-    at_levels = ppl_at_saving(rows, list(levels)).pivot(index="method", columns="net_saved", values="ppl")
-    on_hull = ppl_at_saving(rows, list(levels), hull=True).pivot(index="method", columns="net_saved", values="ppl")
-    return at_levels, on_hull
+    runs = pd.concat([ppl_at_saving(rows, list(levels)).assign(curve="interpolated"),
+                      ppl_at_saving(rows, list(levels), hull=True).assign(curve="hull")], ignore_index=True)
+
+    def wide(curve: str) -> pd.DataFrame:
+        summary = summarize(runs[runs.curve == curve], ["method", "net_saved"], ["ppl"])
+        out = {}
+        for level in levels:
+            part = summary[summary.net_saved == level].set_index("method")
+            out[f"{level:g}"], out[f"{level:g}_std"] = part.ppl, part.ppl_std
+        result = pd.DataFrame(out)
+        result["n_seeds"] = summary.groupby("method", sort=False).n_seeds.max()
+        result.index.name = "method"
+        return result
+
+    return wide("interpolated"), wide("hull"), runs
 
 
-def wins(at_levels: pd.DataFrame, on_hull: pd.DataFrame, learned=("anee_rl", "anee_warmstart"),
-         others=("anee_heuristic", "block_influence")) -> dict[str, int]:
-    """At how many levels each learned controller's perplexity is below each other method's."""
-    return {f"{a}_beats_{b}_levels{suffix}": int((levels.loc[a] < levels.loc[b]).sum())
-            for suffix, levels in (("", at_levels), ("_hull", on_hull))
-            for a in learned for b in others if a in levels.index and b in levels.index}
+def comparisons(levels_table: pd.DataFrame, pairs: Sequence[tuple[str, str]], levels: Sequence[float]) -> pd.DataFrame:
+    """For each (a, b) pair present in `levels_table` (a wide table of `equal_saving_tables`) and each
+    level: both means and spreads and the verdict ("a", "b" or "tie", `anee.evaluation.seeds.verdict`)."""
+    rows = []
+    for a, b in pairs:
+        if a not in levels_table.index or b not in levels_table.index:
+            continue
+        ra, rb = levels_table.loc[a], levels_table.loc[b]
+        for level in levels:
+            col = f"{level:g}"
+            rows.append({"a": a, "b": b, "net_saved": level, "a_ppl": ra[col], "a_std": ra[f"{col}_std"], "b_ppl": rb[col],
+                         "b_std": rb[f"{col}_std"], "verdict": verdict(ra[col], ra[f"{col}_std"], rb[col], rb[f"{col}_std"])})
+    return pd.DataFrame(rows, columns=["a", "b", "net_saved", "a_ppl", "a_std", "b_ppl", "b_std", "verdict"])
+
+
+WORDS = {"a": "better", "b": "worse", "tie": "a tie", "n/a": "n/a"}
+
+
+def findings(verdicts: pd.DataFrame, at_levels: pd.DataFrame, full_ppl: float, levels: Sequence[float],
+             curve: str = "interpolated") -> dict:
+    """What the README states, in words, from the comparisons: for each pair "a_vs_b" the verdict of
+    a against b at each level joined by " / " ("better", "worse", "a tie": differences within the
+    larger seed spread are ties); and each method's perplexity as a multiple of the full model's."""
+    out: dict = {}
+    for (a, b), g in verdicts[verdicts.curve == curve].groupby(["a", "b"], sort=False):
+        words = [WORDS[v] for v in g.sort_values("net_saved").verdict]
+        out[f"{a}_vs_{b}"] = " / ".join(words)
+    cols = [f"{x:g}" for x in levels]
+    out["ratio_to_full"] = {m: [round(float(at_levels.loc[m, c]) / full_ppl, 3) for c in cols] for m in at_levels.index}
+    anee = at_levels[at_levels.index.str.startswith("anee_")]
+    out["best_anee_method"] = {c: str(anee[c].idxmin()) if anee[c].notna().any() else "n/a" for c in cols}
+    out["best_anee_ratio_to_full"] = {c: round(float(anee[c].min()) / full_ppl, 3) for c in cols}
+    return out
+
+
+def bypass_ablation(ctx: EvalContext, banks: dict[str, BypassBank | None], n_removed: int, ids: torch.Tensor, window: int,
+                    stride: int) -> pd.DataFrame:
+    """Static removal of the `n_removed` lowest-Block-Influence layers with each bypass of `banks`
+    (label -> bank, None: the identity) on the same windows: perplexity, its ratio to the identity's,
+    and the net saving (each bypass charged)."""
+    removed = set(removal_order(ctx.extras["block_influence"])[:n_removed])
+    L = ctx.adapter.num_layers
+    pattern = [DROP if i in removed else PROCESS for i in range(L)]
+    rows = []
+    for label, bank in banks.items():
+        executor = AdaptiveExecutor(ctx.adapter, bypass=bank)
+
+        def run(chunk, executor=executor):
+            out = executor.forward(chunk, decisions=pattern_decisions(pattern, chunk.shape[1]))
+            return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - n_removed))
+
+        r = evaluate(run, ids, window, stride, name=label)
+        rows.append({"bypass": label, "n_removed": n_removed, "macs_per_bypass": executor.cost.bypass, "ppl": r.ppl,
+                     "layer_saved_net": r.layer_saved_net})
+    table = pd.DataFrame(rows)
+    table["ppl_vs_identity"] = table.ppl / table.ppl.iloc[0]
+    return table
 
 
 def controller_overhead(table: pd.DataFrame, method: str = "anee_heuristic_every_layer") -> float:
@@ -117,18 +223,19 @@ def controller_overhead(table: pd.DataFrame, method: str = "anee_heuristic_every
 
 
 def headroom_table(ctx: EvalContext, test_ids: torch.Tensor, window: int, tokens: int, levels: Sequence[float],
-                   overhead: float) -> pd.DataFrame:
+                   overhead: float, bypass: bool = False) -> pd.DataFrame:
     """Hindsight bound at each net-saving level on the first `tokens` test tokens (windows of
     `window`): static Block-Influence removal against an oracle that gives every token its own
-    number of skipped layers, free and paying the K/V-only path plus `overhead` per token."""
-    L = ctx.adapter.num_layers
+    number of skipped layers, free and paying the K/V-only path (and the bypass, `bypass=True`) plus
+    `overhead` per token."""
+    L, executor = ctx.adapter.num_layers, ctx.executor_for(bypass)
     order = removal_order(ctx.extras["block_influence"])
     windows = [test_ids[:, i : i + window] for i in range(0, tokens - window + 1, window)]
-    profiles = skip_profiles(ctx.executor, windows, order, list(range(0, round(0.45 * L))))
-    kv = ctx.cost.kv_fraction(torch.arange(1, window + 1, dtype=torch.float64))
+    profiles = skip_profiles(executor, windows, order, list(range(0, round(0.45 * L))))
+    kv = executor.cost.skip_fraction(torch.arange(1, window + 1, dtype=torch.float64))
     return pd.DataFrame([
         {"net_saved": s, "static_block_influence_ppl": static_ppl(profiles, s * L),
          "oracle_ppl_no_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, 0.0)),
          "oracle_ppl_with_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, kv, overhead)),
-         "kv_fraction_of_layer": kv, "controller_overhead": overhead, "tokens": profiles.kl.shape[1]}
+         "skip_fraction_of_layer": kv, "controller_overhead": overhead, "tokens": profiles.kl.shape[1]}
         for s in levels])

@@ -10,8 +10,11 @@ tolerance that says what kind of number it is:
 - `trained`: depends on a trained model: `SPREAD_FACTOR` x its measured seed spread (the `<col>_std`
   column of the same row, or the spread over the file's seeds of the same setting), never tighter
   than `eval`;
-- `decision`: depends on thresholded decisions of fixed weights (a controller, a quantile), where a
-  last-digit change can flip a token: relative `DECISION_RTOL`;
+- `decision`: depends on thresholded decisions (a controller, a quantile, an argmax) or on a trained
+  artifact the file has no seeds of (the deployed bypass), where a last-digit change can flip a
+  token: the rule's relative `rtol`, stated with the reason in `RULES`; text in such a column (a
+  greedy generation) is reported when it changes but does not fail;
+- `bound`: a quantity that must stay below a bound (e.g. a max |logit difference| of 1e-4);
 - `skip`: wall-clock timings, which change from machine to machine: reported, never compared.
 
 `RULES` assigns kinds by file and column (first match wins; unmatched numeric columns are `eval`,
@@ -33,20 +36,27 @@ import numpy as np
 import pandas as pd
 
 EVAL_RTOL, EVAL_ATOL = 1e-4, 1e-9
-DECISION_RTOL = 0.02
+DECISION_RTOL = 0.01
 SPREAD_FACTOR = 3.0
-KINDS = ("exact", "eval", "decision", "trained", "skip")
+KINDS = ("exact", "eval", "decision", "trained", "bound", "skip")
 
 
 @dataclass(frozen=True)
 class Rule:
     """Kind of the columns of the files matching `file` (glob on the name without extension) and
-    `columns` (globs); `keys` are the columns that identify a setting across seeds (trained files)."""
+    `columns` (globs); `keys` are the columns that identify a setting across seeds (trained files);
+    `rtol` the relative tolerance of a `decision` rule (and the floor of a `trained` one); `bound`
+    the upper bound of a `bound` rule; `why` says where a tolerance that is not derived from seeds
+    comes from."""
 
     file: str
     kind: str
     columns: tuple[str, ...] = ("*",)
     keys: tuple[str, ...] = ()
+    rtol: float = 0.0
+    bound: float = 0.0
+    reference: str = ""  # a relative seed spread measured elsewhere (`REFERENCES`) that floors the tolerance
+    why: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -112,6 +122,32 @@ def _eval_tol(value: float) -> float:
     return EVAL_RTOL * abs(value) + EVAL_ATOL
 
 
+def _tolerance(rule: Rule, value: float, spread: float = 0.0, references: dict[str, float] | None = None) -> float:
+    tol = _eval_tol(value) if math.isfinite(value) else 0.0
+    ref = SPREAD_FACTOR * (references or {}).get(rule.reference, 0.0) * abs(value) if rule.reference else 0.0
+    if rule.kind == "decision":
+        tol = max(tol, (rule.rtol or DECISION_RTOL) * abs(value), ref)
+    elif rule.kind == "trained":
+        tol = max(tol, SPREAD_FACTOR * spread, rule.rtol * abs(value), ref)
+    return tol
+
+
+def _check(name: str, column: str, row: str, a, b, rule: Rule, numeric: bool, spread: float = 0.0,
+           references: dict[str, float] | None = None) -> Check:
+    """One value against its rule."""
+    if rule.kind == "skip":
+        return Check(name, column, row, a, b, "timing", "skip", True)
+    if rule.kind == "bound" and _is_number(b):
+        return Check(name, column, row, a, b, f"<= {rule.bound:g}", "bound", float(b) <= rule.bound)
+    if not (numeric and _is_number(a) and _is_number(b)) or rule.kind == "exact":
+        same = (a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+        # a thresholded decision may flip a greedy token on another machine: report, do not fail
+        return Check(name, column, row, a, b, 0.0, rule.kind if rule.kind == "decision" else "exact",
+                     bool(same) or rule.kind == "decision")
+    tol = _tolerance(rule, float(a), spread, references)
+    return Check(name, column, row, a, b, tol, rule.kind, _within(a, b, tol))
+
+
 def _seed_spread(df: pd.DataFrame, column: str, keys: Sequence[str]) -> pd.Series:
     """Per row: the standard deviation of `column` over the rows sharing the row's `keys` (its seeds)."""
     keys = [k for k in keys if k in df.columns]
@@ -121,7 +157,8 @@ def _seed_spread(df: pd.DataFrame, column: str, keys: Sequence[str]) -> pd.Serie
     return values.groupby([df[k] for k in keys], dropna=False).transform(lambda s: s.std(ddof=1)).fillna(0.0)
 
 
-def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rules: Sequence[Rule]) -> list[Check]:
+def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rules: Sequence[Rule],
+                   references: dict[str, float] | None = None) -> list[Check]:
     if list(committed.columns) != list(fresh.columns):
         return [Check(name, "(columns)", "", list(committed.columns), list(fresh.columns), "exact", "exact", False)]
     if len(committed) != len(fresh):
@@ -139,19 +176,8 @@ def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rule
             else:
                 spread = _seed_spread(committed, column, rule.keys)
         for i, (a, b) in enumerate(zip(committed[column].tolist(), fresh[column].tolist())):
-            if rule.kind == "skip":
-                checks.append(Check(name, column, str(i), a, b, "timing", "skip", True))
-                continue
-            if not (numeric and _is_number(a) and _is_number(b)) or rule.kind == "exact":
-                same = (a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-                checks.append(Check(name, column, str(i), a, b, 0.0, "exact", bool(same)))
-                continue
-            tol = _eval_tol(float(a)) if math.isfinite(float(a)) else 0.0
-            if rule.kind == "decision":
-                tol = max(tol, DECISION_RTOL * abs(float(a)))
-            elif rule.kind == "trained":
-                tol = max(tol, SPREAD_FACTOR * float(spread.iloc[i]))
-            checks.append(Check(name, column, str(i), a, b, tol, rule.kind, _within(a, b, tol)))
+            checks.append(_check(name, column, str(i), a, b, rule, numeric, 0.0 if spread is None else float(spread.iloc[i]),
+                                 references))
     return checks
 
 
@@ -166,7 +192,7 @@ def _flatten(obj, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix, obj
 
 
-def compare_json(name: str, committed, fresh, rules: Sequence[Rule]) -> list[Check]:
+def compare_json(name: str, committed, fresh, rules: Sequence[Rule], references: dict[str, float] | None = None) -> list[Check]:
     a, b = dict(_flatten(committed)), dict(_flatten(fresh))
     if set(a) != set(b):
         return [Check(name, "(keys)", "", sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5], "exact", "exact", False)]
@@ -175,18 +201,8 @@ def compare_json(name: str, committed, fresh, rules: Sequence[Rule]) -> list[Che
         x, y = a[key], b[key]
         numeric = _is_number(x) and _is_number(y)
         rule = kind_of(rules, name, key, numeric)
-        if rule.kind == "skip":
-            checks.append(Check(name, key, "", x, y, "timing", "skip", True))
-        elif not numeric or rule.kind == "exact":
-            checks.append(Check(name, key, "", x, y, 0.0, "exact", x == y))
-        else:
-            tol = _eval_tol(float(x))
-            if rule.kind == "decision":
-                tol = max(tol, DECISION_RTOL * abs(float(x)))
-            elif rule.kind == "trained":
-                std = a.get(f"{key}_std")
-                tol = max(tol, SPREAD_FACTOR * float(std) if _is_number(std) else 0.0)
-            checks.append(Check(name, key, "", x, y, tol, rule.kind, _within(x, y, tol)))
+        std = abs(x) if key.endswith("_std") and _is_number(x) else a.get(f"{key}_std")  # a spread may move by its own size
+        checks.append(_check(name, key, "", x, y, rule, numeric, float(std) if _is_number(std) else 0.0, references))
     return checks
 
 
@@ -194,8 +210,10 @@ def read_result(text: str, suffix: str):
     return pd.read_csv(io.StringIO(text), keep_default_na=True) if suffix == ".csv" else json.loads(text)
 
 
-def compare_files(committed: dict[str, str], fresh: dict[str, str], rules: Sequence[Rule]) -> Report:
-    """Compare results given as {file name with extension: text}."""
+def compare_files(committed: dict[str, str], fresh: dict[str, str], rules: Sequence[Rule],
+                  references: dict[str, float] | None = None) -> Report:
+    """Compare results given as {file name with extension: text}; `references`: the relative seed
+    spreads some rules are floored by (`reference_spreads` of the committed files)."""
     report = Report()
     for fname in sorted(set(committed) | set(fresh)):
         stem, suffix = Path(fname).stem, Path(fname).suffix
@@ -207,9 +225,9 @@ def compare_files(committed: dict[str, str], fresh: dict[str, str], rules: Seque
             continue
         a, b = read_result(committed[fname], suffix), read_result(fresh[fname], suffix)
         if suffix == ".csv":
-            report.checks += compare_tables(stem, a, b, rules)
+            report.checks += compare_tables(stem, a, b, rules, references)
         else:
-            report.checks += compare_json(stem, a, b, rules)
+            report.checks += compare_json(stem, a, b, rules, references)
     return report
 
 
@@ -217,3 +235,171 @@ def result_files(root: Path, names: Iterable[str] | None = None) -> dict[str, st
     """{name: text} of the CSV/JSON files directly in `root` (committed results live there)."""
     paths = sorted(p for p in root.glob("*") if p.suffix in (".csv", ".json"))
     return {p.name: p.read_text() for p in paths if names is None or p.name in names}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A relative seed spread measured in a committed file: max over its groups (`keys`) of the
+    standard deviation over seeds divided by the mean, over `columns` (globs), for rows where
+    `where` (column -> value) holds. For quantities downstream of a trained artifact that the file
+    itself has no seeds of (everything run with the one deployed bypass, say)."""
+
+    file: str
+    columns: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    where: tuple[tuple[str, object], ...] = ()
+    std_columns: bool = False  # the file has `<col>_std` columns beside the means (instead of seed rows)
+
+    def measure(self, table: pd.DataFrame) -> float:
+        for col, value in self.where:
+            table = table[table[col].astype(str).str.startswith(str(value))]
+        cols = [c for c in table.columns if any(fnmatch.fnmatch(c, g) for g in self.columns) and not c.endswith("_std")]
+        worst = 0.0
+        for c in cols:
+            values = pd.to_numeric(table[c], errors="coerce")
+            if self.std_columns:
+                rel = pd.to_numeric(table[f"{c}_std"], errors="coerce") / values.abs()
+            else:
+                grouped = values.groupby([table[k] for k in self.keys]) if self.keys else values.groupby(lambda _: 0)
+                rel = grouped.std(ddof=1) / grouped.mean().abs()
+            if rel.notna().any():
+                worst = max(worst, float(rel.max()))
+        return worst
+
+
+REFERENCES = {
+    # the layer bypass: static removal perplexity over its tuning seeds (notebook 02)
+    "bypass": Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "split"), where=(("tuned", True),)),
+    # the learned ANEE controllers: perplexity at equal savings over their training seeds (notebook 06)
+    "controllers": Reference("06_ppl_at_equal_savings", ("0.*",), where=(("method", "anee_"),), std_columns=True),
+    # the hierarchical model: perplexity per capacity over its training seeds (notebook 05)
+    "hierarchical": Reference("05_capacity_table", ("ppl",), std_columns=True),
+}
+
+
+def reference_spreads(files: dict[str, str]) -> dict[str, float]:
+    """The relative spreads of `REFERENCES`, measured in the given (committed) result files."""
+    out = {}
+    for name, ref in REFERENCES.items():
+        text = files.get(f"{ref.file}.csv")
+        out[name] = ref.measure(read_result(text, ".csv")) if text is not None else 0.0
+    return out
+
+
+_DOWNSTREAM = "run with the one deployed bypass (seed 0), whose own seed spread is measured in 02_bypass_families"
+RULES: tuple[Rule, ...] = (
+    # wall-clock, the run's provenance: reported, never compared
+    Rule("timings_reproduce*", "skip"), Rule("*_timings", "skip"), Rule("bench_decode", "skip"), Rule("provenance", "skip"),
+    # labels and counts
+    Rule("*", "exact", ("seed", "n_seeds", "tokens", "setting", "method", "policy", "controller", "split", "bypass", "family",
+                        "rank", "macs", "tuned", "curve", "a", "b", "variant", "strategy", "granularity", "energy_unit",
+                        "quality_metric", "source", "hindsight", "verdict", "params", "policy_macs", "overhead_macs_per_call")),
+    # 01: the budget-1.0 executor is the HF model; greedy text at lower budgets may flip on a near-tie
+    Rule("01_exactness", "bound", ("max_abs_logit_diff",), bound=1e-4),
+    Rule("01_budget_generations", "decision", ("text",), why="greedy tokens: a near-tie between two logits can flip"),
+    # 02: the bypass over its tuning seeds; everything after it runs with the deployed one
+    Rule("02_bypass_families", "trained", ("ppl_*",), keys=("bypass", "split")),
+    Rule("02_bypass_training", "trained", ("kl",), keys=("bypass", "step")),
+    Rule("02_entropy_estimator", "eval"), Rule("02_layer_importance", "eval"),
+    Rule("02_*", "decision", reference="bypass", why=_DOWNSTREAM + "; heuristic and hindsight decisions are thresholds"),
+    # 03-04: the learned controllers over their seeds (and the bypass they were trained with)
+    Rule("03_warmstart_history", "trained", keys=("policy", "epoch"), reference="bypass"),
+    Rule("03_warmstart_runs", "trained", keys=("policy",), reference="bypass"),
+    Rule("03_skip_calibration", "trained", keys=("policy", "round", "budget"), reference="bypass"),
+    Rule("03_confusion", "trained", keys=("policy", "hindsight"), reference="bypass"),
+    Rule("0[34]_budget_adherence", "trained", keys=("controller", "budget"), reference="bypass"),
+    Rule("03_warmstart_summary", "trained", ("val_accuracy*",), reference="bypass"),
+    Rule("03_warmstart_summary", "decision", reference="bypass", why=_DOWNSTREAM + " (the labels)"),
+    Rule("04_skip_calibration", "trained", keys=("round", "budget"), reference="bypass"),
+    Rule("04_rl_history", "trained", keys=("step",), reference="bypass"),
+    # 05: the hierarchical model over its seeds; exits and per-layer usage are of the seed-0 model
+    Rule("05_causality", "bound", ("first_half_max_logit_diff",), bound=1e-5),
+    Rule("05_capacity_runs", "trained", keys=("capacity",)),
+    Rule("05_capacity_table", "trained"),
+    Rule("05_training_history", "trained", keys=("phase", "lens", "step")),
+    Rule("05_layer_allocation", "eval"),
+    Rule("05_*", "decision", reference="hierarchical", why="the seed-0 hierarchical model; its seed spread is in 05_capacity_table"),
+    # 06: every method over its seeds, the bypass rows also over the bypass's
+    Rule("06_frontier", "trained", keys=("method", "setting"), reference="bypass"),
+    Rule("06_code_frontier", "trained", keys=("method", "setting"), reference="bypass"),
+    Rule("06_ppl_at_equal_savings_runs", "trained", keys=("method", "net_saved", "curve"), reference="bypass"),
+    Rule("06_*ppl_at_equal_savings*", "trained", reference="bypass"),
+    Rule("06_comparisons", "trained", ("a_*", "b_*"), reference="bypass"),
+    Rule("06_headroom", "decision", reference="bypass", why=_DOWNSTREAM + "; the oracle picks by argmin"),
+    # 07: the seed-0 RL controller's decisions, per token
+    Rule("07_per_token_compute", "decision", ("layers_processed", "last_processed"), rtol=0.25,
+         why="per-token integer decisions of the seed-0 RL controller: a near-threshold token may move a layer"),
+    Rule("07_*", "decision", reference="controllers", why="the seed-0 RL controller; its seed spread is in 06"),
+    # 08: BranchyNet over its seeds; the ANEE rows are the seed-0 RL controller, the selectors decide per window
+    Rule("08_branchynet_runs", "trained", keys=("threshold",)), Rule("08_branchynet", "trained"),
+    Rule("08_pool", "eval"),
+    Rule("08_*", "decision", reference="controllers", why="selectors' per-window choices, the seed-0 RL controller and 06's rows"),
+)
+
+
+# -- the repository: committed results, provenance, the command line -----------------------------
+
+PROVENANCE = "provenance.json"  # written by tools/reproduce.py: the commit the results come from
+
+
+def git(root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+
+def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
+    """{name: text} of the CSV/JSON files directly under results/ in commit `rev`."""
+    names = [n for n in git(root, "ls-tree", "--name-only", f"{rev}:results").split() if n.endswith((".csv", ".json"))]
+    return {n: git(root, "show", f"{rev}:results/{n}") for n in names}
+
+
+def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:
+    """Files under `paths` that differ between the commit the results were generated from and the
+    working tree (empty: the results come from this code)."""
+    commit = provenance.get("code_commit")
+    if not commit:
+        return ["(results/provenance.json names no commit)"]
+    try:
+        return git(root, "diff", "--name-only", commit, "--", *paths).split()
+    except Exception:
+        return [f"(commit {commit} of results/provenance.json is not in this repository)"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from .results import repo_root
+
+    parser = argparse.ArgumentParser(description="Compare a fresh results/ with the committed one, with a tolerance per quantity.")
+    parser.add_argument("--against", default="HEAD", help="the commit holding the reference results (default HEAD)")
+    parser.add_argument("--all", action="store_true", help="print every compared value, not only the failures")
+    args = parser.parse_args(argv)
+    root = repo_root()
+    fresh = result_files(root / "results")
+    committed = committed_files(root, args.against)
+    references = reference_spreads(committed)
+    print("relative seed spreads used as tolerance floors:", {k: round(v, 4) for k, v in references.items()})
+    report = compare_files(committed, fresh, RULES, references)
+    table = report.table(only_failures=not args.all)
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+        print(table.to_string(index=False) if len(table) else "(no differences beyond tolerance)")
+    counts = report.table().groupby("kind").ok.agg(["count", "sum"])
+    per_kind = ", ".join(f"{kind}: {int(row['sum'])}/{int(row['count'])} ok" for kind, row in counts.iterrows())
+    print(f"\n{len(report.checks)} values compared in {len(set(committed) | set(fresh))} files ({per_kind})")
+    prov = root / "results" / PROVENANCE
+    if prov.is_file():
+        changed = stale_code(root, json.loads(prov.read_text()))
+        if changed:
+            print(f"WARNING: code changed since the results were generated ({len(changed)} files: {', '.join(changed[:6])}"
+                  f"{' ...' if len(changed) > 6 else ''}); rerun `make reproduce` and commit the results", file=sys.stderr)
+    if not report.ok:
+        print(f"FAILED: {len(report.failures)} values differ beyond their tolerance", file=sys.stderr)
+        return 1
+    print("OK: the fresh results match the committed ones within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,8 +52,13 @@ def load_mnist_split(max_train: int = 20000, max_test: int = 5000):
 class BranchyNet(nn.Module):
     """Three conv stages; side exits after stages 1 and 2, the main classifier after stage 3."""
 
-    def __init__(self, num_classes: int = 10, width: int = 8):
+    def __init__(self, num_classes: int = 10, width: int = 8, seed: int = 0):
         super().__init__()
+        with torch.random.fork_rng():  # the initial weights come from `seed`, not from global state
+            torch.manual_seed(seed)
+            self._build(num_classes, width)
+
+    def _build(self, num_classes: int, width: int) -> None:
         w = width
         self.stages = nn.ModuleList([
             nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU()),

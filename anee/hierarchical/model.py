@@ -5,6 +5,7 @@ Semantics of one token at layer l (same in the dense and the sparse path):
 
     not exited:  h = h + attn(norm(h))              # attention always runs
                  h = h + mlp(h)  iff routed          # router score > threshold (or top-k in training)
+                 h = h + ffn_bypass(h)  otherwise    # the FFN's learned stand-in (identity: nothing)
     exited:      h frozen; K/V = proj(norm(h)) still computed so later tokens can attend to it
 
 Exits are checked before the layers listed in `exit_layers` (a gate at depth d sees the stream after
@@ -13,7 +14,7 @@ final norm and the LM head. Its K/V at the layers it no longer runs come from th
 ANEE's SKIP, so the cache stays aligned and each later token sees exactly one key per position.
 
 Cost (per token, MACs from `anee.core.cost.CostModel`): a processed layer with its FFN costs
-`layer(context)`, without it `layer(context) - mlp`; a layer after the exit costs `kv_only`; router
+`layer(context)`, without it `layer(context) - mlp` plus the FFN bypass's MACs; a layer after the exit costs `kv_only`; router
 (2*D per processed layer), exit gates (2*D per gate reached) and the tuned lens (D*D at the exit) are
 overhead. Reported savings are net of all of it.
 
@@ -29,12 +30,15 @@ Both use `scaled_dot_product_attention` with a causal mask (no padding support: 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core import layer_step as step
 from ..core.adapters import adapter_for
+from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..core.checkpoints import Checkpointable
 from ..core.cost import CostModel, CostReport
 from ..core.divergence import token_kl
@@ -50,11 +54,11 @@ class HierarchicalModel(Checkpointable, nn.Module):
     """Routers and exit gates around a frozen HF decoder (the base is not a submodule: its weights
     never enter this module's state dict or checkpoints)."""
 
-    FORMAT = "anee.hierarchical/2"
+    FORMAT = "anee.hierarchical/3"
     FIX = "re-run notebook 05 to retrain and rewrite it"
 
     def __init__(self, base: nn.Module, exit_layers: tuple[int, ...] | None = None, tuned_lens: bool = True,
-                 model_name: str = ""):
+                 model_name: str = "", ffn_bypass: BypassConfig | None = None):
         super().__init__()
         self.__dict__["base"] = base  # not registered as a submodule on purpose
         self.adapter = adapter_for(base)
@@ -72,6 +76,11 @@ class HierarchicalModel(Checkpointable, nn.Module):
         # Per-layer FFN sensitivity (KL when the layer's FFN is skipped for every token); ones = uniform
         # allocation. Saved with the checkpoint so inference allocates capacity as training did.
         self.register_buffer("sensitivity", torch.ones(L, dtype=torch.float64))
+        # What a token not routed to a layer's FFN gets instead (identity: nothing); fit with `fit_ffn_bypass_`.
+        bypass = ffn_bypass or BypassConfig("identity", target="ffn")
+        if bypass.target != "ffn":
+            raise ValueError(f"the hierarchical model needs an FFN bypass (target='ffn'), got {bypass.target!r}")
+        self.ffn_bypass = BypassBank(bypass, D, L)
 
     # -- capacity allocation -----------------------------------------------------------------------
     def layer_capacities(self, capacity: float | torch.Tensor) -> torch.Tensor:
@@ -111,14 +120,31 @@ class HierarchicalModel(Checkpointable, nn.Module):
         return sens
 
     @torch.no_grad()
-    def init_routers(self, ids: torch.Tensor, ridge: float = 0.1) -> None:
-        """Closed-form router warm start: per layer, ridge regression of log(|mlp(h)| / |h|) (how much the
-        FFN would move the token's stream) on the router input, over ids [B, T] (validation split), all
-        FFNs running. The score is then the standardised prediction; top-k training refines it."""
+    def fit_ffn_bypass_(self, ids: torch.Tensor) -> None:
+        """Closed-form fit of every layer's FFN bypass (in place) from the post-attention streams and
+        FFN updates of the full model (every FFN running) on ids [B, T] (validation split)."""
+        if self.ffn_bypass.is_identity:
+            return
+        stats = [BypassStats(self.adapter.dims.hidden) for _ in range(self.num_layers)]
         data: list = []
-        self.dense_forward(ids, "all", router_data=data, compute_logits=False)
-        for router, (x, y) in zip(self.routers, data):
-            x, y = x.double(), y.double()
+        self.dense_forward(ids, "all", ffn_data=data, compute_logits=False)
+        for s, (mid, update, active) in zip(stats, data):
+            s.add_(mid[active], update[active])
+        self.ffn_bypass.fit_(stats)
+        self.ffn_bypass.info.update(fit_tokens=stats[0].count)
+
+    @torch.no_grad()
+    def init_routers(self, ids: torch.Tensor, ridge: float = 0.1) -> None:
+        """Closed-form router warm start: per layer, ridge regression of log(|mlp(h) - bypass(h)| / |h|)
+        (how far the FFN bypass would leave the token from the real FFN; with the identity, how much
+        the FFN moves the stream) on the router input, over ids [B, T] (validation split), all FFNs
+        running. The score is then the standardised prediction; top-k training refines it."""
+        data: list = []
+        self.dense_forward(ids, "all", ffn_data=data, compute_logits=False)
+        for layer, (router, (mid, update, active)) in enumerate(zip(self.routers, data)):
+            miss = update - self.ffn_bypass.update(layer, mid)
+            rel = miss.norm(dim=-1) / mid.norm(dim=-1).clamp_min(1e-6)
+            x, y = F.rms_norm(mid, mid.shape[-1:])[active].double(), rel.clamp_min(1e-6).log()[active].double()
             y = (y - y.mean()) / y.std().clamp_min(1e-6)
             xm = x.mean(0)
             xc = x - xm
@@ -156,7 +182,7 @@ class HierarchicalModel(Checkpointable, nn.Module):
                       thresholds: torch.Tensor | None = None, exits: bool = False, exit_threshold: float = 0.5,
                       collect_exit_hidden: bool = False, straight_through: bool = False,
                       compute_logits: bool = True, collect_final: bool = False,
-                      router_data: list | None = None) -> HierarchicalOutput:
+                      ffn_data: list | None = None) -> HierarchicalOutput:
         """Teacher-forced pass over ids [B, T] with masked dense arithmetic.
 
         routing: "all" (every FFN), "topk" (training: top ceil(c_l*T) per sequence), "threshold"
@@ -164,7 +190,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         c_l fraction of the processed tokens of this batch runs the FFN; returned in the output), where
         c_l = `layer_capacities(capacity)`.
         `straight_through` makes the routing mask carry the router's gradient (training);
-        `compute_logits=False` skips the LM head (calibration and cost only)."""
+        `compute_logits=False` skips the LM head (calibration and cost only); `ffn_data` collects
+        (post-attention stream, FFN update, processed mask) per layer, detached."""
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         if routing == "threshold" and thresholds is None:
@@ -214,14 +241,14 @@ class HierarchicalModel(Checkpointable, nn.Module):
                 run = threshold_route(sc, used[layer]) & active
             ffn_rec[:, :, layer] = run
             ffn_out = step.mlp_update(a, layer, mid)
-            if router_data is not None:
-                rel = ffn_out.detach().norm(dim=-1) / mid.detach().norm(dim=-1).clamp_min(1e-6)
-                router_data.append((F.rms_norm(mid.detach(), mid.shape[-1:])[active], rel.clamp_min(1e-6).log()[active]))
+            if ffn_data is not None:
+                ffn_data.append((mid.detach(), ffn_out.detach(), active))
             gate = None
             if straight_through:
                 p = torch.softmax(logits_r, -1)[..., 1]
                 gate = run.to(p.dtype) + p - p.detach()
-            h = torch.where(active.unsqueeze(-1), step.mix(mid, ffn_out, run, gate), h)
+            skip = None if self.ffn_bypass.is_identity or bool(run.all()) else self.ffn_bypass.update(layer, mid)
+            h = torch.where(active.unsqueeze(-1), step.mix(mid, ffn_out, run, gate, skip), h)
         final = h if decode is None else torch.where(active.unsqueeze(-1), h, decode)
         logits = a.logits(final) if compute_logits else final.new_empty(B, T, 0)
         context = torch.arange(1, T + 1, device=dev, dtype=torch.float64).expand(B, T)
@@ -272,7 +299,7 @@ class HierarchicalModel(Checkpointable, nn.Module):
                 else:
                     run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]  # live tokens in position order
                     ffn_rec[b, live[0].nonzero().squeeze(1)[run[0]].cpu(), layer] = True
-                mid = step.mlp_rows(a, layer, mid, run)
+                mid = step.mlp_rows(a, layer, mid, run, self.ffn_bypass)
                 if every:
                     h = mid
                 else:
@@ -291,7 +318,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         per_layer = c.layer(out.context.double())
         n_active = out.active.sum(-1).double()
         n_ffn = out.ffn.sum(-1).double()
-        layer_macs = n_active * per_layer - (n_active - n_ffn) * c.mlp + (L - n_active) * c.kv_only
+        # a processed token not routed to the FFN runs the FFN bypass instead
+        layer_macs = n_active * per_layer - (n_active - n_ffn) * (c.mlp - self.ffn_bypass.macs) + (L - n_active) * c.kv_only
         overhead = n_active * self.routers[0].macs if routed else torch.zeros_like(layer_macs)
         if out.exits_enabled:
             gates_seen = torch.zeros_like(layer_macs)
@@ -347,6 +375,7 @@ class HierarchicalModel(Checkpointable, nn.Module):
         d = self.adapter.dims
         return {"model_name": self.model_name, "model_type": self.base.config.model_type, "num_layers": d.num_layers,
                 "hidden": d.hidden, "vocab": d.vocab, "exit_layers": list(self.exit_layers), "tuned_lens": self.tuned_lens,
+                "ffn_bypass": asdict(self.ffn_bypass.config), "ffn_bypass_info": self.ffn_bypass.info,
                 "extra": getattr(self, "checkpoint_extra", {})}
 
     @classmethod
@@ -364,7 +393,11 @@ class HierarchicalModel(Checkpointable, nn.Module):
         for key in ("model_name", "extra"):
             if not isinstance(config[key], str if key == "model_name" else dict):
                 raise TypeError(f"{key} has the wrong type: {config[key]!r}")
-        model = cls(base, exits, config["tuned_lens"], config["model_name"])
+        for key in ("ffn_bypass", "ffn_bypass_info"):
+            if not isinstance(config[key], dict):
+                raise TypeError(f"{key} must be a JSON object, got {config[key]!r}")
+        model = cls(base, exits, config["tuned_lens"], config["model_name"], BypassConfig(**config["ffn_bypass"]))
+        model.ffn_bypass.info = dict(config["ffn_bypass_info"])
         model.checkpoint_extra = dict(config["extra"])
         return model
 

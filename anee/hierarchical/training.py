@@ -2,14 +2,18 @@
 
 Both phases distil the frozen base: the loss is KL(base || student) per token, averaged.
 
-Phase 1, routers. First the per-layer FFN sensitivity is measured (KL when a layer's FFN is skipped
-for every token, on `sensitivity_windows` validation windows) and stored in the model: it sets how a
-requested capacity is spread over layers (`HierarchicalModel.layer_capacities`). The routers are
-warm-started in closed form (`HierarchicalModel.init_routers`: regression of the FFN's relative update
-norm on the router input, over `router_init_windows` windows). Then every step samples a capacity (schedule: linear ramp from 1.0 down to a uniform draw
-in `capacity_range` over the first `ramp` fraction of steps), routes the top-k tokens of each sequence
-at every layer and back-propagates through the straight-through mask into the routers, plus the router
-z-loss and the entropy penalty. Exits are off.
+Phase 1, routers. With an FFN bypass, its closed-form fit comes first (`HierarchicalModel.fit_ffn_bypass_`
+on `bypass_fit_windows` windows, every FFN running). Then the per-layer FFN sensitivity is measured (KL
+when a layer's FFN is skipped, i.e. replaced by its bypass, for every token, on `sensitivity_windows`
+validation windows) and stored in the model: it sets how a requested capacity is spread over layers
+(`HierarchicalModel.layer_capacities`). The routers are warm-started in closed form
+(`HierarchicalModel.init_routers`: regression of how far the bypass leaves the token from the real
+FFN on the router input, over `router_init_windows` windows). Then `router_steps` steps each sample a
+capacity (schedule: linear ramp from 1.0 down to a uniform draw in `capacity_range` over the first
+`ramp` fraction of steps), route the top-k tokens of each sequence at every layer and back-propagate
+through the straight-through mask into the routers, plus the router z-loss and the entropy penalty.
+Finally `bypass_steps` steps tune the FFN bypasses end to end (routers frozen, top-k routing at a
+capacity drawn from `capacity_range`, KL to the base). Exits are off.
 
 Phase 2, exits. With a tuned lens, each exit's affine map is first fitted in closed form (ridge least
 squares to the final stream on `lens_fit_windows` windows). Routers are frozen (top-k at `exit_capacity`); the stream at every exit depth is taken
@@ -60,7 +64,10 @@ class TrainConfig:
     exit_cost: float = 0.3  # nats per fraction of depth
     lens_weight: float = 1.0
     sensitivity_windows: int = 1  # 0 = keep the model's current sensitivities (uniform by default)
-    router_init_windows: int = 0  # >0: closed-form router warm start (off: no better than random in our tests)
+    router_init_windows: int = 0  # >0: closed-form router warm start
+    bypass_fit_windows: int = 16  # closed-form fit of the FFN bypass (windows of `seq_len`; with an FFN bypass only)
+    bypass_steps: int = 0  # end-to-end KL tuning of the FFN bypass, after the routers
+    bypass_lr: float = 3e-4
     lens_fit_windows: int = 4  # 0 = no closed-form tuned-lens initialisation
     seed: int = 0
 
@@ -158,6 +165,24 @@ def train_exits(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -
     return history
 
 
+def tune_ffn_bypass(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -> list[dict]:
+    """End-to-end KL tuning of the FFN bypasses with the routers frozen: each step routes the top-k
+    tokens at a capacity drawn from `capacity_range`; the others get the bypass, which learns to
+    stand in for the FFN on the tokens the routers actually leave to it."""
+    rng = random.Random(cfg.seed + 3)
+    opt = torch.optim.Adam(model.ffn_bypass.parameters(), lr=cfg.bypass_lr)
+    history = []
+    for step, x in _batches(ids, cfg, cfg.bypass_steps, 20_000):
+        capacity = rng.uniform(*cfg.capacity_range)
+        teacher = _teacher(model, x)
+        kl = kl_from_logprobs(teacher, model.dense_forward(x, "topk", capacity).logits).mean()
+        opt.zero_grad(set_to_none=True)
+        kl.backward()
+        opt.step()
+        history.append({"phase": "bypass", "step": step, "capacity": capacity, "loss": float(kl.detach()), "kl": float(kl.detach())})
+    return history
+
+
 def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full", config: TrainConfig | None = None) -> list[dict]:
     """Train on validation-split token ids [1, N] with the base frozen: phase "routers", "exit" or
     "full" (routers, then exits). Returns the per-step log (list of dicts)."""
@@ -169,11 +194,16 @@ def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full", conf
     model.train()
     with frozen(model.base):
         if phase in ("full", "routers"):
+            if not model.ffn_bypass.is_identity and cfg.bypass_fit_windows:
+                model.fit_ffn_bypass_(sample_windows(ids, cfg.seq_len, cfg.bypass_fit_windows, seed=cfg.seed + 13))
             if cfg.sensitivity_windows:
                 model.measure_sensitivity(sample_windows(ids, cfg.seq_len, cfg.sensitivity_windows, seed=cfg.seed + 7))
             if cfg.router_init_windows:
                 model.init_routers(sample_windows(ids, cfg.seq_len, cfg.router_init_windows, seed=cfg.seed + 5))
             history += train_routers(model, ids, cfg)
+            if cfg.bypass_steps and not model.ffn_bypass.is_identity:
+                with frozen(model.routers):
+                    history += tune_ffn_bypass(model, ids, cfg)
         if phase in ("full", "exit"):
             if model.tuned_lens and cfg.lens_fit_windows:
                 model.fit_lenses(sample_windows(ids, cfg.seq_len, cfg.lens_fit_windows, seed=cfg.seed + 11), cfg.exit_capacity)

@@ -10,25 +10,21 @@ import numpy as np  # noqa: E402
 
 
 def training_curves(history):
-    """Router-phase KL vs step (with the sampled capacity) and exit-phase losses per lens variant."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    r = history[history.phase == "routers"]
+    """Phase 1 (router training and / or FFN-bypass tuning, one line per seed, with the capacity each
+    step sampled) and phase 2 (exit gates: loss and depth fraction per lens variant)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     ax = axes[0]
-    ax.plot(r.step, r.kl, marker="o", ms=3, label="KL(base || routed)")
-    ax.set_xlabel("router step")
-    ax.set_ylabel("KL [nats]")
-    ax.set_title("phase 1: routers (top-k, straight-through)")
-    ax2 = ax.twinx()
-    ax2.plot(r.step, r.capacity, color="grey", ls=":", label="capacity")
-    ax2.set_ylabel("sampled capacity")
-    ax.legend(loc="upper left", fontsize=8)
+    phase1 = history[history.phase.isin(["routers", "bypass"])]
+    for i, ((phase, seed), g) in enumerate(phase1.groupby(["phase", "seed"], sort=False)):
+        ax.plot(g.step, g.kl.rolling(5, min_periods=1).mean(), color=f"C{i}", label=f"{phase}, seed {seed}")
+    ax.set(xlabel="step", ylabel="KL(base || routed) [nats], rolling mean", title="phase 1: routers / FFN bypass")
+    if len(phase1):
+        first = phase1[phase1.seed == phase1.seed.iloc[0]]
+        twin = ax.twinx()
+        twin.plot(first.step, first.capacity, color="grey", ls=":", lw=0.8)
+        twin.set_ylabel("sampled capacity (first seed)")
+    ax.legend(loc="upper left", fontsize=7)
     ax = axes[1]
-    ax.plot(r.step, r.z_loss, label="router z-loss")
-    ax.plot(r.step, r.entropy, label="router entropy")
-    ax.set_xlabel("router step")
-    ax.set_title("router regularisers")
-    ax.legend(fontsize=8)
-    ax = axes[2]
     for lens, part in history[history.phase == "exit"].groupby("lens"):
         ax.plot(part.step, part.loss, label=f"{lens} lens: loss")
         ax.plot(part.step, part.mean_depth / part.num_layers, ls="--", label=f"{lens} lens: depth fraction")

@@ -1,31 +1,45 @@
 # %% [markdown]
-# # 02 · Profiler and heuristic trace collection
+# # 02 · Bypass, profiler and trace collection
 #
-# Calibrates the profiler on the WikiText-2 **valid** split (shortlist entropy estimator, Block-Influence
-# layer importance), measures the estimator's error against the exact logit-lens entropy and its cost,
-# runs the budget-aware `HeuristicController` over valid windows and stores (state, action, outcome)
-# traces as `datasets` parquet files for notebook 03: the heuristic's own decisions, and
-# hindsight-labelled traces. For those, every token's outcome is first measured for each nested
-# choice on the marginal layers (skip the j least important of them), each token is given the j
-# that would have been best at one compute price per budget, and that allocation is played back
-# while the state at every marginal decision is recorded: the profiler features *and* the
-# token's residual stream, which the learned controller reads. Budget adherence is checked on the
-# **test** split.
+# Everything the ANEE controllers need, fitted on the WikiText-2 **valid** split.
+#
+# 1. **The layer bypass.** A skipped layer used to leave the token's stream as it was; here each
+#    layer gets a cheap learned stand-in for its update (`anee.core.bypass`), so SKIP means
+#    `h <- h + bypass(h)` (K/V still written) and DROP `h <- h + bypass(h)` (no K/V). Families from
+#    free to dearest (identity, diagonal plus low rank, a bottleneck MLP, a full linear map) are fitted
+#    in closed form from (input, update) pairs of the full model, and the promising ones are tuned end
+#    to end with KL to the full model (the base stays frozen). Each is scored by static removal of
+#    the least important layers at **equal net compute** (its MACs are charged), on held-out valid
+#    windows, where the family the later notebooks use is chosen, and on test for reference.
+# 2. **The profiler**: shortlist entropy estimator and Block-Influence layer importance, with its
+#    error against the exact logit-lens entropy and its cost.
+# 3. **Traces** for notebook 03, run with the bypass: the heuristic's own decisions, and
+#    hindsight-labelled traces. For those, every token's outcome is first measured for each nested
+#    choice on the marginal layers (skip the j least important of them), each token is given the j
+#    that would have been best at one compute price per budget, and that allocation is played back
+#    while the state at every marginal decision is recorded: the profiler features *and* the
+#    token's residual stream, which the learned controller reads. Budget adherence is checked on
+#    the **test** split.
 #
 # The controllers run under a *layer plan* (`PlanConfig`): for a budget, the least important layers
-# are DROPPED for every token (no token reads their keys/values, so they cost nothing, as in static
-# layer removal) and the controller is asked, per token, only about the next `PLAN_MARGINAL`
-# layers of the importance ranking, skipping half of them on average. A per-token SKIP there still
-# pays the K/V-only path. The per-token band (`PACING_SLACK`) is wide enough for a token to skip
-# any number of the marginal layers; the plan's share keeps the average on the budget.
+# are DROPPED for every token (no token reads their keys/values; they cost their bypass, as in
+# static removal with a bypass) and the controller is asked, per token, only about the next
+# `PLAN_MARGINAL` layers of the importance ranking, skipping half of them on average. A per-token
+# SKIP there pays the K/V-only path and the bypass. The per-token band (`PACING_SLACK`) is wide
+# enough for a token to skip any number of the marginal layers; the plan's share keeps the average
+# on the budget.
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
 SEED = 0
+SEEDS = None  # tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1, 2] full); the candidates tune with SEED
 SHORTLIST_K = 64
 PLAN_MARGINAL = 4  # layers decided per token; the rest of the budget is met by static DROP
 PACING_SLACK = 0.1  # per-token band around the budget for the learned controllers (notebooks 02-04)
+BYPASS_FAMILIES = [("identity", 0), ("diag_lowrank", 16), ("diag_lowrank", 64), ("mlp", 64), ("linear", 0)]
+TUNED_FAMILIES = [("diag_lowrank", 64), ("linear", 0)]  # tuned end to end; the best on valid is used from here on
+CHOICE_SAVING = 0.2  # the family is chosen by its valid perplexity at this net saving
 
 # %% [colab]
 
@@ -34,11 +48,14 @@ import numpy as np
 import pandas as pd
 
 from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
+from anee.core.bypass import BypassConfig
 from anee.core.data import sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
+from anee.engine.importance import block_influence, removal_order
 from anee.engine.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
+from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
 from anee.engine.training.traces import (
     allocation_traces,
     collect_traces,
@@ -49,19 +66,81 @@ from anee.engine.training.traces import (
     trace_summary,
 )
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.notebook import pick, setup
-from anee.evaluation.results import output_dir, save_json, save_table
+from anee.evaluation.bypass import choose_family, family_rows, removal_ppl, tune_and_score
+from anee.evaluation.frontier import BYPASS_FILE, LINEAR_CLOSED_FORM_FILE
+from anee.evaluation.notebook import pick, seeds, setup
+from anee.evaluation.results import output_dir, save_figure, save_json, save_table
+from anee.viz.training import bypass_curves
 
 setup(PROFILE, SEED)
+SEEDS = seeds(PROFILE, SEEDS)
 N_WINDOWS, SEQ_LEN = pick(PROFILE, quick=(4, 128), full=(16, 256))
-TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3])
+TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3])
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
+FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
+TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=40), batch=2, seq_len=192, lr=3e-4, max_removed=12)
+SELECT_WINDOWS, TABLE_TEST_WINDOWS = pick(PROFILE, quick=(2, 1), full=(8, 4))  # held-out valid x 256, test x 512
+REMOVED = pick(PROFILE, quick=(3, 7), full=(3, 6, 9, 12))
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 PLAN, PACING = PlanConfig(marginal=PLAN_MARGINAL), PacingConfig(slack=PACING_SLACK)
 model, tokenizer = load_model(MODEL)
-executor = AdaptiveExecutor(adapter_for(model))
-valid = wikitext_tokens(tokenizer, "valid", 8192)
-test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
+adapter = adapter_for(model)
+identity = AdaptiveExecutor(adapter)
+valid = wikitext_tokens(tokenizer, "valid", 60000)
+test = wikitext_tokens(tokenizer, "test", max(TEST_TOKENS + 1, TABLE_TEST_WINDOWS * 512))
+# disjoint slices of valid: layer importance + profiler | bypass fit | bypass tuning | bypass choice
+influence = block_influence(identity, valid[:, :4096])
+order = removal_order(influence)
+fit_windows = valid[0, 4096 : 4096 + FIT_WINDOWS * FIT_LEN].view(FIT_WINDOWS, FIT_LEN)
+tune_ids = valid[:, 20000:40000]
+splits = {"valid": valid[0, 40000 : 40000 + SELECT_WINDOWS * 256].view(SELECT_WINDOWS, 256),
+          "test": test[0, : TABLE_TEST_WINDOWS * 512].view(TABLE_TEST_WINDOWS, 512)}
+print(f"{MODEL}: {adapter.num_layers} layers; removal order (Block Influence, valid) {order[:10]}...")
+
+# %% [markdown]
+# ## The layer bypass: families, closed form, tuning
+# Every family is fitted in closed form on the same (input, update) pairs; the tuned families then
+# train for `TUNE.steps` steps, each removing the k least important layers (k drawn up to
+# `TUNE.max_removed`) and minimising the mean KL to the full model. Perplexity with the k least
+# important layers removed (`ppl_k*`) and interpolated at equal net saving (`ppl_at_*`, the bypass
+# charged).
+
+# %%
+stats = layer_bypass_stats(identity, fit_windows)
+LEVELS = (0.1, CHOICE_SAVING, 0.3)
+full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
+rows, banks, curves = [], {}, []
+for family, rank in BYPASS_FAMILIES:  # closed form
+    bank = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
+    rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, order, REMOVED, LEVELS, full,
+                        tuned=False, seed=-1)
+    if family == "linear":  # notebook 06 scores the closed-form linear map on its own test windows
+        bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
+
+candidates = {BypassConfig(f, r).label + " tuned": BypassConfig(f, r) for f, r in TUNED_FAMILIES}
+runs = [(label, SEED) for label in candidates]  # the candidates tune with SEED; the choice looks at valid only
+for label, seed in runs:
+    banks[(label, seed)], history, scored = tune_and_score(identity, stats, candidates[label], tune_ids, order,
+                                                           BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
+                                                           splits, REMOVED, LEVELS, full)
+    curves, rows = curves + history, rows + scored
+CHOSEN = choose_family(pd.DataFrame(rows).query("tuned"), CHOICE_SAVING)
+for seed in [s for s in SEEDS if s != SEED]:  # the chosen family's spread over tuning seeds
+    banks[(CHOSEN, seed)], history, scored = tune_and_score(identity, stats, candidates[CHOSEN], tune_ids, order,
+                                                            BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
+                                                            splits, REMOVED, LEVELS, full)
+    curves, rows = curves + history, rows + scored
+family_table = pd.DataFrame(rows)
+save_table(family_table, "02_bypass_families", PROFILE)
+curves = pd.DataFrame(curves)
+save_table(curves, "02_bypass_training", PROFILE)
+save_figure(bypass_curves(curves), "02_bypass_training", PROFILE)
+bypass = banks[(CHOSEN, SEED)]
+bypass.save(CKPT / BYPASS_FILE)
+executor = AdaptiveExecutor(adapter, bypass=bypass)  # the executor of everything below and of notebooks 03-07
+print(f"chosen on valid at {CHOICE_SAVING:.0%} net saving: {CHOSEN} (seed {SEED}), {bypass.macs} MACs per bypassed layer "
+      f"= {executor.cost.drop_fraction():.1%} of a layer")
+family_table.groupby(["bypass", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg(["mean", "std"]).round(2)
 
 # %% [markdown]
 # ## Profiler calibration and the cheap entropy estimator
@@ -70,10 +149,11 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 # valid states (a different slice from the fit).
 
 # %%
-profiler = calibrate_profiler(executor, valid[:, :4096], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2))
+profiler = calibrate_profiler(executor, valid[:, :4096], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
+                              importance=influence)
 profiler.save(CKPT / "profiler.safetensors")
 fit_states = calibration_hidden(executor, valid[:, :4096], max_windows=1)
-held_out = calibration_hidden(executor, valid[:, 4096:], max_windows=1, seed=1)
+held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
 rows = [estimator_error(executor, fit_shortlist(executor, valid[:, :4096], k=k, hidden=fit_states), held_out) for k in (16, 64, 256)]
 est_table = pd.DataFrame(rows)
 save_table(est_table, "02_entropy_estimator", PROFILE)
@@ -86,7 +166,7 @@ print("profiler + heuristic overhead per call per token:", profiler.overhead_mac
       f"{profiler.overhead_macs / executor.cost.layer_static:.2%} of a layer")
 
 # %% [markdown]
-# ## Heuristic traces on the valid split
+# ## Heuristic traces on the valid split (with the bypass)
 
 # %%
 windows = sample_windows(valid, SEQ_LEN, N_WINDOWS, seed=SEED)
@@ -119,11 +199,12 @@ hindsight = hindsight_summary(outcomes, allocation).merge(prices, on="budget")
 save_table(hindsight, "02_hindsight_allocation", PROFILE)
 save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS,
            "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL, "pacing_slack": PACING_SLACK,
-           "hidden_size": int(labelled["hidden"].shape[1])}, "02_trace_meta", PROFILE)
+           "hidden_size": int(labelled["hidden"].shape[1]), "bypass": CHOSEN, "bypass_macs": bypass.macs,
+           "seeds": SEEDS}, "02_trace_meta", PROFILE)
 hindsight
 
 # %% [markdown]
-# ## Budget adherence of the heuristic on the test split
+# ## Budget adherence of the heuristic on the test split (with the bypass)
 
 # %%
 BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9, 1.0], full=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
@@ -134,6 +215,8 @@ adherence
 
 # %%
 assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02  # estimator << one layer (exact head: 8 layers)
+valid_rows = family_table[family_table.split == "valid"].set_index("bypass")
+assert (valid_rows.loc[CHOSEN, f"ppl_at_{CHOICE_SAVING:g}"].mean() < valid_rows.loc["identity", f"ppl_at_{CHOICE_SAVING:g}"]).all()
 assert (est_table.pearson_r > 0.4).all() and est_table.mae_nats.is_monotonic_decreasing
 assert set(np.unique(df.action)) <= {PROCESS, SKIP} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers
 assert summary.token_fraction.is_monotonic_increasing

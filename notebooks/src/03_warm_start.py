@@ -2,17 +2,20 @@
 # # 03 · Supervised warm-start of the learned controller
 #
 # Trains a small MLP (under 10 K parameters) on the hindsight-labelled traces of notebook 02 (valid
-# split): at each marginal layer, whether the token skips it under the allocation that would have
-# been best in hindsight (least KL to the full model at one compute price per budget, set so that
-# half of the marginal decisions are SKIPs). The MLP sees the profiler state and a learned rank-`RANK`
-# read of the token's residual stream, so it has to *predict* which tokens can skip. For comparison
-# the same MLP is trained on the profiler state alone (`RANK = 0`). Whole windows are held out for
-# validation; budget adherence is measured on the **test** split.
+# split, recorded with the layer bypass): at each marginal layer, whether the token skips it under
+# the allocation that would have been best in hindsight (least KL to the full model at one compute
+# price per budget, set so that half of the marginal decisions are SKIPs). The MLP sees the
+# profiler state and a learned rank-`RANK` read of the token's residual stream, so it has to
+# *predict* which tokens can skip. For comparison the same MLP is trained on the profiler state
+# alone (`RANK = 0`). Whole windows are held out for validation; budget adherence is measured on
+# the **test** split. Every policy is trained with each seed in `SEEDS`; tables report every seed,
+# and the summary the mean and spread over seeds.
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
 SEED = 0
+SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full)
 RANK = 12  # rank of the policy's read of the residual stream (0: profiler features only)
 
 # %% [colab]
@@ -36,10 +39,14 @@ from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.engine.training.traces import hidden_column
 from anee.engine.training.warmstart import WarmStartConfig, static_accuracy, train_warmstart
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.notebook import pick, setup
+from anee.evaluation.frontier import load_bypass
+from anee.evaluation.methods.controllers import policy_file
+from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_json, save_table
+from anee.evaluation.seeds import split_seed, spread
 
 setup(PROFILE, SEED)
+SEEDS = seeds(PROFILE, SEEDS)
 EPOCHS = pick(PROFILE, quick=8, full=20)
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
@@ -47,66 +54,76 @@ CKPT = output_dir("results", PROFILE) / "checkpoints"
 meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_text())
 PLAN, PACING = PlanConfig(marginal=meta["plan_marginal"]), PacingConfig(slack=meta["pacing_slack"])  # notebook 02's
 model, tokenizer = load_model(MODEL)
-executor = AdaptiveExecutor(adapter_for(model))
+adapter = adapter_for(model)
+executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
 valid = wikitext_tokens(tokenizer, "valid", 16384)
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 traces = datasets.Dataset.from_parquet(str(output_dir("results", PROFILE) / "traces" / "02_hindsight_traces.parquet"))
 labels = traces.remove_columns("hidden").to_pandas()
 X, H = labels[list(FEATURES)].to_numpy(np.float32), hidden_column(traces)
-print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label.mean(), 3))
-
-# %%
-cfg = WarmStartConfig(epochs=EPOCHS, rank=RANK, seed=SEED)
-policy, info = train_warmstart(X, labels.label.to_numpy(), labels.window.to_numpy(), cfg, H if RANK else None)
-blind_policy, blind = train_warmstart(X, labels.label.to_numpy(), labels.window.to_numpy(), WarmStartConfig(epochs=EPOCHS, seed=SEED))
-n_params = sum(p.numel() for p in policy.parameters())
-history = pd.DataFrame(info["history"])
-save_table(history, "03_warmstart_history", PROFILE)
-confusion = pd.DataFrame(info["confusion"], index=["PROCESS", "SKIP", "EXIT"], columns=["pred_PROCESS", "pred_SKIP", "pred_EXIT"])
-save_table(confusion.reset_index(names="hindsight"), "03_confusion", PROFILE)
-chance = max(labels.label.mean(), 1 - labels.label.mean())
-static = static_accuracy(labels)
-print(f"{n_params} parameters, {policy.macs} MACs per call; held-out accuracy {info['val_accuracy']:.3f} "
-      f"(profiler state only: {blind['val_accuracy']:.3f}; one label per budget and layer: {static:.3f}; majority class {chance:.3f})")
-confusion
-
-# %% [markdown]
-# ## Skip threshold calibration
-# The plan meets a budget on average only if the controller skips half of the marginal layers. At
-# each trace budget an offset on the SKIP logit is set on fresh **valid** windows so that it does
-# (interpolated between budgets); the table shows the share before (round 0) and after.
+print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label.mean(), 3), "| bypass:", meta["bypass"], "| seeds", SEEDS)
 
 # %%
 trace_budgets = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv").budget.tolist()
 calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
-calibration = calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN), calib_windows, trace_budgets)
+policies, runs, histories, confusions, calibrations = {}, [], [], [], []
+for seed in SEEDS:
+    for kind, rank in (("warmstart", RANK), ("warmstart_profiler_only", 0)):
+        policy, info = train_warmstart(X, labels.label.to_numpy(), labels.window.to_numpy(),
+                                       WarmStartConfig(epochs=EPOCHS, rank=rank, seed=seed), H if rank else None)
+        # the plan meets a budget on average only if half of the marginal decisions are SKIPs:
+        # an offset on the SKIP logit per trace budget, set on fresh valid windows
+        calibration = calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN),
+                                             calib_windows, trace_budgets)
+        path = save_policy(CKPT / policy_file(kind, seed), policy, "warmstart", adapter.num_layers, plan=PLAN,
+                           pacing=PACING, bypass=meta["bypass"], seed=seed)
+        policies[(kind, seed)] = load_policy(path, adapter.num_layers)  # round-trip through the checked loader
+        histories.append(pd.DataFrame(info["history"]).assign(policy=kind, seed=seed))
+        calibrations.append(calibration.assign(policy=kind, seed=seed))
+        confusions.append(pd.DataFrame(info["confusion"], index=["PROCESS", "SKIP", "EXIT"],
+                                       columns=["pred_PROCESS", "pred_SKIP", "pred_EXIT"]).reset_index(names="hindsight").assign(policy=kind, seed=seed))
+        runs.append({"policy": kind, "seed": seed, "val_accuracy": info["val_accuracy"]})
+history, calibration, confusion, runs = (pd.concat(x, ignore_index=True) for x in (histories, calibrations, confusions, [pd.DataFrame(runs)]))
+save_table(history, "03_warmstart_history", PROFILE)
 save_table(calibration, "03_skip_calibration", PROFILE)
-path = save_policy(CKPT / "warmstart.safetensors", policy, "warmstart", executor.adapter.num_layers, plan=PLAN, pacing=PACING)
-policy = load_policy(path, executor.adapter.num_layers)  # round-trip through the checked loader
-# the ablation without the read, calibrated the same way, for notebook 06
-blind_calibration = calibrate_skip_offsets(executor, LearnedController(blind_policy, profiler, pacing=PACING, plan=PLAN), calib_windows, trace_budgets)
-save_table(blind_calibration, "03_skip_calibration_profiler_only", PROFILE)
-save_policy(CKPT / "warmstart_profiler_only.safetensors", blind_policy, "warmstart", executor.adapter.num_layers, plan=PLAN, pacing=PACING)
-calibration.pivot(index="budget", columns="round", values="skip_share")
+save_table(confusion, "03_confusion", PROFILE)
+save_table(runs, "03_warmstart_runs", PROFILE)
+policy = policies[("warmstart", SEED)]
+n_params = sum(p.numel() for p in policy.parameters())
+chance = max(labels.label.mean(), 1 - labels.label.mean())
+static = static_accuracy(labels)
+acc = runs.groupby("policy").val_accuracy
+print(f"{n_params} parameters, {policy.macs} MACs per call; held-out accuracy over seeds {acc.mean().to_dict()} "
+      f"(spread {acc.agg(spread).to_dict()}); one label per budget and layer: {static:.3f}; majority class {chance:.3f}")
+calibration[calibration.policy == "warmstart"].pivot_table(index="budget", columns="round", values="skip_share", aggfunc="mean")
+
+# %% [markdown]
+# ## Budget adherence on the test split
 
 # %%
 BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 1.0], full=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-adherence = budget_adherence(executor, {"heuristic": HeuristicController(profiler, plan=PLAN), "warmstart": LearnedController(policy, profiler, pacing=PACING, plan=PLAN)},
-                             test, BUDGETS, window=256)
+controllers = {"heuristic": HeuristicController(profiler, plan=PLAN)}
+controllers.update({f"warmstart-s{s}": LearnedController(policies[("warmstart", s)], profiler, pacing=PACING, plan=PLAN) for s in SEEDS})
+adherence = split_seed(budget_adherence(executor, controllers, test, BUDGETS, window=256))
 save_table(adherence, "03_budget_adherence", PROFILE)
-save_json({"params": n_params, "rank": RANK, "val_accuracy": info["val_accuracy"], "val_accuracy_profiler_only": blind["val_accuracy"],
-           "static_accuracy": static, "majority_class": float(chance), "policy_macs": policy.macs, "overhead_macs_per_call": profiler.overhead_macs + policy.macs},
+reading, blind = runs[runs.policy == "warmstart"].val_accuracy, runs[runs.policy == "warmstart_profiler_only"].val_accuracy
+save_json({"params": n_params, "rank": RANK, "seeds": SEEDS, "n_seeds": len(SEEDS),
+           "val_accuracy": float(reading.mean()), "val_accuracy_std": spread(reading),
+           "val_accuracy_profiler_only": float(blind.mean()), "val_accuracy_profiler_only_std": spread(blind),
+           "static_accuracy": static, "majority_class": float(chance), "policy_macs": policy.macs,
+           "overhead_macs_per_call": profiler.overhead_macs + policy.macs, "bypass": meta["bypass"]},
           "03_warmstart_summary", PROFILE)
-adherence.pivot(index="budget", columns="controller", values="layer_fraction")
+adherence.pivot_table(index="budget", columns="controller", values="layer_fraction", aggfunc="mean")
 
 # %%
 assert n_params <= 10_000
 assert set(np.unique(labels.label)) <= {PROCESS, SKIP} and H.shape == (len(labels), executor.adapter.dims.hidden)
-assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+for (_, seed), g in history.groupby(["policy", "seed"]):
+    assert g.train_loss.iloc[-1] < g.train_loss.iloc[0]
 assert (adherence.abs_error <= 0.05).all()
 last = calibration[calibration["round"] == calibration["round"].max()]
-assert (last.skip_share - PLAN.skip_share).abs().max() < 0.1
+assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max() < 0.1
 
 # %% [markdown]
 # Much of the accuracy comes from the plan's structure, not from the token: the least important
@@ -116,9 +133,9 @@ assert (last.skip_share - PLAN.skip_share).abs().max() < 0.1
 # measures what the policies are worth where it counts: perplexity at equal net compute, with the
 # profiler-only policy as an ablation of the read.
 #
-# The calibration tables show a second difference between the two policies. The reading policy's
-# skip share moves smoothly with the SKIP offset and settles on the plan's share. The profiler-only
-# policy's SKIP margins move together across tokens (its decision is close to one per budget and
-# layer), so its share jumps between near 0 and near 1 as the offset changes and the damped
-# calibration may end far from the share (`03_skip_calibration_profiler_only`): that policy then
-# misses its budget, which notebook 06 shows.
+# The calibration table (`03_skip_calibration`, both policies, every seed) shows a second difference.
+# The reading policy's skip share moves smoothly with the SKIP offset and settles on the plan's
+# share. The profiler-only policy's SKIP margins move together across tokens (its decision is close
+# to one per budget and layer), so its share can jump between near 0 and near 1 as the offset
+# changes and the damped calibration may end far from the share: that policy then misses its
+# budget, which notebook 06 shows.

@@ -1,9 +1,9 @@
 # %% [markdown]
 # # 04 · REINFORCE fine-tuning of the learned controller
 #
-# Starts from the warm-start policy of notebook 03 and trains it with REINFORCE in the teacher-forced
-# parallel mode on the **valid** split, under the same layer plan (per-token PROCESS / SKIP on the
-# marginal layers). Per-token reward: $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda_b\,\text{compute}$,
+# Starts from the warm-start policy of notebook 03 (one per seed) and trains it with REINFORCE in the
+# teacher-forced parallel mode on the **valid** split, under the same layer plan (per-token PROCESS /
+# SKIP on the marginal layers) and with notebook 02's layer bypass. Per-token reward: $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda_b\,\text{compute}$,
 # with a self-critical baseline (the same token's reward under the greedy policy). The compute price
 # $\lambda_b$ has one value per training budget, starts at the hindsight price of notebook 02 and is
 # adjusted by dual ascent so that the deployed (greedy) policy skips the plan's share of the marginal
@@ -17,6 +17,7 @@
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
 SEED = 0
+SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); seed s starts from notebook 03's warm-start of seed s
 
 # %% [colab]
 
@@ -32,23 +33,28 @@ from anee.engine.profiler import Profiler
 from anee.engine.training.rl import RLConfig, price_to_lam, train_reinforce
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.notebook import pick, setup
+from anee.evaluation.frontier import load_bypass
+from anee.evaluation.methods.controllers import policy_file
+from anee.evaluation.notebook import pick, seeds, setup
+from anee.evaluation.seeds import split_seed
 from anee.evaluation.results import output_dir, save_figure, save_table
 from anee.viz.training import rl_curves
 
 setup(PROFILE, SEED)
-RL_STEPS = pick(PROFILE, quick=6, full=120)
+SEEDS = seeds(PROFILE, SEEDS)
+RL_STEPS = pick(PROFILE, quick=6, full=48)
 RL_MIN_BUDGET = 0.6  # train at the trace budgets from here up (notebook 06 compares 10-30 % savings); calibrate at all
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
 ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL)
-executor = AdaptiveExecutor(adapter_for(model))
+adapter = adapter_for(model)
+executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 L = executor.adapter.num_layers
 profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
-warm = load_policy(CKPT / "warmstart.safetensors", L)
-PLAN, PACING = warm.plan_config(), warm.pacing_config()  # of 02-03
+warm = {s: load_policy(CKPT / policy_file("warmstart", s), L) for s in SEEDS}
+PLAN, PACING, BYPASS = warm[SEED].plan_config(), warm[SEED].pacing_config(), warm[SEED].trained_for["bypass"]  # of 02-03
 prices = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv")
 RL = RLConfig(steps=RL_STEPS, batch=2, seq_len=256, lr=3e-4, lam_lr=0.5, mu=0.0, entropy_bonus=0.0, temperature=1.0,
               self_critical=True, shared_budget=True, budgets=tuple(b for b in prices.budget if b >= RL_MIN_BUDGET),
@@ -61,30 +67,39 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 
 # %%
 train_windows = sample_windows(valid, RL.seq_len, 64, seed=SEED + 1)
-policy, hist = train_reinforce(executor, warm, profiler, train_windows, RL, pacing=PACING, plan=PLAN)
-# RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03 does)
-calibration = calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN),
-                                     sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2), prices.budget.tolist())
+calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
+policies, histories, calibrations = {}, [], []
+for seed in SEEDS:
+    policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows, RLConfig(**{**RL.__dict__, "seed": seed}),
+                                   pacing=PACING, plan=PLAN)
+    # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03 does)
+    calibrations.append(calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN),
+                                               calib_windows, prices.budget.tolist()).assign(seed=seed))
+    save_policy(CKPT / policy_file("rl", seed), policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)},
+                plan=PLAN, pacing=PACING, bypass=BYPASS, seed=seed)
+    policies[seed] = policy
+    histories.append(pd.DataFrame(hist).assign(seed=seed))
+calibration, history = pd.concat(calibrations, ignore_index=True), pd.concat(histories, ignore_index=True)
 save_table(calibration, "04_skip_calibration", PROFILE)
-save_policy(CKPT / "rl.safetensors", policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)}, plan=PLAN, pacing=PACING)
-history = pd.DataFrame(hist)
 save_table(history, "04_rl_history", PROFILE)
-save_figure(rl_curves(history, PLAN.skip_share), "04_rl_curves", PROFILE)
+save_figure(rl_curves(history[history.seed == SEED], PLAN.skip_share), "04_rl_curves", PROFILE)
 
 # %% [markdown]
 # ## Budget adherence on the test split
 
 # %%
-controllers = {"heuristic": HeuristicController(profiler, plan=PLAN), "warmstart": LearnedController(warm, profiler, pacing=PACING, plan=PLAN),
-               "rl": LearnedController(policy, profiler, pacing=PACING, plan=PLAN)}
-adherence = budget_adherence(executor, controllers, test[:, :513], ADHERENCE_BUDGETS, window=256)
+controllers = {"heuristic": HeuristicController(profiler, plan=PLAN)}
+for s in SEEDS:
+    controllers[f"warmstart-s{s}"] = LearnedController(warm[s], profiler, pacing=PACING, plan=PLAN)
+    controllers[f"rl-s{s}"] = LearnedController(policies[s], profiler, pacing=PACING, plan=PLAN)
+adherence = split_seed(budget_adherence(executor, controllers, test[:, :513], ADHERENCE_BUDGETS, window=256))
 save_table(adherence, "04_budget_adherence", PROFILE)
-adherence.pivot(index="budget", columns="controller", values="layer_fraction")
+adherence.pivot_table(index="budget", columns="controller", values="layer_fraction", aggfunc="mean")
 
 # %% [markdown]
 # Perplexity of the three controllers against the baselines, at equal net compute saved, is
 # measured in notebook 06 on the same windows as every other method.
 
 # %%
-assert history.layer_fraction.between(0.0, 1.0).all() and len(history) == RL.steps
+assert history.layer_fraction.between(0.0, 1.0).all() and len(history) == RL.steps * len(SEEDS)
 assert (adherence[adherence.budget >= 0.3].abs_error <= 0.05).all()

@@ -25,7 +25,9 @@
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"  # offline default; on Colab e.g. "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 SEED = 0
+SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); phase 1 (routers, FFN bypass) per seed, exits with SEED
 CAPACITIES = [0.9, 0.7, 0.55, 0.4]
+FFN_BYPASS = ("linear", 0)  # family and rank of what a token not routed to an FFN gets instead
 TARGET_SPEEDUP = 1.3
 THREADS = 1  # one thread: deterministic, and several times faster than 2 on a shared, busy CPU
 
@@ -35,19 +37,25 @@ THREADS = 1  # one thread: deterministic, and several times faster than 2 on a s
 import pandas as pd
 
 from anee import load_model
+from anee.core.bypass import BypassConfig
 from anee.core.data import sample_windows, wikitext_tokens
 from anee.evaluation.hierarchical import capacity_table, causality_check, evaluate_setting, exit_table, timing_table
 from anee.evaluation.methods.hierarchical import checkpoint_path
-from anee.evaluation.notebook import pick, setup
+from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
+from anee.evaluation.seeds import summarize
 from anee.hierarchical import HierarchicalModel, TrainConfig, train
 from anee.viz.hierarchical import routing_analysis, training_curves
 
 setup(PROFILE, SEED, threads=THREADS)
+SEEDS = seeds(PROFILE, SEEDS)
 WINDOW = 256  # evaluation and calibration window (tokens); stride = window
-TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=48, full=128), batch=2,
-                    router_steps=pick(PROFILE, quick=6, full=24), exit_steps=pick(PROFILE, quick=5, full=16),
-                    sensitivity_windows=1, lens_fit_windows=pick(PROFILE, quick=2, full=4), seed=SEED)
+# routers: closed-form warm start only (straight-through top-k training made them worse with the
+# bypass in our runs); the FFN bypass: closed form, then tuned end to end under the routers
+TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_steps=0, router_init_windows=8,
+                    bypass_fit_windows=pick(PROFILE, quick=16, full=64), bypass_steps=pick(PROFILE, quick=2, full=40),
+                    exit_steps=pick(PROFILE, quick=5, full=16), sensitivity_windows=1,
+                    lens_fit_windows=pick(PROFILE, quick=2, full=4), seed=SEED)
 CALIB_WINDOWS = pick(PROFILE, quick=4, full=12)
 TEST_TOKENS = pick(PROFILE, quick=512, full=4096)
 TIMING_ROUNDS = pick(PROFILE, quick=2, full=5)
@@ -58,28 +66,36 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS)  # reported numbers only
 calib = sample_windows(valid, WINDOW, CALIB_WINDOWS, seed=SEED + 123)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 print(f"{MODEL}: {model.config.num_hidden_layers} layers; train windows {TRAIN.batch}x{TRAIN.seq_len}, "
-      f"{TRAIN.router_steps}+{TRAIN.exit_steps} steps; calibration {tuple(calib.shape)}; test {TEST_TOKENS} tokens")
+      f"{TRAIN.bypass_steps} bypass + {TRAIN.exit_steps} exit steps; calibration {tuple(calib.shape)}; test {TEST_TOKENS} tokens; seeds {SEEDS}")
 
 # %% [markdown]
 # ## Training
 #
-# Phase 1 measures each layer's FFN sensitivity (KL to the full model when the layer's FFN is skipped
-# for *every* token) and trains the routers. The sensitivity decides how a requested capacity is spread
-# over layers: skip fractions `f_l = min(0.9, mu / s_l)` with mean capacity as requested (uniform
-# allocation would skip 45 % of layer 0's FFN at capacity 0.55, which alone costs ~4 nats here).
-# Phase 2 fits and trains the exits twice on the same routers: with a tuned lens and with the plain
-# logit lens.
+# A token not routed to a layer's FFN gets that layer's **FFN bypass** (a linear map from the
+# post-attention stream to an approximation of the FFN's update, `anee.core.bypass`), charged in the
+# compute. Phase 1 fits the bypass in closed form, measures each layer's FFN sensitivity (KL to the
+# full model when the layer's FFN is replaced by its bypass for *every* token), warm-starts the
+# routers in closed form (they predict how far the bypass would leave each token from the real FFN)
+# and tunes the bypasses end to end under the routers. The sensitivity decides how a requested
+# capacity is spread over layers: skip fractions `f_l = min(0.9, mu / s_l)` with mean capacity as
+# requested. Phase 1 runs with every seed in `SEEDS`. Phase 2 (seed `SEED` only) fits and trains the
+# exits twice on the same routers: with a tuned lens and with the plain logit lens.
 
 # %%
-hm = HierarchicalModel(model, tuned_lens=True, model_name=MODEL)
-history = train(hm, valid, "routers", TRAIN)
-logit_hm = HierarchicalModel(model, tuned_lens=False, model_name=MODEL)
-logit_hm.routers.load_state_dict(hm.routers.state_dict())
-logit_hm.sensitivity.copy_(hm.sensitivity)
+models, history = {}, []
+for seed in SEEDS:
+    cfg = TrainConfig(**{**TRAIN.__dict__, "seed": seed})
+    m = HierarchicalModel(model, tuned_lens=True, model_name=MODEL, ffn_bypass=BypassConfig(*FFN_BYPASS, target="ffn"))
+    history += [dict(r, seed=seed, lens="") for r in train(m, valid, "routers", cfg)]
+    models[seed] = m
+hm = models[SEED]
+logit_hm = HierarchicalModel(model, tuned_lens=False, model_name=MODEL, ffn_bypass=BypassConfig(*FFN_BYPASS, target="ffn"))
+logit_hm.load_state_dict({k: v for k, v in hm.state_dict().items() if not k.startswith(("gates.", "lenses."))}, strict=False)
 for variant, m in (("tuned", hm), ("logit", logit_hm)):
-    rows = train(m, valid, "exit", TRAIN)
-    history += [dict(r, lens=variant) for r in rows]
-    m.save(checkpoint_path(CKPT, variant), extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}})
+    history += [dict(r, seed=SEED, lens=variant) for r in train(m, valid, "exit", TRAIN)]
+for seed, m in models.items():
+    m.save(checkpoint_path(CKPT, "tuned", seed), extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": seed})
+logit_hm.save(checkpoint_path(CKPT, "logit", SEED), extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": SEED})
 history = pd.DataFrame(history)
 history["num_layers"] = hm.num_layers
 save_table(history, "05_training_history", PROFILE)
@@ -100,8 +116,15 @@ sens.round(3).T
 
 # %%
 ref = evaluate_setting(hm, test, calib, 1.0, label="capacity=1.0")
-results = {c: evaluate_setting(hm, test, calib, c, label=f"capacity={c}") for c in CAPACITIES}
-capacities = capacity_table(ref, results)
+runs, per_seed = [], {}
+for seed, m in models.items():
+    per_seed[seed] = {c: evaluate_setting(m, test, calib, c, label=f"capacity={c}") for c in CAPACITIES}
+    runs.append(capacity_table(ref, per_seed[seed]).assign(seed=seed))
+results = per_seed[SEED]
+runs = pd.concat(runs, ignore_index=True)
+save_table(runs, "05_capacity_runs", PROFILE)
+capacities = summarize(runs, ["capacity", "seed_speedup_tinyllama", "seed_ppl_increase_tinyllama"],
+                       ["realized_capacity", "ppl", "ppl_increase_pct", "compute_speedup", "layer_speedup"])
 save_table(capacities, "05_capacity_table", PROFILE)
 capacities.round(3)
 
@@ -197,6 +220,6 @@ assert capacities.ppl.iloc[0] <= capacities.ppl.min() + 1e-6  # the full model i
 # FFN skipping can never beat the FFN share of the compute (ceiling at context 1, the cheapest attention)
 assert capacities.compute_speedup.iloc[-1] < 1.0 / (1 - 0.6 * hm.cost.mlp * hm.num_layers / hm.cost.full_token(1))
 assert all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical")) and causal["first_half_max_logit_diff"] <= 1e-5
-assert history.loss.notna().all() and (history[history.phase == "routers"].kl > 0).all()
+assert history.loss.notna().all() and (history[history.phase == "bypass"].kl > 0).all()
 assert checkpoint_path(CKPT, "tuned").is_file() and checkpoint_path(CKPT, "logit").is_file()
 assert (exits.compute_speedup[exits.capacity < 1] > 1).all()

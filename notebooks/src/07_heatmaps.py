@@ -1,8 +1,8 @@
 # %% [markdown]
 # # 07 · Where does the compute go? Token x layer execution maps
 #
-# Uses the RL controller of notebook 04 (the heuristic when that checkpoint is absent) on sample
-# texts: execution maps (PROCESS / SKIP / EXIT / DROP per token and layer), per-token compute, the
+# Uses the RL controller of notebook 04 (seed `SEED`, with notebook 02's layer bypass; the heuristic
+# when that checkpoint is absent) on sample texts: execution maps (PROCESS / SKIP / EXIT / DROP per token and layer), per-token compute, the
 # layer-usage profile over the **test** split (is there a "sandwich" of dense first and last
 # layers?), effective depth, and realized savings against the budget.
 
@@ -29,6 +29,8 @@ from anee.engine.controllers.plan import PlanConfig
 from anee.engine.profiler import Profiler
 from anee.evaluation.budget import budget_adherence
 from anee.evaluation.depth import effective_depth, layer_usage, per_token_depth
+from anee.evaluation.frontier import load_bypass
+from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, setup
 from anee.evaluation.results import output_dir, save_figure, save_table
 from anee.viz.execution_maps import execution_map, layer_usage_plot, savings_plot
@@ -37,11 +39,12 @@ setup(PROFILE, SEED)
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL)
-executor = AdaptiveExecutor(adapter_for(model))
+adapter = adapter_for(model)
+executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 L = executor.adapter.num_layers
 profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
-if (CKPT / "rl.safetensors").is_file():
-    NAME, controller = "rl", load_controller(CKPT / "rl.safetensors", profiler)
+if (CKPT / policy_file("rl", SEED)).is_file():
+    NAME, controller = "rl", load_controller(CKPT / policy_file("rl", SEED), profiler)
 else:
     NAME, controller = "heuristic", HeuristicController(profiler, plan=PlanConfig())
 print("controller:", NAME)

@@ -24,6 +24,7 @@
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"  # offline default; on Colab e.g. "gpt2" or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 SEED = 0
+SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1, 2] full)
 THREADS = 1  # the shared 2-core runner: one thread avoids contention
 DIGITS_SOURCE = "sklearn"  # "sklearn" (offline, 8x8) or "mnist" (HF Hub via `datasets`, online only)
 
@@ -51,7 +52,12 @@ from anee.evaluation.granularity.pool import (
 )
 from anee.evaluation.granularity.strategies import Strategies
 from anee.evaluation.granularity.table import describe_best, granularity_summary, granularity_table
-from anee.evaluation.notebook import pick, setup
+from anee.engine.controllers.learned import load_controller
+from anee.engine.profiler import Profiler
+from anee.evaluation.frontier import load_bypass
+from anee.evaluation.methods.controllers import PROFILER_FILE, policy_file
+from anee.evaluation.notebook import pick, seeds, setup
+from anee.evaluation.seeds import summarize
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
 from anee.granularity.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
 from anee.granularity.precision import refinement_threshold, segment_schedule, segment_sensitivity, segments
@@ -60,6 +66,7 @@ from anee.granularity.selection import ComplexityFeatures
 from anee.viz.granularity import granularity_figure
 
 setup(PROFILE, SEED, threads=THREADS)
+SEEDS = seeds(PROFILE, SEEDS)
 WINDOW = pick(PROFILE, quick=64, full=128)
 N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every reported number)
 N_CAL = pick(PROFILE, quick=4, full=8)  # valid windows (calibration, selectors' training)
@@ -140,11 +147,15 @@ if DIGITS_SOURCE == "mnist":
     xtr, ytr, xte, yte = load_mnist_split()
 else:
     xtr, ytr, xte, yte = load_digits_split(seed=SEED)
-torch.manual_seed(SEED)
-bnet = BranchyNet()
-bn_losses = train_branchynet(bnet, xtr, ytr, epochs=BN_EPOCHS, seed=SEED)
 BN_THRESHOLDS = [0.0, 0.01, 0.03, 0.1, 0.2, 0.4, 0.8, 1.5, 10.0]
-bn_table = pd.DataFrame(threshold_sweep(bnet, xte, yte, BN_THRESHOLDS))
+bn_runs = []
+for seed in SEEDS:
+    bnet = BranchyNet(seed=seed)
+    train_branchynet(bnet, xtr, ytr, epochs=BN_EPOCHS, seed=seed)
+    bn_runs.append(pd.DataFrame(threshold_sweep(bnet, xte, yte, BN_THRESHOLDS)).assign(seed=seed))
+bn_runs = pd.concat(bn_runs, ignore_index=True)
+save_table(bn_runs, "08_branchynet_runs", PROFILE)
+bn_table = summarize(bn_runs, ["threshold"], ["accuracy", "avg_macs", "rel_macs", "exit1_frac", "exit2_frac", "exit3_frac"])
 save_table(bn_table, "08_branchynet", PROFILE)
 bn_table
 
@@ -188,11 +199,22 @@ for budget in PROG_BUDGETS:
     prog_scores[budget] = S.progressive(test, budget, thr, cheap_bits=4, fine_bits=8) + (thr,)
 
 # %% [markdown]
-# ## ANEE (budget policy) on the same windows
+# ## ANEE on the same windows
+# The REINFORCE controller of notebook 04 (seed `SEED`) with notebook 02's layer bypass when those
+# checkpoints exist in this profile's folder; otherwise the seed's simple budget policy.
 
 # %%
 ANEE_BUDGETS = pick(PROFILE, quick=[0.6, 0.9], full=[0.6, 0.8, 0.9])
-anee_scores = {b: S.anee(test, b) for b in ANEE_BUDGETS}
+CKPT = output_dir("results", PROFILE) / "checkpoints"
+bypass = load_bypass(CKPT, adapter)
+if bypass is not None and (CKPT / policy_file("rl", SEED)).is_file():
+    anee_executor = AdaptiveExecutor(adapter, bypass=bypass)
+    anee_controller = load_controller(CKPT / policy_file("rl", SEED), Profiler.from_checkpoint(CKPT / PROFILER_FILE, anee_executor))
+    ANEE_NAME = "ANEE RL+bypass"
+else:
+    anee_executor, anee_controller, ANEE_NAME = executor, None, "ANEE budget"
+anee_scores = {b: S.anee(test, b, anee_controller, anee_executor) for b in ANEE_BUDGETS}
+print(ANEE_NAME)
 
 # %% [markdown]
 # ## One table, one figure
@@ -203,7 +225,7 @@ anee_scores = {b: S.anee(test, b) for b in ANEE_BUDGETS}
 frontier06 = output_dir("results", PROFILE) / "06_frontier.csv"
 table = granularity_table(bank=bank, pool_test=pool.test, sel_table=sel_table, exit_checks=EXIT_CHECKS,
                           exit_scores=exit_scores, seg_scores=seg_scores, prog_scores=prog_scores,
-                          anee_scores=anee_scores, bn_table=bn_table, frontier06=frontier06)
+                          anee_scores=anee_scores, anee_name=ANEE_NAME, bn_table=bn_table, frontier06=frontier06)
 print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:", int((table.granularity == "06").sum()))
 save_table(table, "08_granularity", PROFILE)
 table.round(4)

@@ -1,4 +1,5 @@
-"""MAC counts against hand formulas (GPT-2 small, SmolLM2-135M) and against torch's FLOP counter."""
+"""MAC counts against hand formulas (GPT-2 small, SmolLM2-135M, a toy model with a bypass) and against
+torch's FLOP counter."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from anee import EXIT, PROCESS, SKIP, CostModel, adapter_for
-from anee.core.cost import trace_cost
+from anee import DROP, EXIT, PROCESS, SKIP, CostModel, adapter_for
+from anee.core.adapters.base import Dims
+from anee.core.cost import bypassed, static_cost, trace_cost
 
 
 def gpt2_small_config():
@@ -101,3 +103,57 @@ def test_trace_cost_and_net_savings():
     assert report.layer_saved == pytest.approx(1 - (30 * cost.layer(5) + t1 + 1000) / full)
     head = 2 * cost.lm_head
     assert report.total_saved == pytest.approx(1 - (30 * cost.layer(5) + t1 + 1000 + head) / (full + head))
+
+
+# a toy decoder: q, K+V and o projections 64 MACs each, MLP 3 * 8 * 16 = 384, attention 16 per key
+TOY = Dims(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=16, vocab=10, num_layers=4, mlp_matrices=3,
+           max_positions=32)
+BYPASS = 40  # MACs of the toy's bypass (e.g. diag_lowrank of rank 2: 8 + 2 * 2 * 8)
+
+
+def test_paths_and_fractions_with_a_bypass():
+    cost = CostModel(TOY, bypass=BYPASS)
+    assert (cost.q_proj, cost.kv_proj, cost.o_proj, cost.mlp, cost.layer_static) == (64, 64, 64, 384, 576)
+    assert cost.layer(5) == 576 + 16 * 5 and cost.lm_head == 80
+    assert (cost.kv_only, cost.skip_path, cost.drop_path) == (64, 64 + 40, 40)
+    assert cost.kv_fraction() == 64 / 576 and cost.skip_fraction() == 104 / 576 and cost.drop_fraction() == 40 / 576
+    contexts = torch.tensor([1, 2, 3])  # mean layer cost 576 + 16 * 2 = 608
+    assert cost.kv_fraction(contexts) == pytest.approx(64 / 608, rel=1e-12)
+    assert cost.skip_fraction(contexts) == pytest.approx(104 / 608, rel=1e-12)
+    assert cost.drop_fraction(contexts) == pytest.approx(40 / 608, rel=1e-12)
+    plain = CostModel(TOY)  # no bypass: SKIP is the K/V-only path and DROP is free
+    assert (plain.bypass, plain.skip_path, plain.drop_path, plain.drop_fraction()) == (0, 64, 0, 0.0)
+    assert plain.skip_fraction() == plain.kv_fraction() == 64 / 576
+
+
+def test_bypassed_is_skip_and_drop_before_any_exit():
+    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [DROP, DROP, EXIT, EXIT]],
+                      [[EXIT, DROP, DROP, EXIT], [PROCESS, PROCESS, PROCESS, PROCESS], [DROP, SKIP, PROCESS, DROP]]],
+                     dtype=torch.int8)
+    assert bypassed(d).tolist() == [[[False, True, True, False], [True, False, False, False], [True, True, False, False]],
+                                    [[False, False, False, False], [False] * 4, [True, True, False, True]]]
+    assert bypassed(d[0, 0]).tolist() == [False, True, True, False]  # any leading shape
+
+
+def test_trace_cost_charges_the_bypass_exactly():
+    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [PROCESS, PROCESS, DROP, SKIP]]], dtype=torch.int8)
+    context = torch.tensor([[5, 6, 7]])
+    rep = trace_cost(CostModel(TOY, bypass=BYPASS), d, context)
+    # token 0: 2 layers at 576 + 80, one K/V-only path, bypass at the SKIP and the DROP
+    # token 1: 3 K/V-only paths (SKIP, EXIT, EXIT), bypass at the SKIP only (its DROP comes after its EXIT)
+    # token 2: 2 layers at 576 + 112, one K/V-only path, bypass at the DROP and the SKIP
+    assert rep.layer_macs.tolist() == [[2 * 656 + 64 + 2 * 40, 3 * 64 + 40, 2 * 688 + 64 + 2 * 40]]
+    assert rep.full_layer_macs.tolist() == [[4 * 656, 4 * 672, 4 * 688]]
+    assert rep.layer_fraction == pytest.approx((1456 + 232 + 1520) / (2624 + 2688 + 2752), rel=1e-12)
+    without = trace_cost(CostModel(TOY), d, context)
+    assert without.layer_macs.tolist() == [[2 * 656 + 64, 3 * 64, 2 * 688 + 64]]
+
+
+def test_static_cost_charges_removed_layers_their_bypass():
+    context = torch.tensor([[5.0, 6.0]])
+    rep = static_cost(CostModel(TOY, bypass=BYPASS), context, layers_run=3)
+    assert rep.layer_macs.tolist() == [[3 * 656 + 40, 3 * 672 + 40]]
+    assert rep.full_layer_macs.tolist() == [[4 * 656, 4 * 672]] and rep.head_macs == 80
+    assert rep.overhead_macs.tolist() == [[0.0, 0.0]]
+    assert static_cost(CostModel(TOY), context, layers_run=3).layer_macs.tolist() == [[3 * 656, 3 * 672]]
+    assert static_cost(CostModel(TOY, bypass=BYPASS), context, layers_run=1).layer_macs.tolist() == [[656 + 120, 672 + 120]]

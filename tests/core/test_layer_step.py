@@ -1,18 +1,22 @@
 """The one layer step: the gathered and the weight-group paths compute what the dense path computes on
-their rows, the K/V-only and DROP paths write exactly what they should, and the straight-through
-mix has the hard value forward and the soft gradient backward."""
+their rows, the K/V-only and DROP paths write exactly what they should, the straight-through
+mix has the hard value forward and the soft gradient backward, and a SKIPPED / DROPPED token gets the
+bypass (the K/V it writes still come from its un-updated stream)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from _anee_tiny import random_bypass
+from conftest import VOCAB, tiny_llama
 
 from anee import adapter_for
+from anee.core.bypass import BypassBank, BypassConfig
 from anee.core.kv_cache import KVCache
 from anee.core.layer_step import (
     CAUSAL,
     attention_residual,
+    bypass_step,
     grouped_layer_step,
     layer_step,
     mix,
@@ -210,3 +214,124 @@ def test_mix_straight_through_gate():
     assert torch.allclose(update.grad, weight * run.unsqueeze(-1).float(), atol=1e-6)
     assert torch.equal(mid.grad, weight)
     assert torch.equal(mix(mid, update).detach(), (mid + update).detach())  # no mask: everyone
+
+
+# -- the bypass: what a SKIPPED / DROPPED token gets instead of the block -----------------------------
+def _bank(adapter, family: str = "linear", target: str = "layer"):
+    return random_bypass(family, adapter.dims.hidden, adapter.num_layers, rank=3 if family in ("diag_lowrank", "mlp") else 0,
+                         target=target, seed=11)
+
+
+@torch.no_grad()
+def test_bypass_step_adds_the_update_where_bypassed():
+    adapter = adapter_for(tiny_llama())
+    h, _ = stream(adapter, 2, 5)
+    bank = _bank(adapter, "diag_lowrank")
+    update = bank.update(LAYER, h)
+    assert update.abs().min() > 0  # a bypass that really moves every token
+    assert torch.equal(bypass_step(bank, LAYER, h), h + update)
+    where = torch.tensor([[True, False, False, True, False], [False] * 5])
+    out = bypass_step(bank, LAYER, h, where)
+    assert torch.equal(out[where], (h + update)[where]) and torch.equal(out[~where], h[~where])
+    assert bypass_step(None, LAYER, h, where) is h
+    assert bypass_step(BypassBank(BypassConfig("identity"), adapter.dims.hidden, adapter.num_layers), LAYER, h) is h
+
+
+@torch.no_grad()
+def test_skip_gets_the_bypass_and_still_writes_its_kv(tiny_model):
+    """PROCESS tokens run the block; a SKIP token gets h + bypass(h); an EXITed one (not bypassed)
+    keeps h; every token's K/V are those of its un-updated stream h."""
+    adapter = adapter_for(tiny_model)
+    bank = _bank(adapter)
+    h, pos = stream(adapter, 2, 7)
+    process = torch.tensor([[True, False, True, True, False, False, True], [False] * 6 + [True]])
+    bypassed = torch.tensor([[False, True, False, False, False, True, False], [True, True, False, True, False, True, False]])
+    full_cache, cache = KVCache(adapter.num_layers), KVCache(adapter.num_layers)
+    full = layer_step(adapter, LAYER, h, pos, full_cache, CAUSAL)
+    out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, process, int(process.sum()), bypass=bank, bypassed=bypassed)
+    with_bypass = h + bank.update(LAYER, h)
+    keep = ~process & ~bypassed
+    assert torch.equal(out[process], full[process])
+    assert torch.equal(out[bypassed], with_bypass[bypassed]) and torch.equal(out[keep], h[keep])
+    assert torch.equal(cache.keys[LAYER], full_cache.keys[LAYER]) and torch.equal(cache.values[LAYER], full_cache.values[LAYER])
+    # bypassed=None: every token that does not process gets the bypass
+    everyone = layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()), bypass=bank)
+    assert torch.equal(everyone[~process], with_bypass[~process]) and torch.equal(everyone[process], full[process])
+
+
+@torch.no_grad()
+def test_no_processing_token_gets_the_bypass_after_writing_kv_of_h(tiny_model):
+    adapter = adapter_for(tiny_model)
+    bank = _bank(adapter)
+    h, pos = stream(adapter, 1, 6)
+    cache = KVCache(adapter.num_layers)
+    bypassed = torch.tensor([[True, True, False, True, False, True]])
+    out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, None, n_process=0, bypass=bank, bypassed=bypassed)
+    k, v = adapter.kv(LAYER, adapter.attn_norm(LAYER, h), pos)  # from h, not from h + bypass(h)
+    assert torch.equal(cache.keys[LAYER], k) and torch.equal(cache.values[LAYER], v)
+    assert torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed]) and torch.equal(out[~bypassed], h[~bypassed])
+
+
+@torch.no_grad()
+def test_drop_writes_no_kv_but_bypassed_tokens_get_the_bypass(tiny_model):
+    adapter = adapter_for(tiny_model)
+    bank = _bank(adapter, "mlp")
+    h, pos = stream(adapter, 1, 5)
+    cache = KVCache(adapter.num_layers)
+    bypassed = torch.tensor([[True, True, True, False, False]])  # the last two exited before this layer
+    out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, drop=True, bypass=bank, bypassed=bypassed)
+    assert cache.keys[LAYER] is None and cache.values[LAYER] is None and cache.dropped[LAYER] is True
+    assert torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed]) and torch.equal(out[~bypassed], h[~bypassed])
+    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, drop=True, bypass=bank), h + bank.update(LAYER, h))
+
+
+@torch.no_grad()
+def test_identity_bypass_leaves_the_stream_unchanged(tiny_model):
+    adapter = adapter_for(tiny_model)
+    identity = BypassBank(BypassConfig("identity"), adapter.dims.hidden, adapter.num_layers)
+    h, pos = stream(adapter, 2, 7)
+    process = torch.tensor([[True, False] * 3 + [True], [False] * 7])
+    plain = layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()))
+    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()), bypass=identity), plain)
+    assert layer_step(adapter, LAYER, h, pos, None, CAUSAL, drop=True, bypass=identity) is h
+    assert layer_step(adapter, LAYER, h, pos, KVCache(adapter.num_layers), CAUSAL, None, 0, bypass=identity) is h
+
+
+def test_mix_with_the_ffn_bypass():
+    g = torch.Generator().manual_seed(1)
+    mid, update, skip = (torch.randn(2, 4, 6, generator=g) for _ in range(3))
+    run = torch.tensor([[True, False, False, True], [False, True, False, False]])
+    out = mix(mid, update, run, skip_update=skip)
+    assert torch.equal(out[run], (mid + update)[run]) and torch.equal(out[~run], (mid + skip)[~run])
+    assert torch.equal(mix(mid, update, run), torch.where(run.unsqueeze(-1), mid + update, mid))  # none: mid itself
+    # straight-through gate: the hard choice forward, the gradient into both branches
+    mid, update, skip = (t.clone().requires_grad_() for t in (mid, update, skip))
+    logit = torch.randn(2, 4, generator=g).requires_grad_()
+    weight = torch.randn(2, 4, 6, generator=g)
+    p = torch.sigmoid(logit)
+    gate = run.float() + p - p.detach()
+    out = mix(mid, update, run, gate, skip)
+    assert torch.allclose(out.detach(), torch.where(run.unsqueeze(-1), mid + update, mid + skip).detach(), atol=1e-6)
+    (out * weight).sum().backward()
+    hard = run.unsqueeze(-1).float()
+    assert torch.allclose(update.grad, weight * hard, atol=1e-6) and torch.allclose(skip.grad, weight * (1 - hard), atol=1e-6)
+    assert torch.equal(mid.grad, weight)
+    p = p.detach()
+    assert torch.allclose(logit.grad, p * (1 - p) * (weight * (update - skip).detach()).sum(-1), atol=1e-6)
+
+
+@torch.no_grad()
+def test_mlp_rows_give_the_unrouted_rows_the_ffn_bypass(tiny_model):
+    adapter = adapter_for(tiny_model)
+    bank = _bank(adapter, "linear", target="ffn")
+    h, pos = stream(adapter, 1, 9)
+    mid = attention_residual(adapter, LAYER, h, pos, None, CAUSAL)
+    run = torch.tensor([[True, False, False, True, True, False, True, False, False]])
+    out = mlp_rows(adapter, LAYER, mid, run, bank)
+    dense = mix(mid, mlp_update(adapter, LAYER, mid), run, skip_update=bank.update(LAYER, mid))
+    assert torch.allclose(out, dense, atol=ATOL)
+    assert not torch.allclose(out[0, ~run[0]], mid[0, ~run[0]], atol=1e-3)  # the bypass moved them
+    identity = BypassBank(BypassConfig("identity", target="ffn"), adapter.dims.hidden, adapter.num_layers)
+    assert torch.equal(mlp_rows(adapter, LAYER, mid, run, identity), mlp_rows(adapter, LAYER, mid, run))
+    assert torch.equal(mlp_rows(adapter, LAYER, mid, run)[0, ~run[0]], mid[0, ~run[0]])
+    assert torch.equal(mlp_rows(adapter, LAYER, mid, None, bank), mid + mlp_update(adapter, LAYER, mid))  # everyone routed

@@ -1,20 +1,23 @@
 """Adaptive execution: parallel == sequential under random PROCESS/SKIP/EXIT, SKIP keeps the cache
 aligned with the right values, EXIT is absorbing, min_layers is honoured, DROP removes a layer for the
 whole sequence at zero cost and its misuse is refused; the same for any batch, padding, pattern and
-budget (property-based)."""
+budget (property-based); with a layer bypass SKIP / DROP tokens get it, every mode still agrees, and
+the executor's running cost is the trace's cost."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _anee_tiny import random_bypass
 from conftest import FAMILIES, VOCAB, tiny_llama, wrap
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from anee import AdaptiveExecutor, BudgetController, CostModel, FixedController, adapter_for
-from anee.core.actions import DROP, EXIT, PROCESS, SKIP
+from anee.core.actions import ASK, DROP, EXIT, PROCESS, SKIP
 from anee.core.adapters.base import Dims
+from anee.core.bypass import BypassBank, BypassConfig
 from anee.core.cost import trace_cost
 from anee.core.kv_cache import KVCache
 from anee.engine.executor import _absorb_exits
@@ -186,3 +189,127 @@ def test_budget_controller_decisions_equal_in_both_modes_for_any_budget(budget, 
     steps = [ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(0.1), budget=budget) for t in range(length)]
     assert torch.equal(torch.cat([s.trace.decisions for s in steps], 1), parallel.trace.decisions)
     assert (torch.cat([s.logits for s in steps], 1) - parallel.logits).abs().max() <= TOL
+
+# -- the layer bypass -------------------------------------------------------------------------------
+def bypass_executor(model, family: str = "linear", seed: int = 3) -> AdaptiveExecutor:
+    adapter = adapter_for(model)
+    rank = 4 if family in ("diag_lowrank", "mlp") else 0
+    return AdaptiveExecutor(adapter, bypass=random_bypass(family, adapter.dims.hidden, adapter.num_layers, rank=rank, seed=seed))
+
+
+def decisions_with_a_drop(B, T, L, seed, dropped=1):
+    d = random_decisions(B, T, L, seed)
+    d[..., dropped] = DROP  # a removed layer: DROP for every token, also after an EXIT
+    return d
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_parallel_equals_sequential_with_a_bypass(tiny_model, seed):
+    ex = bypass_executor(tiny_model, "diag_lowrank" if seed else "linear", seed)
+    B, T, L = 2, 16, ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+    decisions = decisions_with_a_drop(B, T, L, seed)
+    parallel = ex.forward(ids, decisions=decisions)
+    cache, logits = KVCache(L), []
+    for t in range(T):
+        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=decisions[:, t : t + 1]).logits)
+    assert (torch.cat(logits, 1) - parallel.logits).abs().max() <= TOL
+    for layer in range(L):
+        if layer == 1:
+            assert cache.keys[layer] is None and parallel.cache.keys[layer] is None
+        else:
+            assert (cache.keys[layer] - parallel.cache.keys[layer]).abs().max() <= TOL
+            assert (cache.values[layer] - parallel.cache.values[layer]).abs().max() <= TOL
+    # the bypass really changed the computation
+    plain = AdaptiveExecutor(ex.adapter).forward(ids, decisions=decisions)
+    assert (parallel.logits - plain.logits).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_skip_writes_the_kv_of_the_un_updated_stream_and_then_gets_the_bypass(tiny_model):
+    ex = bypass_executor(tiny_model)
+    adapter, L = ex.adapter, ex.adapter.num_layers
+    B, T = 2, 12
+    ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(4))
+    decisions = decisions_with_a_drop(B, T, L, 4)
+    out = ex.forward(ids, decisions=decisions, collect_hidden=True)
+    hs = out.hidden_states
+    pos = adapter.position_state(hs[0], torch.arange(T).expand(B, T))
+    record = _absorb_exits(decisions)
+    seen = {"skip": 0, "exit": 0, "drop_after_exit": 0}
+    for layer in range(L):
+        h = hs[layer]
+        act = record[..., layer]
+        if layer == 1:
+            assert out.cache.keys[layer] is None  # DROP: no K/V at all
+        else:  # every token's K/V (PROCESS, SKIP, EXIT) are the K/V-only path of its input stream
+            k, v = adapter.kv(layer, adapter.attn_norm(layer, h), pos)
+            assert (out.cache.keys[layer] - k).abs().max() <= 1e-5 and (out.cache.values[layer] - v).abs().max() <= 1e-5
+        exited = (record[..., : layer + 1] == EXIT).any(-1)
+        skip = (act == SKIP) | ((act == DROP) & ~exited)
+        frozen = (act == EXIT) | ((act == DROP) & exited)
+        stepped = h + ex.bypass.update(layer, h)
+        assert torch.equal(hs[layer + 1][skip], stepped[skip])
+        assert torch.equal(hs[layer + 1][frozen], h[frozen])  # an exited token stays frozen, through a DROP too
+        seen["skip"] += int(skip.sum())
+        seen["exit"] += int((act == EXIT).sum())
+        seen["drop_after_exit"] += int(((act == DROP) & exited).sum())
+    assert min(seen.values()) > 0
+
+
+def test_identity_bypass_is_bit_identical_to_no_bypass(tiny_model):
+    adapter = adapter_for(tiny_model)
+    L = adapter.num_layers
+    ex = AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("identity"), adapter.dims.hidden, L))
+    assert ex.bypass is None and ex.cost.bypass == 0 and ex.cost == AdaptiveExecutor(adapter).cost
+    ids = torch.randint(0, VOCAB, (2, 14), generator=torch.Generator().manual_seed(5))
+    decisions = decisions_with_a_drop(2, 14, L, 5)
+    assert torch.equal(ex.forward(ids, decisions=decisions).logits, AdaptiveExecutor(adapter).forward(ids, decisions=decisions).logits)
+    a = ex.forward(ids, controller=BudgetController(), budget=0.5)
+    b = AdaptiveExecutor(adapter).forward(ids, controller=BudgetController(), budget=0.5)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.trace.decisions, b.trace.decisions)
+
+
+class Recording:
+    """Random PROCESS / SKIP / EXIT at the asked layers (a fixed plan elsewhere); records the executor's
+    running `spent` before every asked layer."""
+
+    overhead_macs = 0
+
+    def __init__(self, plan=None, seed=0):
+        self.fixed, self.g, self.spent = plan, torch.Generator().manual_seed(seed), {}
+
+    def plan(self, budget, num_layers):
+        return torch.tensor(self.fixed) if self.fixed is not None else torch.full((num_layers,), ASK)
+
+    def decide(self, view):
+        self.spent[view.layer] = view.spent.clone()
+        p = torch.tensor([0.5, 0.35, 0.15])
+        return torch.multinomial(p, view.spent.numel(), replacement=True, generator=self.g).view(view.spent.shape)
+
+
+@pytest.mark.parametrize("plan", [None, [PROCESS, DROP, ASK, SKIP, ASK, ASK]])
+def test_running_spent_equals_the_trace_cost(plan):
+    ex = bypass_executor(tiny_llama(n_layer=6), "mlp")
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(6))
+    c = Recording(plan, seed=1)
+    out = ex.forward(ids, controller=c)
+    d = out.trace.decisions
+    asked = list(range(6)) if plan is None else [i for i, a in enumerate(plan) if a == ASK]
+    assert sorted(c.spent) == asked and (d == SKIP).any() and (d == EXIT).any()
+    for layer in asked:  # what the executor had charged before the layer == the trace cost of the layers before it
+        expect = trace_cost(ex.cost, d[..., :layer], out.trace.context).layer_macs
+        assert torch.allclose(c.spent[layer], expect, rtol=1e-12, atol=0)
+    if plan is not None:
+        assert (d[..., 1] == DROP).all() and ex.cost.drop_path > 0
+
+
+def test_a_bypass_for_another_model_or_the_ffn_is_refused():
+    adapter = adapter_for(tiny_llama(n_layer=4))
+    D = adapter.dims.hidden
+    with pytest.raises(ValueError, match=f"the bypass is for 4 layers of width 32, the model has 4 of width {D}"):
+        AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("linear"), 32, 4))
+    with pytest.raises(ValueError, match=f"the bypass is for 6 layers of width {D}, the model has 4 of width {D}"):
+        AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("linear"), D, 6))
+    with pytest.raises(ValueError, match="the executor needs a layer bypass, got target='ffn'"):
+        AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("linear", target="ffn"), D, 4))

@@ -1,6 +1,6 @@
 """The hierarchical model: exactness at full capacity, dense == sparse semantics, causal routing,
 realized capacity, cost accounting, the speedup search, checkpoints (corrupt, bit-flipped or
-type-confused files are a ValueError naming notebook 05)."""
+type-confused files are a ValueError naming notebook 05), and the same with an FFN bypass."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from _anee_tiny import token_ids as ids
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anee.core.bypass import BypassBank, BypassConfig, BypassStats
 from anee.hierarchical.model import HierarchicalModel
 
 
@@ -178,3 +179,107 @@ def test_bit_flipped_hierarchical_checkpoints_give_a_value_error(tmp_path_factor
     path.write_bytes(damaged(path.read_bytes(), data, truncate=False))
     with pytest.raises(ValueError, match="h.safetensors.*notebook 05"):
         HierarchicalModel.load(path, base)
+
+# -- the FFN bypass: what a token not routed to a layer's FFN gets instead -------------------------------
+def bypassed_model(family: str = "linear", rank: int = 0, seed: int = 1):
+    """A randomised model whose FFN bypass is then fitted in closed form on held-out tokens."""
+    model = randomize(HierarchicalModel(tiny_llama(), ffn_bypass=BypassConfig(family, rank, target="ffn")), seed)
+    model.fit_ffn_bypass_(ids(4, 64, 20))
+    return model
+
+
+def test_ffn_bypass_needs_the_ffn_target():
+    model = HierarchicalModel(tiny_llama())
+    assert model.ffn_bypass.is_identity and model.ffn_bypass.config.target == "ffn"
+    with pytest.raises(ValueError, match="needs an FFN bypass \\(target='ffn'\\), got 'layer'"):
+        HierarchicalModel(tiny_llama(), ffn_bypass=BypassConfig("linear"))
+
+
+def test_fit_ffn_bypass_uses_the_post_attention_streams_of_the_full_model():
+    """The fit is the closed form on (post-attention stream, FFN update) pairs of every token, all FFNs
+    running: the same as fitting by hand on `ffn_data`."""
+    model = bypassed_model()
+    assert model.ffn_bypass.info == {"fit_tokens": 4 * 64}
+    data = []
+    with torch.no_grad():
+        model.dense_forward(ids(4, 64, 20), "all", ffn_data=data, compute_logits=False)
+    stats = [BypassStats(64) for _ in range(6)]
+    for s, (mid, update, active) in zip(stats, data):
+        assert active.all()
+        s.add_(mid, update)
+    by_hand = BypassBank(BypassConfig("linear", target="ffn"), 64, 6)
+    by_hand.fit_(stats)
+    for k, v in by_hand.state_dict().items():
+        assert torch.allclose(v, model.ffn_bypass.state_dict()[k], rtol=1e-4, atol=1e-6), k
+    assert model.ffn_bypass.blocks[3].proj.weight.abs().max() > 0
+    identity = HierarchicalModel(tiny_llama())
+    before = [p.clone() for p in identity.parameters()]
+    identity.fit_ffn_bypass_(ids(1, 16, 0))  # nothing to fit
+    assert all(torch.equal(a, b) for a, b in zip(before, identity.parameters()))
+
+
+@pytest.mark.parametrize("family, rank", [("linear", 0), ("diag_lowrank", 4)])
+def test_dense_and_sparse_agree_with_a_fitted_ffn_bypass(family, rank):
+    model = bypassed_model(family, rank)
+    x = ids(2, 48, 1)
+    for exits in (False, True):
+        thr = model.calibrate(x, 0.55, exits=exits, exit_threshold=0.97)
+        with torch.no_grad():
+            d = model.dense_forward(x, "threshold", thresholds=thr, exits=exits, exit_threshold=0.97)
+            s = model.sparse_forward(x, thr, exits=exits, exit_threshold=0.97)
+        assert (~d.ffn & d.active).any() and torch.equal(d.ffn, s.ffn) and torch.equal(d.exit_depth, s.exit_depth)
+        assert (d.logits - s.logits).abs().max() <= 1e-4
+    # the bypass is part of both paths: routing layer 0 only, the unrouted tokens' logits move with it
+    plain = randomize(HierarchicalModel(tiny_llama()), 1)
+    plain.routers.load_state_dict(model.routers.state_dict())
+    only_first = torch.full((6,), float("-inf"), dtype=torch.float64)
+    only_first[0] = 0.0
+    with torch.no_grad():
+        a, b = model.sparse_forward(x, only_first), plain.sparse_forward(x, only_first)
+        dense = model.dense_forward(x, "threshold", thresholds=only_first)
+    assert torch.equal(a.ffn, b.ffn) and (~a.ffn[..., 0]).any()
+    assert (a.logits - b.logits).abs().max() > 1e-3 and (a.logits - dense.logits).abs().max() <= 1e-4
+
+
+def test_cost_report_charges_the_ffn_bypass():
+    """Hand-computed: hidden 64, 4 heads of 16, 2 K/V heads, FFN 112: q, K+V, o 4096 MACs each, MLP
+    3 * 64 * 112 = 21504, a processed layer 33792 + 128 per key; diag_lowrank-4 bypass 64 + 2*4*64 = 576."""
+    from anee.core.outputs import HierarchicalOutput
+
+    model = HierarchicalModel(tiny_llama(), ffn_bypass=BypassConfig("diag_lowrank", 4, target="ffn"))
+    assert model.ffn_bypass.macs == 576 and model.cost.mlp == 21504 and model.cost.layer_static == 33792
+    L = 6
+    active = torch.zeros(1, 2, L, dtype=torch.bool)
+    ffn = torch.zeros(1, 2, L, dtype=torch.bool)
+    active[0, 0] = True  # token 0: context 3, every layer, FFN at 4 of them
+    ffn[0, 0, [0, 2, 3, 5]] = True
+    active[0, 1, :2] = True  # token 1: context 5, exits after 2 layers, FFN at 1
+    ffn[0, 1, 1] = True
+    out = HierarchicalOutput(torch.zeros(1, 2, 1), ffn, active, torch.tensor([[6, 2]]), torch.zeros(L), torch.tensor([[3.0, 5.0]]),
+                             exits_enabled=False)
+    rep = model.cost_report(out)
+    # token 0: 6 * (33792 + 384) - 2 * (21504 - 576); token 1: 2 * (33792 + 640) - (21504 - 576) + 4 K/V-only paths
+    assert rep.layer_macs.tolist() == [[163200.0, 64320.0]]
+    assert rep.full_layer_macs.tolist() == [[6 * 34176.0, 6 * 34432.0]]
+    assert rep.overhead_macs.tolist() == [[6 * 128.0, 2 * 128.0]]  # a router call (2 * 64) per processed layer
+    assert model.cost_report(out, routed=False).overhead_macs.tolist() == [[0.0, 0.0]]
+    out.exits_enabled = True  # gates at depths 1, 2, 4, 5 (128 MACs each); the lens (64 * 64) for the exited token
+    assert model.cost_report(out).overhead_macs.tolist() == [[768.0 + 4 * 128, 256.0 + 2 * 128 + 4096]]
+    identity = HierarchicalModel(tiny_llama())  # no bypass: an unrouted token skips the whole MLP
+    assert identity.cost_report(out).layer_macs.tolist() == [[163200.0 - 2 * 576, 64320.0 - 576]]
+
+
+def test_checkpoint_keeps_the_ffn_bypass(tmp_path):
+    base = tiny_llama()
+    model = bypassed_model("diag_lowrank", 4)
+    path = model.save(tmp_path / "h.safetensors")
+    loaded = HierarchicalModel.load(path, base)
+    assert loaded.ffn_bypass.config == BypassConfig("diag_lowrank", 4, target="ffn")
+    assert loaded.ffn_bypass.info == {"fit_tokens": 256}
+    bypass_keys = [k for k in model.state_dict() if k.startswith("ffn_bypass.")]
+    assert len(bypass_keys) == 6 * 4  # diag, bias, down, up per layer
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    x = ids(1, 32, 2)
+    thr = model.calibrate(x, 0.55)
+    assert torch.equal(model.sparse_forward(x, thr).logits, loaded.sparse_forward(x, thr).logits)

@@ -61,10 +61,11 @@ class LayerView:
         return (self._later() == ASK).nonzero().flatten() + self.layer + 1
 
     def fixed_after(self) -> torch.Tensor:
-        """[B, T] MACs the plan has already committed for later layers (PROCESS, SKIP; DROP is free)."""
+        """[B, T] MACs the plan has already committed for later layers (PROCESS, SKIP, DROP's bypass)."""
         later = self._later()
         n_process, n_skip = int((later == PROCESS).sum()), int((later == SKIP).sum())
-        return n_process * self.layer_cost + n_skip * float(self.cost.kv_only)
+        n_drop = int((later == DROP).sum())
+        return n_process * self.layer_cost + n_skip * float(self.cost.skip_path) + n_drop * float(self.cost.drop_path)
 
     @property
     def kept_after(self) -> int:
@@ -76,10 +77,11 @@ class LayerView:
         """Whether the plan PROCESSes some later layer (then leaving early is not an option)."""
         return bool((self._later() == PROCESS).any())
 
-    def affordable(self) -> torch.Tensor:
+    def affordable(self, leave_path: int | None = None) -> torch.Tensor:
         """True where processing this layer keeps the token within budget, with every later layer
-        still able to pay for its K/V-only path."""
-        reserve = (self.remaining_layers - 1) * self.cost.kv_only
+        still able to pay for the way the token leaves: `leave_path` MACs (default a SKIP, its K/V-only
+        path and the bypass; a policy that always leaves by EXIT passes `cost.kv_only`)."""
+        reserve = (self.remaining_layers - 1) * (self.cost.skip_path if leave_path is None else leave_path)
         return self.spent + self.layer_cost + reserve <= self.budget * self.full + 1e-6 * self.full
 
     def alive(self) -> torch.Tensor:

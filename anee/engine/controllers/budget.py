@@ -24,4 +24,6 @@ class BudgetController:
     def decide(self, view: LayerView) -> torch.Tensor:
         remaining = view.budget - view.spent / view.full
         leave = torch.where(remaining < self.exit_threshold, EXIT, SKIP)
-        return torch.where(view.affordable(), PROCESS, leave)
+        # a token that may still SKIP later must keep room for its bypass; one that always EXITs only for K/V
+        leave_path = view.cost.kv_only if self.exit_threshold >= 1.0 else view.cost.skip_path
+        return torch.where(view.affordable(leave_path), PROCESS, leave)

@@ -41,10 +41,10 @@ def pacing_guards(view: LayerView, pacing: PacingConfig) -> Guards:
     cost what the plan fixed for them, asked layers between a K/V-only path and a full layer)."""
     floor = (view.budget - pacing.slack).clamp(min=0.0) * view.full
     cap = (view.budget + pacing.slack).clamp(max=1.0) * view.full
-    a, kv, eps = view.asks_after, view.cost.kv_only, 1e-6 * view.full
+    a, skip, kv, eps = view.asks_after, view.cost.skip_path, view.cost.kv_only, 1e-6 * view.full
     fixed = view.fixed_after()
-    may_process = view.spent + view.layer_cost + fixed + a * kv <= cap + eps
-    must_process = (view.spent + kv + fixed + a * view.layer_cost < floor - eps) & may_process
+    may_process = view.spent + view.layer_cost + fixed + a * skip <= cap + eps
+    must_process = (view.spent + skip + fixed + a * view.layer_cost < floor - eps) & may_process
     # EXIT turns every later layer into a K/V-only path; a plan that PROCESSes a later layer forbids it
     may_exit = (view.spent + (view.kept_after + 1) * kv >= floor - eps) & (not view.process_fixed_after)
     return Guards(must_process, may_process, may_exit)
@@ -90,7 +90,7 @@ class PacedController:
         if (b != b[0]).any():
             raise ValueError("a planned controller needs one energy_budget for the whole batch; run rows with different budgets separately")
         cost = self.profiler.executor.cost
-        return budget_plan(self.profiler.rank, float(b[0]), self.plan_config, cost.kv_fraction())
+        return budget_plan(self.profiler.rank, float(b[0]), self.plan_config, cost.skip_fraction(), cost.drop_fraction())
 
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

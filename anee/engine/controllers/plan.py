@@ -35,15 +35,16 @@ class PlanConfig:
         self.skip_share = real("plan skip_share", self.skip_share, 0.0, 1.0)
 
 
-def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, kv_fraction: float) -> torch.Tensor:
-    """Plan [L] for `budget` given layer ranks (0 = most important) and the K/V-only path's
-    fraction of a layer: DROP / ASK / PROCESS per layer."""
+def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, skip_fraction: float, drop_fraction: float = 0.0) -> torch.Tensor:
+    """Plan [L] for `budget` given layer ranks (0 = most important) and what a SKIPPED layer (K/V-only
+    path plus bypass) and a DROPPED one (its bypass) cost as fractions of a layer: DROP / ASK /
+    PROCESS per layer."""
     L = rank.numel()
     to_save = (1.0 - budget) * L  # layers' worth of compute
     marginal = min(config.marginal, L)
     if config.skip_share > 0:  # ask no more layers than the budget needs skipped (budget 1.0: none, the full model)
-        marginal = min(marginal, math.floor(to_save / (config.skip_share * (1.0 - kv_fraction)) + 1e-9))
-    drop = round(to_save - config.skip_share * marginal * (1.0 - kv_fraction))
+        marginal = min(marginal, math.floor(to_save / (config.skip_share * (1.0 - skip_fraction)) + 1e-9))
+    drop = round((to_save - config.skip_share * marginal * (1.0 - skip_fraction)) / (1.0 - drop_fraction))
     drop = max(0, min(drop, L - marginal))
     order = torch.argsort(rank, descending=True, stable=True)  # least important first
     plan = torch.full((L,), PROCESS, dtype=torch.long)

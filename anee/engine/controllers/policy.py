@@ -96,7 +96,7 @@ class PolicyNet(Checkpointable, torch.nn.Module):
         policy = cls(config["num_features"], config["hidden"], config["hidden_size"], config["rank"])
         k = integer("skip_offsets", config["skip_offsets"], 0, 4096)
         policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))  # shapes; values come from the file
-        policy.trained_for = {key: config[key] for key in TRAINED_FOR}
+        policy.trained_for = {**{key: config[key] for key in TRAINED_FOR}, **{key: config.get(key) for key in TRAINED_FOR_OPTIONAL}}
         check_trained_for(policy.trained_for)
         policy.plan_config()  # validates the stored plan and pacing
         policy.pacing_config()
@@ -119,31 +119,36 @@ class PolicyNet(Checkpointable, torch.nn.Module):
         return PacingConfig(**self.trained_for.get("pacing", {}))
 
 
-TRAINED_FOR = ("kind", "num_layers", "features", "plan", "pacing", "extra")
+TRAINED_FOR = ("kind", "num_layers", "features", "plan", "pacing", "extra")  # required in a checkpoint's config
+TRAINED_FOR_OPTIONAL = ("bypass", "seed")
 
 
 def check_trained_for(trained_for: dict) -> None:
     """TypeError unless each entry has its type (a JSON config may hold anything): kind str, num_layers
-    int, features a list of str, plan a dict or None, pacing and extra dicts."""
+    int, features a list of str, plan a dict or None, pacing and extra dicts, bypass a label or None,
+    seed a non-negative int or None."""
     t = trained_for
     integer("num_layers", t["num_layers"], 1)
     ok = {"kind": isinstance(t["kind"], str),
           "features": isinstance(t["features"], list) and all(isinstance(f, str) for f in t["features"]),
           "plan": t["plan"] is None or isinstance(t["plan"], dict), "pacing": isinstance(t["pacing"], dict),
-          "extra": isinstance(t["extra"], dict)}
+          "extra": isinstance(t["extra"], dict), "bypass": t.get("bypass") is None or isinstance(t["bypass"], str),
+          "seed": t.get("seed") is None or (isinstance(t["seed"], int) and not isinstance(t["seed"], bool) and t["seed"] >= 0)}
     bad = [key for key, good in ok.items() if not good]
     if bad:
         raise TypeError(f"{', '.join(bad)} of the wrong type ({', '.join(f'{k}={t[k]!r}' for k in bad)})")
 
 
 def save_policy(path: str | Path, policy: PolicyNet, kind: str, num_layers: int, extra: dict[str, str] | None = None,
-                plan: PlanConfig | None = None, pacing: PacingConfig | None = None) -> Path:
+                plan: PlanConfig | None = None, pacing: PacingConfig | None = None, bypass: str | None = None,
+                seed: int | None = None) -> Path:
     """Write the policy with what it was trained for: `kind` ("warmstart", "rl"), the model depth,
-    the profiler features, and the layer plan and per-token band (None: asked at every layer / the
-    default band)."""
+    the profiler features, the layer plan and per-token band (None: asked at every layer / the
+    default band), the layer bypass it ran with (its label; None: the identity) and its seed."""
     policy.trained_for = {"kind": kind, "num_layers": num_layers, "features": list(FEATURES),
                           "plan": dataclasses.asdict(plan) if plan is not None else None,
-                          "pacing": dataclasses.asdict(pacing or PacingConfig()), "extra": dict(extra or {})}
+                          "pacing": dataclasses.asdict(pacing or PacingConfig()), "bypass": bypass, "seed": seed,
+                          "extra": dict(extra or {})}
     return policy.save(path)
 
 

@@ -82,15 +82,16 @@ def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int
     return (kl - lagrangian_price(kl, units, target, iters) * units).argmin(0)
 
 
-def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, kv_fraction: float, overhead: float = 0.0,
+def oracle_allocation(p: SkipProfiles, num_layers: int, net_saved: float, skip_fraction: float, overhead: float = 0.0,
                       iters: int = 60) -> np.ndarray:
     """Index into `p.skips` per token [N]: least total KL with mean net saving >= `net_saved`
-    (per token: k (1 - kv_fraction) / L - overhead). Raises if even the largest k cannot reach it."""
-    saving = p.skips * (1 - kv_fraction) / num_layers - overhead
+    (per token: k (1 - skip_fraction) / L - overhead, a skipped layer costing `skip_fraction` of a
+    processed one: its K/V-only path and bypass). Raises if even the largest k cannot reach it."""
+    saving = p.skips * (1 - skip_fraction) / num_layers - overhead
     if saving.max() < net_saved:
         raise ValueError(f"skipping {p.skips.max()} layers saves {saving.max():.3f} net < target {net_saved}")
     # the saving is affine in k, so the target is a mean number of skipped layers
-    return lagrangian_pick(p.kl, p.skips, (net_saved + overhead) * num_layers / (1 - kv_fraction), iters)
+    return lagrangian_pick(p.kl, p.skips, (net_saved + overhead) * num_layers / (1 - skip_fraction), iters)
 
 
 def oracle_ppl(p: SkipProfiles, pick: np.ndarray) -> float:

@@ -148,8 +148,8 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
 
 def price_to_lam(price: float, cost, num_layers: int) -> float:
     """A price in KL per skipped marginal layer as `lam` (per unit of layer fraction): skipping one
-    layer lowers a token's fraction by (1 - K/V share) / L."""
-    return price * num_layers / (1.0 - cost.kv_fraction())
+    layer lowers a token's fraction by (1 - SKIP path's share) / L."""
+    return price * num_layers / (1.0 - cost.skip_fraction())
 
 
 def _draw_budgets(cfg: RLConfig, g: torch.Generator) -> torch.Tensor:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...core.actions import PROCESS, SKIP, pattern_decisions
-from ...core.cost import CostReport, static_cost
+from ...core.actions import EXIT, PROCESS, SKIP, pattern_decisions
+from ...core.cost import CostReport, bypassed, static_cost
 from ...core.outputs import MethodOutput, Trace
 from ...engine.controllers.budget import BudgetController
 from ...engine.controllers.entropy_exit import EntropyExitController
@@ -59,14 +59,17 @@ class WindowScores:
 
 def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor, bits: Sequence[int] | None = None) -> torch.Tensor:
     """Weight bytes per token [B, T] of an executor trace: processed blocks at `bits` (default fp32),
-    K/V projections only for skipped/exited ones, the fp32 head once plus 4 bytes per overhead MAC
-    (overhead here is logit-lens checks, i.e. LM-head reads)."""
+    K/V projections only for skipped/exited ones, nothing for dropped ones, the bypass's fp32 weights
+    where it runs, the fp32 head once plus 4 bytes per overhead MAC (at batch 1 every MAC of a
+    controller or logit-lens check reads one weight)."""
     L = trace.decisions.shape[-1]
     bits = [FP32] * L if bits is None else list(bits)
     kv = 4.0 * executor.cost.kv_proj
     processed = torch.tensor([bank.layer_bytes(i, b) for i, b in enumerate(bits)], dtype=torch.float64)
     proc = (trace.decisions == PROCESS).double()
-    return bank.head_bytes + (proc * processed).sum(-1) + ((1 - proc) * kv).sum(-1) + 4.0 * trace.overhead_macs
+    kv_only = ((trace.decisions == SKIP) | (trace.decisions == EXIT)).double()
+    by = bypassed(trace.decisions).double() * 4.0 * executor.cost.bypass
+    return bank.head_bytes + (proc * processed).sum(-1) + (kv_only * kv).sum(-1) + by.sum(-1) + 4.0 * trace.overhead_macs
 
 
 def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor, full_cost: Callable) -> WindowScores:
@@ -126,11 +129,13 @@ class Strategies:
 
         return _score(method, windows, self.full_macs)
 
-    # ---- ANEE budget policy -------------------------------------------------------------------
-    def anee(self, windows: torch.Tensor, budget: float) -> WindowScores:
+    # ---- ANEE: a controller (default the simple budget policy) in an executor (default identity) ------
+    def anee(self, windows: torch.Tensor, budget: float, controller=None, executor: AdaptiveExecutor | None = None) -> WindowScores:
+        controller, ex = controller or BudgetController(), executor or self.ex
+
         def method(ids):
-            res = self.ex.forward(ids, controller=BudgetController(), budget=budget)
-            return MethodOutput(res.logits, res.trace.cost(self.ex.cost)), trace_bytes(res.trace, self.bank, self.ex)
+            res = ex.forward(ids, controller=controller, budget=budget)
+            return MethodOutput(res.logits, res.trace.cost(ex.cost)), trace_bytes(res.trace, self.bank, ex)
 
         return _score(method, windows, self.full_macs)
 

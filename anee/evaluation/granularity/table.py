@@ -80,6 +80,7 @@ def granularity_table(
     seg_scores: Mapping[float, WindowScores],
     prog_scores: Mapping[float, tuple[WindowScores, float, float]],
     anee_scores: Mapping[float, WindowScores],
+    anee_name: str = "ANEE budget",
     bn_table: pd.DataFrame,
     frontier06: Path,
 ) -> pd.DataFrame:
@@ -95,7 +96,7 @@ def granularity_table(
     rows += [lm_row("segment precision", "fine", f"budget={b}", BYTES, sc, bank, budget=b) for b, sc in seg_scores.items()]
     rows += [lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", BYTES, sc, bank, budget=b)
              for b, (sc, frac, _thr) in prog_scores.items()]
-    rows += [lm_row("ANEE budget", "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b)
+    rows += [lm_row(anee_name, "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b)
              for b, sc in anee_scores.items()]
     rows += branchynet_rows(bn_table)
     rows += frontier06_rows(frontier06)

@@ -2,7 +2,8 @@
 
 - `full`: every layer processed.
 - `block_influence`: static removal of the `n_removed` layers with the lowest Block Influence
-  (ShortGPT: BI = 1 - cos(h_in, h_out), averaged over calibration tokens of the valid split).
+  (ShortGPT: BI = 1 - cos(h_in, h_out), averaged over calibration tokens of the valid split);
+  with `bypass=True` each removed layer is replaced by its learned bypass (charged).
 - `logit_lens`: every token stops after `depth` layers and is decoded through the final norm and
   LM head.
 - `anee_budget`: ANEE's simple budget policy at `budget`.
@@ -12,7 +13,7 @@ Static methods pay nothing for the layers they drop: no token ever reads those l
 
 from __future__ import annotations
 
-from ...core.actions import EXIT, PROCESS, SKIP, pattern_decisions
+from ...core.actions import DROP, EXIT, PROCESS, pattern_decisions
 from ...core.cost import static_cost
 from ...core.outputs import MethodOutput
 from ...engine.controllers.budget import BudgetController
@@ -28,18 +29,18 @@ def full_model(ctx: EvalContext) -> Method:
     return run
 
 
-def block_influence_removal(ctx: EvalContext, n_removed: int) -> Method:
+def block_influence_removal(ctx: EvalContext, n_removed: int, bypass: bool = False) -> Method:
     if "block_influence" not in ctx.extras:
         if ctx.calibration_ids is None:
             raise ValueError("block_influence needs calibration_ids (valid split) in the EvalContext")
         ctx.extras["block_influence"] = block_influence(ctx.executor, ctx.calibration_ids)
-    L = ctx.adapter.num_layers
+    L, executor = ctx.adapter.num_layers, ctx.executor_for(bypass)
     removed = set(removal_order(ctx.extras["block_influence"])[:n_removed])
-    pattern = [SKIP if i in removed else PROCESS for i in range(L)]
+    pattern = [DROP if i in removed else PROCESS for i in range(L)]  # removed: nobody reads their K/V
 
     def run(ids):
-        out = ctx.executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
-        return MethodOutput(out.logits, static_cost(ctx.cost, out.trace.context, L - n_removed))
+        out = executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
+        return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - n_removed))
 
     return run
 
@@ -55,11 +56,11 @@ def logit_lens_exit(ctx: EvalContext, depth: int) -> Method:
     return run
 
 
-def anee_budget(ctx: EvalContext, budget: float, exit_threshold: float = 0.0) -> Method:
-    controller = BudgetController(exit_threshold)
+def anee_budget(ctx: EvalContext, budget: float, exit_threshold: float = 0.0, bypass: bool = False) -> Method:
+    controller, executor = BudgetController(exit_threshold), ctx.executor_for(bypass)
 
     def run(ids):
-        out = ctx.executor.forward(ids, controller=controller, budget=budget)
-        return MethodOutput(out.logits, out.trace.cost(ctx.cost))
+        out = executor.forward(ids, controller=controller, budget=budget)
+        return MethodOutput(out.logits, out.trace.cost(executor.cost))
 
     return run

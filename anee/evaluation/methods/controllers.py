@@ -10,8 +10,9 @@
   layer pays its K/V-only path and every layer pays the controller).
 
 Checkpoints are read from `ctx.extras["checkpoint_dir"]`: `profiler.safetensors` (notebook 02;
-rebuilt from `ctx.calibration_ids` when absent), `warmstart.safetensors` and
-`warmstart_profiler_only.safetensors` (03), `rl.safetensors` (04).
+rebuilt from `ctx.calibration_ids` when absent), `warmstart-s<seed>.safetensors` and
+`warmstart_profiler_only-s<seed>.safetensors` (03), `rl-s<seed>.safetensors` (04). A policy trained
+with the layer bypass runs in `ctx.bypass_executor`; `bypass=True` runs the heuristic there too.
 Costs include the profiler's entropy estimator and the policy MLP.
 """
 
@@ -24,11 +25,16 @@ from ...engine.controllers.heuristic import HeuristicController
 from ...engine.controllers.learned import LearnedController, load_controller
 from ...engine.controllers.plan import PlanConfig
 from ...engine.controllers.policy import load_policy
+from ...engine.executor import AdaptiveExecutor
 from ...engine.profiler import Profiler, calibrate_profiler
 from ..context import EvalContext, Method
 
-PROFILER_FILE, WARMSTART_FILE, RL_FILE = "profiler.safetensors", "warmstart.safetensors", "rl.safetensors"
-BLIND_FILE = "warmstart_profiler_only.safetensors"  # the warm-start without the residual-stream read (ablation)
+PROFILER_FILE = "profiler.safetensors"
+
+
+def policy_file(kind: str, seed: int = 0) -> str:
+    """File name of a saved policy: kind "warmstart", "warmstart_profiler_only" or "rl", per seed."""
+    return f"{kind}-s{seed}.safetensors"
 
 
 def checkpoint_dir(ctx: EvalContext) -> Path:
@@ -37,53 +43,65 @@ def checkpoint_dir(ctx: EvalContext) -> Path:
     return Path(ctx.extras["checkpoint_dir"])
 
 
-def get_profiler(ctx: EvalContext) -> Profiler:
-    """The profiler from the checkpoint folder, else calibrated on `ctx.calibration_ids` (cached)."""
-    if "anee_profiler" not in ctx.extras:
+def get_profiler(ctx: EvalContext, executor: AdaptiveExecutor) -> Profiler:
+    """The profiler from the checkpoint folder, else calibrated on `ctx.calibration_ids`, bound to
+    `executor` (its costs, bypass included, set the controllers' plans); cached per executor."""
+    key = ("anee_profiler", id(executor))
+    if key not in ctx.extras:
         path = checkpoint_dir(ctx) / PROFILER_FILE
         if path.is_file():
-            ctx.extras["anee_profiler"] = Profiler.from_checkpoint(path, ctx.executor)
+            ctx.extras[key] = Profiler.from_checkpoint(path, executor)
         elif ctx.calibration_ids is not None:
-            ctx.extras["anee_profiler"] = calibrate_profiler(ctx.executor, ctx.calibration_ids)
+            ctx.extras[key] = calibrate_profiler(executor, ctx.calibration_ids)
         else:
             raise ValueError(f"{path} not found and no calibration_ids to build it: run notebook 02 first")
-    return ctx.extras["anee_profiler"]
+    return ctx.extras[key]
 
 
-def _method(ctx: EvalContext, controller, budget: float):
+def _method(executor: AdaptiveExecutor, controller, budget: float) -> Method:
     def run(ids):
-        out = ctx.executor.forward(ids, controller=controller, budget=budget)
-        return MethodOutput(out.logits, out.trace.cost(ctx.cost))
+        out = executor.forward(ids, controller=controller, budget=budget)
+        return MethodOutput(out.logits, out.trace.cost(executor.cost))
 
     return run
 
 
 def shared_plan(ctx: EvalContext) -> PlanConfig:
-    """The learned controllers' layer plan (from the warm-start checkpoint), else the default."""
-    path = checkpoint_dir(ctx) / WARMSTART_FILE
+    """The learned controllers' layer plan (from the seed-0 warm-start checkpoint), else the default."""
+    path = checkpoint_dir(ctx) / policy_file("warmstart")
     return (load_policy(path, ctx.adapter.num_layers).plan_config() or PlanConfig()) if path.is_file() else PlanConfig()
 
 
-def anee_heuristic(ctx: EvalContext, budget: float) -> Method:
-    return _method(ctx, HeuristicController(get_profiler(ctx), plan=shared_plan(ctx)), budget)
+def anee_heuristic(ctx: EvalContext, budget: float, bypass: bool = False) -> Method:
+    executor = ctx.executor_for(bypass)
+    return _method(executor, HeuristicController(get_profiler(ctx, executor), plan=shared_plan(ctx)), budget)
 
 
-def anee_heuristic_every_layer(ctx: EvalContext, budget: float) -> Method:
-    return _method(ctx, HeuristicController(get_profiler(ctx)), budget)
+def anee_heuristic_every_layer(ctx: EvalContext, budget: float, bypass: bool = False) -> Method:
+    executor = ctx.executor_for(bypass)
+    return _method(executor, HeuristicController(get_profiler(ctx, executor)), budget)
 
 
-def learned_controller(ctx: EvalContext, file: str) -> LearnedController:
-    """The saved policy `file` under the plan and pacing band it was trained with."""
-    return load_controller(checkpoint_dir(ctx) / file, get_profiler(ctx))
+def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
+    """The saved policy `file` under the plan and pacing band it was trained with, and the executor
+    it was trained in (with the bypass when it was trained with one); `bypass`, when given, must
+    agree with the checkpoint."""
+    path = checkpoint_dir(ctx) / file
+    trained_with = load_policy(path, ctx.adapter.num_layers).trained_for.get("bypass") is not None
+    if bypass is not None and bypass != trained_with:
+        raise ValueError(f"{path} was trained {'with' if trained_with else 'without'} the layer bypass; "
+                         f"evaluate it with bypass={trained_with}")
+    executor = ctx.executor_for(trained_with)
+    return executor, load_controller(path, get_profiler(ctx, executor))
 
 
-def anee_warmstart(ctx: EvalContext, budget: float) -> Method:
-    return _method(ctx, learned_controller(ctx, WARMSTART_FILE), budget)
+def anee_warmstart(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
+    return _method(*learned_controller(ctx, policy_file("warmstart", seed), bypass), budget)
 
 
-def anee_warmstart_profiler_only(ctx: EvalContext, budget: float) -> Method:
-    return _method(ctx, learned_controller(ctx, BLIND_FILE), budget)
+def anee_warmstart_profiler_only(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
+    return _method(*learned_controller(ctx, policy_file("warmstart_profiler_only", seed), bypass), budget)
 
 
-def anee_rl(ctx: EvalContext, budget: float) -> Method:
-    return _method(ctx, learned_controller(ctx, RL_FILE), budget)
+def anee_rl(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
+    return _method(*learned_controller(ctx, policy_file("rl", seed), bypass), budget)

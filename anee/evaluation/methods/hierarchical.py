@@ -6,7 +6,8 @@
 
 Settings: `capacity` (FFN fraction in [0.1, 0.9], 1.0 = all), `exits` (bool), `lens` ("tuned" or
 "logit": which checkpoint's exit gates decode the exits), `target_speedup` (overrides `capacity` by a
-binary search on the calibration windows), `exit_threshold` (gate probability to exit, default 0.5).
+binary search on the calibration windows), `exit_threshold` (gate probability to exit, default 0.5),
+`seed` (which of notebook 05's training seeds).
 Thresholds are calibrated on `ctx.calibration_ids` (validation split), never on test.
 """
 
@@ -20,13 +21,14 @@ from ...core.outputs import MethodOutput
 from ...hierarchical import HierarchicalModel
 from ..context import EvalContext
 
-CHECKPOINTS = {"tuned": "05_hierarchical_tuned.safetensors", "logit": "05_hierarchical_logit.safetensors"}
+LENSES = ("tuned", "logit")
 
 
-def checkpoint_path(checkpoint_dir: str | Path, lens: str = "tuned") -> Path:
-    if lens not in CHECKPOINTS:
-        raise ValueError(f"lens must be one of {sorted(CHECKPOINTS)}, got {lens!r}")
-    return Path(checkpoint_dir) / CHECKPOINTS[lens]
+def checkpoint_path(checkpoint_dir: str | Path, lens: str = "tuned", seed: int = 0) -> Path:
+    """Notebook 05's checkpoint of the model whose exits decode through `lens`, trained with `seed`."""
+    if lens not in LENSES:
+        raise ValueError(f"lens must be one of {LENSES}, got {lens!r}")
+    return Path(checkpoint_dir) / f"05_hierarchical_{lens}-s{seed}.safetensors"
 
 
 def calibration_windows(ids: torch.Tensor, window: int = 256, max_windows: int = 16) -> torch.Tensor:
@@ -41,14 +43,14 @@ def calibration_windows(ids: torch.Tensor, window: int = 256, max_windows: int =
 
 
 def hierarchical(ctx: EvalContext, capacity: float = 0.55, exits: bool = False, lens: str = "tuned",
-                 target_speedup: float | None = None, exit_threshold: float = 0.5, calib_window: int = 256):
+                 target_speedup: float | None = None, exit_threshold: float = 0.5, calib_window: int = 256, seed: int = 0):
     if "checkpoint_dir" not in ctx.extras:
         raise ValueError("hierarchical needs ctx.extras['checkpoint_dir'] (notebook 05 writes the checkpoints there)")
     if ctx.calibration_ids is None:
         raise ValueError("hierarchical needs calibration_ids (validation split) to calibrate its thresholds")
-    key = ("hierarchical", lens)
+    key = ("hierarchical", lens, seed)
     if key not in ctx.extras:
-        ctx.extras[key] = HierarchicalModel.load(checkpoint_path(ctx.extras["checkpoint_dir"], lens), ctx.model).eval()
+        ctx.extras[key] = HierarchicalModel.load(checkpoint_path(ctx.extras["checkpoint_dir"], lens, seed), ctx.model).eval()
     model: HierarchicalModel = ctx.extras[key]
     calib = calibration_windows(ctx.calibration_ids, calib_window)
     if target_speedup is not None:

@@ -195,3 +195,26 @@ def test_type_confused_policy_configs_give_a_value_error(tmp_path_factory, key, 
         assert str(path) in str(err) and PolicyNet.FIX in str(err)
     else:
         assert loaded.checkpoint_config() == {**config, "skip_offsets": 0}
+
+def test_policy_remembers_its_bypass_and_seed(tmp_path):
+    from anee.core.checkpoints import save_checkpoint
+
+    p = PolicyNet(len(FEATURES))
+    path = save_policy(tmp_path / "w.safetensors", p, "warmstart", 30, bypass="linear tuned", seed=2)
+    q = load_policy(path, 30)
+    assert q.trained_for["bypass"] == "linear tuned" and q.trained_for["seed"] == 2
+    assert q.trained_for == p.trained_for
+    plain = load_policy(save_policy(tmp_path / "p.safetensors", PolicyNet(len(FEATURES)), "rl", 30), 30)
+    assert plain.trained_for["bypass"] is None and plain.trained_for["seed"] is None  # the identity, no seed given
+    # a checkpoint written before the optional keys existed still loads (as the identity, no seed)
+    config = {k: v for k, v in p.checkpoint_config().items() if k not in ("bypass", "seed")}
+    save_checkpoint(tmp_path / "old.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    old = load_policy(tmp_path / "old.safetensors", 30, kind="warmstart")
+    assert old.trained_for["bypass"] is None and old.trained_for["seed"] is None
+    x = torch.randn(3, len(FEATURES))
+    assert torch.equal(old(x), p(x))
+    # the required keys stay required
+    del config["plan"]
+    save_checkpoint(tmp_path / "broken.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    with pytest.raises(ValueError, match="does not describe a valid PolicyNet.*'plan'.*notebook 03"):
+        load_policy(tmp_path / "broken.safetensors", 30)

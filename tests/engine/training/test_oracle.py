@@ -16,7 +16,7 @@ def _profiles():
 
 def test_oracle_gives_robust_tokens_the_skips():
     p = _profiles()
-    pick = oracle_allocation(p, num_layers=4, net_saved=0.25, kv_fraction=0.0)
+    pick = oracle_allocation(p, num_layers=4, net_saved=0.25, skip_fraction=0.0)
     # mean k must reach 1 (saving k/4 >= 0.25): the robust tokens take 2 skips, the others none
     assert pick.tolist() == [2, 2, 0, 0]
     assert oracle_ppl(p, pick) == pytest.approx(np.exp(np.log([12, 12, 10, 10]).mean()))
@@ -26,10 +26,10 @@ def test_oracle_gives_robust_tokens_the_skips():
 def test_costs_raise_the_needed_skips_and_unreachable_targets_fail():
     p = _profiles()
     # K/V-only path at half a layer: saving per skipped layer halves, so mean k must reach 2
-    pick = oracle_allocation(p, num_layers=4, net_saved=0.25, kv_fraction=0.5)
+    pick = oracle_allocation(p, num_layers=4, net_saved=0.25, skip_fraction=0.5)
     assert p.skips[pick].mean() == 2
     with pytest.raises(ValueError, match="net"):
-        oracle_allocation(p, num_layers=4, net_saved=0.3, kv_fraction=0.5)
+        oracle_allocation(p, num_layers=4, net_saved=0.3, skip_fraction=0.5)
     assert static_ppl(p, 0.5) == pytest.approx(np.exp((np.log(10) + np.log([11, 11, 30, 30]).mean()) / 2))
 
 

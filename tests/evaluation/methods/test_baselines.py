@@ -1,16 +1,19 @@
-"""Baselines: static removal equals skipping (the surgery check), costs and the removal order."""
+"""Baselines: static removal equals skipping (the surgery check), costs and the removal order, and
+removal with the layer bypass (run in the bypass executor, charged)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _anee_tiny import random_bypass
 from _surgery import removed_layers
 from conftest import VOCAB, tiny_llama
 
-from anee import AdaptiveExecutor, adapter_for
+from anee import DROP, PROCESS, AdaptiveExecutor, adapter_for
 from anee.engine.importance import block_influence, removal_order
 from anee.evaluation.context import EvalContext
 from anee.evaluation.frontier import run_frontier
+from anee.evaluation.methods import METHODS
 
 
 def test_removal_surgery_equals_skipping_and_restores_the_model():
@@ -46,7 +49,31 @@ def test_baselines_cost_and_order():
     ctx = EvalContext(model, None, ex, calibration_ids=ids, extras={"block_influence": influence})
     results = run_frontier(ctx, [("full", {}), ("block_influence", {"n_removed": 2}), ("logit_lens", {"depth": 3}),
                                  ("anee_budget", {"budget": 0.5})], ids[:, :120], window=64, stride=32)
-    full, bi, lens, budget = results
+    assert results.method.tolist() == ["full", "block_influence", "logit_lens", "anee_budget"]
+    full, bi, lens, budget = (row for _, row in results.iterrows())
     assert bi.layer_fraction == pytest.approx(4 / 6) and lens.layer_fraction == pytest.approx(3 / 6)
     assert budget.layer_fraction <= 0.5 + 1e-9
     assert full.ppl != bi.ppl
+
+
+@torch.no_grad()
+def test_block_influence_with_the_bypass_runs_it_and_pays_for_it():
+    model = tiny_llama(n_layer=6)
+    adapter = adapter_for(model)
+    ex = AdaptiveExecutor(adapter)
+    bx = AdaptiveExecutor(adapter, bypass=random_bypass("diag_lowrank", adapter.dims.hidden, 6, rank=4, seed=3))
+    influence = torch.tensor([0.9, 0.2, 0.05, 0.3, 0.1, 0.8])  # removal order 2, 4, 1, ...
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(4))
+    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": influence}, bypass_executor=bx)
+    pattern = torch.tensor([PROCESS, PROCESS, DROP, PROCESS, DROP, PROCESS], dtype=torch.int8).expand(1, 24, 6)
+    out = METHODS["block_influence"](ctx, n_removed=2, bypass=True)(ids)
+    assert torch.equal(out.logits, bx.forward(ids, decisions=pattern).logits)
+    context = torch.arange(1, 25, dtype=torch.float64)[None]
+    assert bx.cost.drop_path == 48 + 2 * 4 * 48
+    assert torch.allclose(out.cost.layer_macs, 4 * bx.cost.layer(context) + 2 * bx.cost.drop_path, rtol=1e-12)
+    plain = METHODS["block_influence"](ctx, n_removed=2)(ids)
+    assert torch.equal(plain.logits, ex.forward(ids, decisions=pattern).logits)
+    assert torch.allclose(plain.cost.layer_macs, 4 * ex.cost.layer(context), rtol=1e-12)
+    assert not torch.allclose(plain.logits, out.logits, atol=1e-3)
+    with pytest.raises(ValueError, match="set EvalContext.bypass_executor"):
+        METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}), n_removed=2, bypass=True)

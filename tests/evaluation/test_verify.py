@@ -1,0 +1,121 @@
+"""`make verify`: a fresh results/ against the committed one, with a tolerance per kind of quantity."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from anee.evaluation.verify import (
+    EVAL_RTOL,
+    RULES,
+    SPREAD_FACTOR,
+    Reference,
+    Rule,
+    compare_files,
+    main,
+    reference_spreads,
+)
+
+
+def csv(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+EVAL = csv(pd.DataFrame({"method": ["full", "bi"], "setting": ["", "n=3"], "ppl": [22.2, 30.0], "tokens": [4095, 4095]}))
+TRAINED = csv(pd.DataFrame({"method": ["rl"] * 3 + ["bi"], "seed": [0, 1, 2, -1], "ppl": [30.0, 31.0, 32.0, 40.0]}))
+
+
+def perturbed(text: str, column: str, row: int, value) -> str:
+    df = pd.read_csv(pd.io.common.StringIO(text))
+    if isinstance(value, float):
+        df[column] = df[column].astype(float)
+    df.loc[row, column] = value
+    return csv(df)
+
+
+def failures(committed: dict, fresh: dict, rules=(), references=None) -> list[tuple[str, str]]:
+    return [(c.file, c.column) for c in compare_files(committed, fresh, rules, references).failures]
+
+
+def test_identical_results_pass_and_every_value_is_compared():
+    files = {"06_frontier.csv": EVAL, "x.json": json.dumps({"a": 1.5, "b": {"c": "text"}})}
+    report = compare_files(files, dict(files), ())
+    assert report.ok and len(report.checks) == 2 * 4 + 2
+
+
+def test_evaluation_numbers_get_a_tight_relative_tolerance():
+    files = {"06_frontier.csv": EVAL}
+    inside = perturbed(EVAL, "ppl", 1, 30.0 * (1 + 0.5 * EVAL_RTOL))
+    outside = perturbed(EVAL, "ppl", 1, 30.0 * (1 + 3 * EVAL_RTOL))
+    assert failures(files, {"06_frontier.csv": inside}) == []
+    assert failures(files, {"06_frontier.csv": outside}) == [("06_frontier", "ppl")]
+
+
+def test_counts_and_labels_are_exact():
+    rules = (Rule("*", "exact", ("tokens", "method")),)
+    assert failures({"f.csv": EVAL}, {"f.csv": perturbed(EVAL, "tokens", 0, 4096)}, rules) == [("f", "tokens")]
+    assert failures({"f.csv": EVAL}, {"f.csv": perturbed(EVAL, "method", 1, "block")}, rules) == [("f", "method")]
+
+
+def test_trained_numbers_get_their_measured_seed_spread():
+    rules = (Rule("t", "trained", ("ppl",), keys=("method",)),)
+    spread = pd.Series([30.0, 31.0, 32.0]).std(ddof=1)  # 1.0
+    inside = perturbed(TRAINED, "ppl", 0, 30.0 + 0.9 * SPREAD_FACTOR * spread)
+    outside = perturbed(TRAINED, "ppl", 0, 30.0 + 1.1 * SPREAD_FACTOR * spread)
+    assert failures({"t.csv": TRAINED}, {"t.csv": inside}, rules) == []
+    assert failures({"t.csv": TRAINED}, {"t.csv": outside}, rules) == [("t", "ppl")]
+    # the deterministic row (one seed) keeps the tight tolerance
+    assert failures({"t.csv": TRAINED}, {"t.csv": perturbed(TRAINED, "ppl", 3, 40.1)}, rules) == [("t", "ppl")]
+
+
+def test_a_std_column_sets_the_tolerance_of_its_mean_and_a_reference_floors_it():
+    table = csv(pd.DataFrame({"method": ["rl"], "0.2": [30.0], "0.2_std": [0.5]}))
+    rules = (Rule("s", "trained"),)
+    assert failures({"s.csv": table}, {"s.csv": perturbed(table, "0.2", 0, 31.4)}, rules) == []
+    assert failures({"s.csv": table}, {"s.csv": perturbed(table, "0.2", 0, 31.6)}, rules) == [("s", "0.2")]
+    floored = (Rule("s", "trained", reference="bypass"),)
+    assert failures({"s.csv": table}, {"s.csv": perturbed(table, "0.2", 0, 31.6)}, floored, {"bypass": 0.02}) == []
+
+
+def test_bounds_decisions_timings_and_missing_files():
+    exact = csv(pd.DataFrame({"max_abs_logit_diff": [2e-5], "text": ["a b"]}))
+    rules = (Rule("e", "bound", ("max_abs_logit_diff",), bound=1e-4), Rule("e", "decision", ("text",)), Rule("*_timings", "skip"))
+    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "max_abs_logit_diff", 0, 9e-5)}, rules) == []
+    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "max_abs_logit_diff", 0, 2e-4)}, rules) == [("e", "max_abs_logit_diff")]
+    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "text", 0, "a c")}, rules) == []  # reported, not failed
+    assert failures({"05_timings.csv": EVAL}, {"05_timings.csv": perturbed(EVAL, "ppl", 0, 99.0)}, rules) == []
+    assert failures({"a.csv": EVAL}, {}, rules) == [("a", "(file)")]
+    assert failures({"a.csv": EVAL}, {"a.csv": csv(pd.read_csv(pd.io.common.StringIO(EVAL)).iloc[:1])}, rules) == [("a", "(rows)")]
+
+
+def test_reference_spreads_are_measured_in_the_committed_files():
+    families = csv(pd.DataFrame({"bypass": ["lin tuned"] * 3 + ["lin"], "split": ["test"] * 4, "tuned": [True] * 3 + [False],
+                                 "ppl_k3": [10.0, 11.0, 12.0, 50.0]}))
+    ref = Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "split"), where=(("tuned", True),))
+    assert ref.measure(pd.read_csv(pd.io.common.StringIO(families))) == pytest.approx(1.0 / 11.0)
+    spreads = reference_spreads({"02_bypass_families.csv": families})
+    assert spreads["bypass"] == pytest.approx(1.0 / 11.0) and spreads["controllers"] == 0.0
+
+
+def test_every_rule_names_a_known_kind_and_downstream_rules_say_why():
+    assert all(r.kind in ("exact", "eval", "decision", "trained", "bound", "skip") for r in RULES)
+    assert all(r.why for r in RULES if r.kind == "decision" and r.columns == ("*",))
+
+
+def test_command_line_fails_on_a_perturbed_number(tmp_path, monkeypatch, capsys):
+    """The CLI compares results/ with a commit of a git repository and exits non-zero naming the file and column."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "06_frontier.csv").write_text(EVAL)
+    for args in (["add", "-A"], ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qm", "results"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True)
+    monkeypatch.setenv("ANEE_OUTPUT_ROOT", str(tmp_path))
+    assert main([]) == 0
+    (tmp_path / "results" / "06_frontier.csv").write_text(perturbed(EVAL, "ppl", 1, 31.0))
+    assert main([]) == 1
+    out = capsys.readouterr()
+    assert "06_frontier" in out.out and "ppl" in out.out and "FAILED" in out.err
