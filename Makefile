@@ -36,11 +36,12 @@ lint: setup
 	$(PY) -m ruff check anee tests tools
 
 # Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/;
-# then the decode benchmark (a timings file), the README from the fresh results, and, when the
-# checkout has committed results, `make verify` against them.
+# then the decode benchmark and the INT8 benchmark (quality + a timings file), the README from the
+# fresh results, and, when the checkout has committed results, `make verify` against them.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
 	$(PY) -m anee.evaluation.bench
+	$(PY) -m anee.evaluation.int8_bench
 	$(PY) tools/make_readme.py
 	@if git cat-file -e HEAD:results/06_frontier.csv 2>/dev/null; then $(MAKE) --no-print-directory verify; fi
 
@@ -57,6 +58,7 @@ notebooks: setup
 
 bench: setup
 	$(PY) -m anee.evaluation.bench
+	$(PY) -m anee.evaluation.int8_bench
 
 readme: setup
 	$(PY) tools/make_readme.py

@@ -156,8 +156,10 @@ def grouped_layer_step(adapter: ModelAdapter, layer: int, h: torch.Tensor, pos, 
                        groups: Sequence[tuple[torch.Tensor, Callable[[], None]]]) -> torch.Tensor:
     """A block where each group (selected [B, T], apply) runs with the weights `apply()` puts in
     place: its tokens' Q/K/V, output projection and MLP use them, and attention runs once over the
-    K/V all groups wrote. No cache (a teacher-forced chunk)."""
+    K/V all groups wrote. The groups share the block's norms (computed once, with the first group's
+    weights in place, e.g. a smoothed block). No cache (a teacher-forced chunk)."""
     B, T = h.shape[:2]
+    groups[0][1]()
     x = adapter.attn_norm(layer, h)
     q_parts, k_parts, v_parts = [], [], []
     for selected, apply in groups:

@@ -12,11 +12,18 @@ layer each token is
 `bypass` is the executor's `BypassBank` (`anee.core.bypass`): a learned stand-in for the skipped
 layer's update, charged in every cost; without one (or with the identity family) it adds nothing.
 
+`weights` (e.g. `WeightBank.at(8)` from `anee.granularity.quantize`: real INT8 kernels) are put in
+place for each forward and the model's own restored after, so depth adaptivity and precision combine
+(the cost in MACs does not change with precision; weight bytes do, see `Weights.bits`).
+
 Because a token's decision depends only on its own state and the cache holds every position at
 every layer, running a sequence in one chunk or token by token gives the same logits and trace.
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 import torch
 
@@ -32,10 +39,21 @@ from .arguments import check_budget
 from .controllers.base import Controller, FullController, LayerView, layer_overhead
 
 
-class AdaptiveExecutor:
-    """Runs a HF causal LM's layers one by one under a controller; never modifies the weights."""
+class Weights(Protocol):
+    """Weights an executor runs with instead of the model's own: `applied()` puts them in place and
+    restores the model's own on exit (re-entrant); `bits` is the precision each layer reads."""
 
-    def __init__(self, adapter: ModelAdapter, min_layers: int = 0, bypass: BypassBank | None = None):
+    adapter: ModelAdapter
+    bits: tuple[int, ...]
+
+    def applied(self) -> AbstractContextManager: ...
+
+
+class AdaptiveExecutor:
+    """Runs a HF causal LM's layers one by one under a controller; leaves the model's weights as it
+    found them (with `weights`, each forward runs on those and restores the model's own after)."""
+
+    def __init__(self, adapter: ModelAdapter, min_layers: int = 0, bypass: BypassBank | None = None, weights: Weights | None = None):
         if bypass is not None and not isinstance(bypass, BypassBank):
             raise TypeError(f"bypass must be a BypassBank (anee.core.bypass) or None, got {type(bypass).__name__}")
         if bypass is not None and (bypass.num_layers, bypass.hidden) != (adapter.num_layers, adapter.dims.hidden):
@@ -43,7 +61,10 @@ class AdaptiveExecutor:
                              f"{adapter.num_layers} of width {adapter.dims.hidden}")
         if bypass is not None and bypass.config.target != "layer":
             raise ValueError(f"the executor needs a layer bypass, got target={bypass.config.target!r}")
+        if weights is not None and weights.adapter.model is not adapter.model:
+            raise ValueError("weights belong to another model's adapter: build the WeightBank from this executor's adapter")
         self.adapter = adapter
+        self.weights = weights
         self.bypass = None if bypass is None or bypass.is_identity else bypass
         self.cost = CostModel(adapter.dims, self.bypass.macs if self.bypass is not None else 0)
         self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers, what=" (the model's number of layers)")
@@ -68,8 +89,18 @@ class AdaptiveExecutor:
         """
         return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
 
+    def weights_applied(self) -> AbstractContextManager:
+        """The executor's `weights` in place (nothing without them): a generation loop enters it once
+        so that its per-token forwards swap nothing."""
+        return nullcontext() if self.weights is None else self.weights.applied()
+
     def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False) -> ExecutorOutput:
-        """`forward` without the no-grad guard, for training controllers or gates through it."""
+        """`forward` without the no-grad guard, for training controllers or gates through it (not
+        through INT8 kernel `weights`: they have no gradient)."""
+        with self.weights_applied():
+            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
+
+    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden) -> ExecutorOutput:
         adapter, L = self.adapter, self.adapter.num_layers
         check_input_ids(input_ids, adapter.dims.vocab)
         cache = cache if cache is not None else KVCache(L)

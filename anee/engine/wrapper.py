@@ -25,7 +25,7 @@ from .arguments import check_budget, check_prompts, check_seed
 from .config import ANEEConfig
 from .controllers.base import Controller, FullController
 from .controllers.budget import BudgetController
-from .executor import AdaptiveExecutor, check_input_ids
+from .executor import AdaptiveExecutor, Weights, check_input_ids
 from .sampling import SamplingConfig, next_token
 
 
@@ -42,7 +42,7 @@ class ANEEWrapper(nn.Module):
     """Wraps a HF causal LM (weights untouched) and runs it layer by layer under a controller."""
 
     def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None, controller: Controller | None = None,
-                 bypass: BypassBank | None = None):
+                 bypass: BypassBank | None = None, weights: Weights | None = None):
         super().__init__()
         if not isinstance(config, ANEEConfig):
             raise TypeError(f"config must be an ANEEConfig, got {type(config).__name__}")
@@ -56,7 +56,7 @@ class ANEEWrapper(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter_for(self.model)
-        self.executor = AdaptiveExecutor(self.adapter, config.min_layers, bypass=bypass)
+        self.executor = AdaptiveExecutor(self.adapter, config.min_layers, bypass=bypass, weights=weights)
         self.controller = controller or self._default_controller()
 
     def _default_controller(self) -> Controller:
@@ -109,23 +109,24 @@ class ANEEWrapper(nn.Module):
         mask = self._check_ids(input_ids, padding_mask, max_new_tokens)
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         B = input_ids.shape[0]
-        out = self.executor.forward(input_ids, controller=controller, budget=budget,
-                                    padding_mask=None if padding_mask is None else mask)
-        cache, traces, sequences = out.cache, [out.trace], input_ids
-        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        logits = out.logits[:, -1]
-        for _ in range(max_new_tokens):
-            token = next_token(logits, warpers, generator, sequences)
-            if eos_token_id is not None:
-                token = torch.where(finished, eos_token_id, token)
-                finished |= token == eos_token_id
-            sequences = torch.cat([sequences, token[:, None]], 1)
-            if sequences.shape[1] - input_ids.shape[1] == max_new_tokens or finished.all():
-                break
-            step = self.executor.forward(token[:, None], cache=cache, controller=controller, budget=budget,
-                                         padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool))
-            traces.append(step.trace)
-            logits = step.logits[:, -1]
+        with self.executor.weights_applied():  # once per generation, not per token
+            out = self.executor.forward(input_ids, controller=controller, budget=budget,
+                                        padding_mask=None if padding_mask is None else mask)
+            cache, traces, sequences = out.cache, [out.trace], input_ids
+            finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            logits = out.logits[:, -1]
+            for _ in range(max_new_tokens):
+                token = next_token(logits, warpers, generator, sequences)
+                if eos_token_id is not None:
+                    token = torch.where(finished, eos_token_id, token)
+                    finished |= token == eos_token_id
+                sequences = torch.cat([sequences, token[:, None]], 1)
+                if sequences.shape[1] - input_ids.shape[1] == max_new_tokens or finished.all():
+                    break
+                step = self.executor.forward(token[:, None], cache=cache, controller=controller, budget=budget,
+                                             padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool))
+                traces.append(step.trace)
+                logits = step.logits[:, -1]
         new = sequences[:, input_ids.shape[1] :]
         trace = Trace.cat(traces)
         full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)

@@ -332,6 +332,9 @@ RULES: tuple[Rule, ...] = (
     Rule("07_*", "decision", reference="controllers", why="the seed-0 RL controller; its seed spread is in 06"),
     # 08: BranchyNet over its seeds; the ANEE rows are the seed-0 RL controller, the selectors decide per window
     Rule("08_branchynet_runs", "trained", keys=("threshold",)), Rule("08_branchynet", "trained"),
+    Rule("int8_quality", "decision", ("int8_*",), rtol=DECISION_RTOL,
+         why="INT8 kernels round each activation to a code: a last-digit change upstream can move a code, and the "
+             "kernel's activation range (7 or 8 bits) depends on the CPU"),
     Rule("08_pool", "eval"),
     Rule("08_*", "decision", reference="controllers", why="selectors' per-window choices, the seed-0 RL controller and 06's rows"),
 )

@@ -20,6 +20,7 @@ fp32 model; the LM head is fp32 in every variant. MAC counts do not change with 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -112,6 +113,18 @@ def segment_schedule(bank: WeightBank, segs: list[list[int]], budget: float, lev
         for i in layers:
             pattern[i] = choice[s]
     return pattern
+
+
+def segment_budget(bank: WeightBank, segs: list[list[int]], cheap_segments: int, cheap_bits: int = 8, order: Sequence[int] | None = None) -> float:
+    """The byte budget (rounded up to 3 decimals) at which `segment_schedule` with levels
+    (fp32, `cheap_bits`) keeps the first segments in `order` at fp32 and runs the last
+    `cheap_segments` at `cheap_bits`."""
+    if not 0 <= cheap_segments <= len(segs):
+        raise ValueError(f"cheap_segments must be between 0 and {len(segs)}, got {cheap_segments}")
+    order = list(range(len(segs))) if order is None else list(order)
+    cheap = {i for s in order[len(segs) - cheap_segments:] for i in segs[s]}
+    pattern = [cheap_bits if i in cheap else FP32 for i in range(bank.adapter.num_layers)]
+    return math.ceil(1000 * bank.token_bytes(pattern) / bank.full_bytes) / 1000
 
 
 @torch.no_grad()

@@ -11,14 +11,17 @@
 #   rule on the LM through the logit lens;
 # * **fine** — per-segment precision switching under a byte budget, and progressive refinement (INT4
 #   pass, INT8 re-execution of uncertain tokens);
-# * **ANEE**'s budget policy and, when notebook 06 has written them, its frontier rows.
+# * **ANEE**'s budget policy, at fp32 and on INT8 kernels (budget × precision), and, when notebook 06
+#   has written them, its frontier rows.
 #
-# **Two cost units, stated per row.** Quantisation here is real (per-output-channel symmetric rounding
-# to 4 or 8 bits) but executed as de-quantised fp32 on this CPU, so it saves *weight bytes read per
-# token* (what a memory-bound batch-1 decoder pays), not multiplies: `rel_macs` stays 1. Depth and exit
-# strategies save both. Every LM row therefore reports `rel_macs` and `rel_bytes` (both relative to the
-# fp32 model incl. its fp32 LM head, which is tied to the embeddings and never quantised), and
-# `energy_unit` names the unit the strategy's budget is expressed in.
+# **Three energy proxies, stated per row.** Two are *counted*: multiply-accumulates (`rel_macs`) and
+# weight bytes read per token by a memory-bound batch-1 decoder (`rel_bytes`), both relative to the
+# fp32 model incl. its fp32 LM head (tied to the embeddings, never quantised); `energy_unit` names
+# the one a strategy's budget is expressed in. The fake-quant variants (per-output-channel symmetric
+# rounding to 4 or 8 bits, executed as de-quantised fp32) save bytes but no multiplies and, measured,
+# no time: they are the counted-bytes reference. The **real INT8** rows run torch's INT8 kernels on
+# smoothed blocks. The third proxy is *measured*: decode speed at batch 1 relative to fp32, every row
+# in one interleaved run (`08_decode_timings`, a timings file kept apart from the quality tables).
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
@@ -42,16 +45,17 @@ from anee.engine.importance import block_influence, removal_order
 from anee.evaluation.context import EvalContext
 from anee.evaluation.granularity.pool import (
     budget_violations,
+    kernel_specs,
     make_selectors,
     measure_pool,
     pool_specs,
-    pool_timings,
     quantisation_check,
     run_selectors,
     selector_budgets,
 )
+from anee.evaluation.granularity.speed import decode_speeds, with_predictions, with_speed
 from anee.evaluation.granularity.strategies import Strategies
-from anee.evaluation.granularity.table import describe_best, granularity_summary, granularity_table
+from anee.evaluation.granularity.table import decode_plan, describe_best, granularity_summary, granularity_table
 from anee.engine.controllers.learned import load_controller
 from anee.engine.profiler import Profiler
 from anee.evaluation.frontier import load_bypass
@@ -60,7 +64,8 @@ from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.seeds import summarize
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
 from anee.granularity.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
-from anee.granularity.precision import refinement_threshold, segment_schedule, segment_sensitivity, segments
+from anee.granularity.int8 import calibrate_smoothing, smoothed
+from anee.granularity.precision import refinement_threshold, segment_budget, segment_schedule, segment_sensitivity, segments
 from anee.granularity.quantize import FP32, WeightBank
 from anee.granularity.selection import ComplexityFeatures
 from anee.viz.granularity import granularity_figure
@@ -72,6 +77,7 @@ N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every 
 N_CAL = pick(PROFILE, quick=4, full=8)  # valid windows (calibration, selectors' training)
 N_SENS = pick(PROFILE, quick=1, full=2)  # valid windows for the segment-sensitivity probe
 BN_EPOCHS = pick(PROFILE, quick=25, full=60)
+DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(32, 2), full=(128, 3))  # measured decode speed
 
 model, tokenizer = load_model(MODEL)
 adapter = adapter_for(model)
@@ -82,6 +88,7 @@ calib = wikitext_tokens(tokenizer, "valid", max(N_CAL, 4) * WINDOW).view(-1, WIN
 ctx = EvalContext(model, tokenizer, executor, calibration_ids=calib.reshape(1, -1))
 bank = WeightBank(adapter, bits=(4, 8))
 S = Strategies(ctx, bank)
+CKPT = output_dir("results", PROFILE) / "checkpoints"
 print(f"{MODEL}: {L} layers; {N_TEST} test windows x {WINDOW} tokens, {N_CAL} valid windows")
 
 # %% [markdown]
@@ -108,17 +115,31 @@ influence = block_influence(executor, calib.reshape(1, -1), window=WINDOW, max_w
 D1, D2 = pick(PROFILE, quick=(6, 12), full=(6, 12))
 POOL_SPECS = pool_specs(removal_order(influence), D1, D2)  # name -> (bits, removed layers)
 pool = measure_pool(S, POOL_SPECS, test, calib)
-pool_rows = pool.table()
-save_table(pool_rows, "08_pool", PROFILE)
-pool_rows
 
 # %% [markdown]
-# Wall-clock per token (its own file: only timing files may change between reruns). Fake-quant runs
-# fp32 matmuls, so quantised variants are *not* faster here; only removed layers are.
+# ## Real INT8: smoothed blocks on INT8 kernels
+#
+# The real INT8 path (`anee.granularity.int8`) runs every linear map of a block with torch's
+# fbgemm/x86 dynamic INT8 kernel on the same 8-bit weight codes, each token's activations quantised
+# to 8 bits on their own range. First, activation outliers move into the weights (SmoothQuant,
+# alpha 0.5, calibrated on the valid split; saved as safetensors): the scales are powers of two and
+# folded into the RMSNorm weights and up_proj rows, so the smoothed fp32 model is bit-identical.
 
 # %%
-timings = pool_timings(executor, bank, POOL_SPECS, probe=test[:1], repeats=1)
-save_table(timings, "08_timings", PROFILE)
+smoothing = calibrate_smoothing(adapter, calib)
+smoothing.save(CKPT / "int8_smoothing.safetensors")
+with torch.no_grad():
+    ref_logits = executor.forward(test[:1]).logits
+    with smoothed(adapter, smoothing):
+        smooth_change = float((executor.forward(test[:1]).logits - ref_logits).abs().max())
+# NBVAL_CHECK_OUTPUT
+print("smoothed fp32 model, largest logit change:", smooth_change)
+kbank = WeightBank(adapter, bits=(8,), kernels=True, smoothing=smoothing)
+KS = Strategies(ctx, kbank)
+kpool = measure_pool(KS, kernel_specs(removal_order(influence), D1), test, calib)
+pool_rows = pd.concat([pool.table(), kpool.table()], ignore_index=True)
+save_table(pool_rows, "08_pool", PROFILE)
+pool_rows
 
 # %% [markdown]
 # ## Coarse selectors under a weight-byte budget
@@ -191,6 +212,17 @@ print("INT4 sensitivity per segment (NLL increase):", [round(s, 3) for s in sens
 for b, p in seg_patterns.items():
     print(b, [p[s[0]] for s in segs])
 
+# %% [markdown]
+# The same switching with real kernels: each segment runs fp32 or INT8 kernels (fake INT4 would cost
+# fp32 time), the INT8-sensitive segments keep fp32. Budgets put 2, 3 or 4 of the 6 segments at INT8.
+
+# %%
+ksens = segment_sensitivity(adapter, kbank, calib[:N_SENS], segs, bits=8)
+korder = list(np.argsort(ksens)[::-1])
+KSEG_BUDGETS = [segment_budget(kbank, segs, k, cheap_bits=8, order=korder) for k in pick(PROFILE, quick=[3], full=[2, 3, 4])]
+kseg_scores = {b: KS.schedule(test, segment_schedule(kbank, segs, b, levels=(FP32, 8), order=korder)) for b in KSEG_BUDGETS}
+print("INT8-kernel sensitivity per segment (NLL increase):", [round(s, 4) for s in ksens])
+
 # %%
 PROG_BUDGETS = [round(cheapest + f * int8_all, 3) for f in pick(PROFILE, quick=[0.2, 0.5], full=[0.15, 0.35, 0.7])]
 prog_scores = {}
@@ -205,7 +237,6 @@ for budget in PROG_BUDGETS:
 
 # %%
 ANEE_BUDGETS = pick(PROFILE, quick=[0.6, 0.9], full=[0.6, 0.8, 0.9])
-CKPT = output_dir("results", PROFILE) / "checkpoints"
 bypass = load_bypass(CKPT, adapter)
 if bypass is not None and (CKPT / policy_file("rl", SEED)).is_file():
     anee_executor = AdaptiveExecutor(adapter, bypass=bypass)
@@ -214,6 +245,9 @@ if bypass is not None and (CKPT / policy_file("rl", SEED)).is_file():
 else:
     anee_executor, anee_controller, ANEE_NAME = executor, None, "ANEE budget"
 anee_scores = {b: S.anee(test, b, anee_controller, anee_executor) for b in ANEE_BUDGETS}
+# budget x precision: the same controller and bypass on INT8 kernels
+anee_int8_executor = AdaptiveExecutor(adapter, bypass=anee_executor.bypass, weights=kbank.at(8))
+anee_int8_scores = {b: S.anee(test, b, anee_controller, anee_int8_executor) for b in ANEE_BUDGETS}
 print(ANEE_NAME)
 
 # %% [markdown]
@@ -223,15 +257,28 @@ print(ANEE_NAME)
 # Rows from notebook 06 beyond the baselines already run here (learned ANEE controllers, hierarchical
 # model) are added only if 06 has run; their perplexity is relative to 06's own full-model row.
 frontier06 = output_dir("results", PROFILE) / "06_frontier.csv"
-table = granularity_table(bank=bank, pool_test=pool.test, sel_table=sel_table, exit_checks=EXIT_CHECKS,
-                          exit_scores=exit_scores, seg_scores=seg_scores, prog_scores=prog_scores,
-                          anee_scores=anee_scores, anee_name=ANEE_NAME, bn_table=bn_table, frontier06=frontier06)
+parts = dict(bank=bank, pool_test={**pool.test, **kpool.test}, sel_table=sel_table, exit_checks=EXIT_CHECKS,
+             exit_scores=exit_scores, seg_scores=seg_scores, prog_scores=prog_scores, anee_scores=anee_scores,
+             anee_name=ANEE_NAME, bn_table=bn_table, frontier06=frontier06, kernel_seg_scores=kseg_scores,
+             anee_int8_scores=anee_int8_scores, choices=choices)
+table = granularity_table(**parts)
 print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:", int((table.granularity == "06").sum()))
 save_table(table, "08_granularity", PROFILE)
-table.round(4)
+
+# %% [markdown]
+# Measured decode speed of every row (batch 1, greedy, one thread, `DECODE_TOKENS` new tokens, all
+# rows interleaved in one run, minimum over `DECODE_ROUNDS` rounds), beside the cost model's
+# prediction (1 / the row's counted energy). Selectors and progressive refinement are *composed* from
+# the measured runs of what they execute.
 
 # %%
-fig = granularity_figure(table, bn_table)
+speeds = with_predictions(decode_speeds(model, tokenizer, decode_plan(**parts), DECODE_TOKENS, DECODE_ROUNDS), table)
+save_table(speeds, "08_decode_timings", PROFILE)
+shown = with_speed(table, speeds)
+shown.round(4)
+
+# %%
+fig = granularity_figure(shown, bn_table)
 save_figure(fig, "08_granularity", PROFILE)
 
 # %%
@@ -287,6 +334,13 @@ assert (qcheck.max_levels_per_channel <= 2 ** qcheck.bits).all() and (qcheck.max
 assert pool_rows.set_index("variant").loc["int4", "rel_macs"] == 1.0
 assert pool_rows.set_index("variant").loc["int4", "rel_bytes"] < pool_rows.set_index("variant").loc["int8", "rel_bytes"] < 0.5
 assert pool.test["int8"].ppl < 1.05 * fp32_ppl < pool.test["int4"].ppl
+# real INT8: smoothing is exact in fp32, kernels keep quality, run INT8 modules and decode faster than fp32
+assert smooth_change <= 1e-4 and kbank.restored and bank.restored
+assert kpool.test["int8-kernel"].ppl < 1.05 * fp32_ppl
+for b, sc in kseg_scores.items():
+    assert sc.rel_bytes(kbank) <= b + 1e-9
+sp = speeds.set_index(["strategy", "setting"]).speed_rel_fp32
+assert sp[("variant int8-kernel", "int8-kernel")] > 1.1 and not speeds.speed_rel_fp32[speeds.source != "none"].isna().any()
 # BranchyNet: exits save compute; the no-exit end of the sweep is accurate
 assert bn_table.avg_macs.is_monotonic_decreasing and bn_table.accuracy.iloc[0] > 0.9
 assert bn_table.rel_macs.iloc[-1] < 0.2 and bn_table.exit1_frac.iloc[-1] == 1.0

@@ -109,7 +109,7 @@ def test_one_weight_group_equals_layer_step(tiny_model):
     out = grouped_layer_step(adapter, LAYER, h, pos, CAUSAL, [(torch.ones(2, 10, dtype=torch.bool), lambda: calls.append("apply"))])
     ref = layer_step(adapter, LAYER, h, pos, None, CAUSAL)
     assert torch.allclose(out, ref, atol=ATOL)
-    assert calls == ["apply", "apply"]  # once before the group's Q/K/V, once before its O and MLP
+    assert calls == ["apply"] * 3  # before the shared norm, before the group's Q/K/V, before its O and MLP
     causal = torch.ones(10, 10, dtype=torch.bool).tril()
     assert torch.allclose(grouped_layer_step(adapter, LAYER, h, pos, causal, [(torch.ones(2, 10, dtype=torch.bool), lambda: None)]),
                           ref, atol=ATOL)

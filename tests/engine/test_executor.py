@@ -6,6 +6,8 @@ the executor's running cost is the trace's cost."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from _anee_tiny import random_bypass
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from anee import AdaptiveExecutor, BudgetController, CostModel, FixedController, adapter_for
+from anee import AdaptiveExecutor, ANEEConfig, ANEEWrapper, BudgetController, CostModel, FixedController, adapter_for
 from anee.core.actions import ASK, DROP, EXIT, PROCESS, SKIP
 from anee.core.adapters.base import Dims
 from anee.core.bypass import BypassBank, BypassConfig
@@ -313,3 +315,70 @@ def test_a_bypass_for_another_model_or_the_ffn_is_refused():
         AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("linear"), D, 6))
     with pytest.raises(ValueError, match="the executor needs a layer bypass, got target='ffn'"):
         AdaptiveExecutor(adapter, bypass=BypassBank(BypassConfig("linear", target="ffn"), D, 4))
+
+
+class HalvedMLP:
+    """Fake `Weights`: every down projection at half its weight while applied (re-entrant), counting entries."""
+
+    def __init__(self, adapter):
+        self.adapter, self.bits, self.entered, self.depth = adapter, (16,) * adapter.num_layers, 0, 0
+
+    @contextlib.contextmanager
+    def applied(self):
+        self.entered += 1
+        self.depth += 1
+        params = [self.adapter.layer(i).mlp.down_proj.weight for i in range(self.adapter.num_layers)]
+        own = [p.data for p in params]
+        if self.depth == 1:
+            for p in params:
+                p.data = p.data * 0.5
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                for p, w in zip(params, own):
+                    p.data = w
+
+
+def test_weights_run_for_each_forward_and_the_model_is_restored():
+    model = tiny_llama()
+    adapter = adapter_for(model)
+    weights = HalvedMLP(adapter)
+    ex, plain = AdaptiveExecutor(adapter, weights=weights), AdaptiveExecutor(adapter)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = ex.forward(ids, controller=BudgetController(), budget=0.7)  # depth adaptivity on these weights
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with weights.applied():
+        ref = plain.forward(ids, controller=BudgetController(), budget=0.7)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.trace.decisions, ref.trace.decisions)
+    assert not torch.allclose(out.logits, plain.forward(ids, controller=BudgetController(), budget=0.7).logits)
+    # a generation enters the weights once, its per-token forwards re-enter without swapping
+    entered = weights.entered
+    wrapper = ANEEWrapper(ANEEConfig(model_name="tiny", min_layers=0), model=model, weights=weights)
+    result = wrapper.generate_ids(ids[:, :4], max_new_tokens=5)
+    assert result.new_tokens.shape == (1, 5) and weights.entered - entered == 1 + 5  # 1 outer + prompt + 4 steps
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="another model"):
+        AdaptiveExecutor(adapter_for(tiny_llama()), weights=weights)
+
+
+def test_real_int8_weights_combine_with_depth_adaptivity():
+    """The executor's INT8 option (a kernel bank at 8 bits): decode token by token equals the chunk,
+    under a controller that skips layers."""
+    from anee.granularity.quantize import WeightBank
+
+    adapter = adapter_for(tiny_llama())
+    bank = WeightBank(adapter, bits=(8,), kernels=True)
+    ex = AdaptiveExecutor(adapter, weights=bank.at(8))
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(1))
+    chunk = ex.forward(ids, controller=BudgetController(), budget=0.6)
+    cache, steps = KVCache(adapter.num_layers), []
+    for t in range(16):
+        steps.append(ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(), budget=0.6))
+    assert torch.equal(torch.cat([s.trace.decisions for s in steps], 1), chunk.trace.decisions)
+    assert (torch.cat([s.logits for s in steps], 1) - chunk.logits).abs().max() <= TOL
+    assert (chunk.trace.decisions != PROCESS).any() and bank.restored
+    full = AdaptiveExecutor(adapter).forward(ids, controller=BudgetController(), budget=0.6)
+    assert 0 < (chunk.logits - full.logits).abs().max() < 0.05

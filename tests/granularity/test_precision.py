@@ -30,7 +30,7 @@ def test_uniform_bits_match_executor(setup):
     with bank.applied(4):
         ref4 = ex.forward(ids).logits
     assert torch.allclose(mixed_precision_forward(adapter, bank, ids, 4), ref4, atol=1e-5)
-    assert bank.current == [FP32] * 6  # restored
+    assert bank.restored
 
 
 def test_mixed_tokens_are_causal(setup):
@@ -98,3 +98,39 @@ def test_progressive_refinement_budget(setup):
     assert torch.allclose(r["logits"], mixed_precision_forward(adapter, bank, ids, 4))
     with pytest.raises(ValueError):
         progressive_refinement(adapter, bank, ids, cheap * 0.9, threshold=0.0)
+
+
+def test_kernel_bank_mixes_precisions_between_tokens():
+    """With real INT8 kernels on smoothed blocks, uniform bits match the executor running those
+    weights, and tokens before the switch see exactly the fp32 model (smoothing is exact)."""
+    from anee.granularity.int8 import calibrate_smoothing
+
+    model = tiny_llama(layers=4)
+    adapter = adapter_for(model)
+    ex = AdaptiveExecutor(adapter)
+    bank = WeightBank(adapter, bits=(8,), kernels=True, smoothing=calibrate_smoothing(adapter, torch.randint(0, 97, (2, 16))))
+    ids = torch.randint(0, 97, (1, 10))
+    q8 = AdaptiveExecutor(adapter, weights=bank.at(8)).forward(ids).logits
+    assert torch.allclose(mixed_precision_forward(adapter, bank, ids, 8), q8, atol=1e-5)
+    bits = torch.full((1, 10, 4), FP32)
+    bits[0, 6:] = 8
+    mixed = mixed_precision_forward(adapter, bank, ids, bits)
+    full = ex.forward(ids).logits
+    assert torch.allclose(mixed[0, :6], full[0, :6], atol=1e-5)
+    assert not torch.allclose(mixed[0, 6:], full[0, 6:], atol=1e-4)
+    assert bank.restored
+
+
+def test_segment_budget_gives_that_many_cheap_segments(setup):
+    from anee.granularity.precision import segment_budget
+
+    adapter, _, bank = setup
+    segs = segments(adapter.num_layers, 3)
+    for k in range(4):
+        for order in (None, [2, 0, 1]):
+            budget = segment_budget(bank, segs, k, cheap_bits=8, order=order)
+            pattern = segment_schedule(bank, segs, budget, levels=(FP32, 8), order=order)
+            assert sum(pattern[s[0]] == 8 for s in segs) == k
+            assert bank.token_bytes(pattern) <= budget * bank.full_bytes * (1 + 1e-9)
+    with pytest.raises(ValueError, match="cheap_segments"):
+        segment_budget(bank, segs, 4)

@@ -1,6 +1,7 @@
 """Coarse granularity for notebook 08: a pool of whole-model variants, measured once, selected from.
 
-The pool holds weight-quantised and depth-reduced copies of one model. Every variant is scored per
+The pool holds weight-quantised and depth-reduced copies of one model (fake-quant, the counted-bytes
+reference; and real INT8 kernels from a kernel bank, `kernel_specs`). Every variant is scored per
 window (`Strategies.variant`), so a selector's choice of one variant per window is re-scored from the
 stored per-window NLL, MACs and tokens without running the model again.
 """
@@ -14,12 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...core.actions import pattern_decisions
-from ...core.timing import seconds
-from ...engine.executor import AdaptiveExecutor
 from ...granularity.quantize import FP32, WeightBank
 from ...granularity.selection import EnergyAwareSelector, FuzzySelector, GatingSelector, Variant, pareto
-from .strategies import Strategies, WindowScores, removal_pattern
+from .strategies import Strategies, WindowScores
 
 Spec = tuple[int, tuple[int, ...]]  # (weight bits, removed layers)
 Selector = EnergyAwareSelector | FuzzySelector | GatingSelector
@@ -57,6 +55,11 @@ def pool_specs(order: Sequence[int], d1: int, d2: int) -> dict[str, Spec]:
     }
 
 
+def kernel_specs(order: Sequence[int], d1: int) -> dict[str, Spec]:
+    """The real-INT8 variants (scored with a kernel bank): all layers, and without the `d1` least influential."""
+    return {"int8-kernel": (8, ()), f"int8-kernel-drop{d1}": (8, tuple(order[:d1]))}
+
+
 @dataclass
 class Pool:
     """Per-window scores of every variant on the test and the calibration windows."""
@@ -77,8 +80,12 @@ class Pool:
         return [Variant(n, self.test[n].rel_bytes(self.bank), float(self.cal[n].mean_nll.mean())) for n in self.names]
 
     def table(self) -> pd.DataFrame:
-        """One row per variant: bits, layers kept, test / valid perplexity, rel MACs and bytes."""
-        return pd.DataFrame([{"variant": n, "bits": bits, "layers": self.num_layers - len(removed),
+        """One row per variant: bits, how they run (fp32, fake-quant or INT8 kernels), layers kept,
+        test / valid perplexity, rel MACs and bytes."""
+        def runs(bits):
+            return "fp32" if bits >= FP32 else "INT8 kernels" if bits in getattr(self.bank, "kernel_bits", ()) else "fake-quant"
+
+        return pd.DataFrame([{"variant": n, "bits": bits, "weights": runs(bits), "layers": self.num_layers - len(removed),
                               "ppl_test": self.test[n].ppl, "ppl_valid": self.cal[n].ppl,
                               "rel_macs": self.test[n].rel_macs(), "rel_bytes": self.test[n].rel_bytes(self.bank)}
                              for n, (bits, removed) in self.specs.items()])
@@ -91,22 +98,6 @@ def measure_pool(strategies: Strategies, specs: Mapping[str, Spec], test: torch.
         pool_test[name] = strategies.variant(test, bits, removed)
         pool_cal[name] = strategies.variant(calib, bits, removed)
     return Pool(dict(specs), pool_test, pool_cal, strategies.bank, strategies.L)
-
-
-def pool_timings(executor: AdaptiveExecutor, bank: WeightBank, specs: Mapping[str, Spec], probe: torch.Tensor, repeats: int = 1) -> pd.DataFrame:
-    """Wall-clock seconds per token of each variant on `probe` [1, T]."""
-    L, T = executor.adapter.num_layers, probe.shape[1]
-    rows = []
-    for name, (bits, removed) in specs.items():
-        pattern = pattern_decisions(removal_pattern(L, removed), T)
-
-        def run(bits=bits, pattern=pattern):
-            with bank.applied(bits), torch.no_grad():
-                executor.forward(probe, decisions=pattern)
-
-        rows.append({"variant": name, "seconds_per_token": seconds(run, rounds=repeats) / T,
-                     "threads": torch.get_num_threads()})
-    return pd.DataFrame(rows)
 
 
 def selector_budgets(variants: Sequence[Variant]) -> list[float]:

@@ -10,6 +10,10 @@ every row carries both cost units, each relative to the unmodified fp32 model:
 - `rel_bytes`: weight bytes read per token by a batch-1, memory-bound decoder: each processed block
   at its stored precision, only K/V projections for a skipped/exited block, nothing for a removed
   block, the fp32 LM head once per token plus once per extra logit-lens check or re-execution.
+  Real INT8 kernels (a `WeightBank(..., kernels=True)`) read what fake INT8 is charged for.
+
+Every score also says how the strategy decodes (`decode`), so its speed can be measured
+(`anee.evaluation.granularity.speed`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...core.actions import EXIT, PROCESS, SKIP, pattern_decisions
+from ...core.actions import DROP, EXIT, PROCESS, SKIP, pattern_decisions
 from ...core.cost import CostReport, bypassed, static_cost
 from ...core.outputs import MethodOutput, Trace
+from ...engine.controllers.base import FixedController
 from ...engine.controllers.budget import BudgetController
 from ...engine.controllers.entropy_exit import EntropyExitController
 from ...engine.executor import AdaptiveExecutor
@@ -30,6 +35,7 @@ from ...granularity.precision import mixed_precision_forward, progressive_refine
 from ...granularity.quantize import FP32, WeightBank
 from ..context import EvalContext
 from ..perplexity import evaluate
+from .speed import Decode, Mix
 
 
 @dataclass
@@ -41,6 +47,7 @@ class WindowScores:
     macs: np.ndarray  # [N] summed MACs (total: layers + head + overhead) of the scored tokens
     full_macs: np.ndarray  # [N] same for the fp32 full model
     bytes: np.ndarray  # [N] summed weight bytes of the scored tokens
+    decode: Decode | Mix | None = None  # how the strategy decodes (for its measured speed)
 
     @property
     def ppl(self) -> float:
@@ -72,7 +79,8 @@ def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor, bits
     return bank.head_bytes + (proc * processed).sum(-1) + (kv_only * kv).sum(-1) + by.sum(-1) + 4.0 * trace.overhead_macs
 
 
-def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor, full_cost: Callable) -> WindowScores:
+def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor, full_cost: Callable,
+           decode: Decode | Mix | None = None) -> WindowScores:
     nll, tok, macs, full, byts = [], [], [], [], []
     for w in windows:
         ids = w.unsqueeze(0)
@@ -92,7 +100,7 @@ def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], 
         macs.append(float((cost.layer_macs.reshape(-1)[sl] + cost.overhead_macs.reshape(-1)[sl]).sum() + cost.head_macs * r.tokens))
         full.append(float(full_cost(ids)))
         byts.append(float(holder["bytes"].reshape(-1)[sl].sum()))
-    return WindowScores(*(np.array(x, dtype=np.float64) for x in (nll, tok, macs, full, byts)))
+    return WindowScores(*(np.array(x, dtype=np.float64) for x in (nll, tok, macs, full, byts)), decode=decode)
 
 
 def removal_pattern(num_layers: int, removed: Sequence[int]) -> list[int]:
@@ -100,6 +108,20 @@ def removal_pattern(num_layers: int, removed: Sequence[int]) -> list[int]:
     cost nothing in `static_cost`: no token reads their K/V)."""
     drop = set(removed)
     return [SKIP if i in drop else PROCESS for i in range(num_layers)]
+
+
+def weights_at(bank: WeightBank, bits: int | Sequence[int]):
+    """A bank's weights at `bits` for an executor, or None when every layer runs the model's own fp32."""
+    pattern = bank.pattern(bits)
+    return None if set(pattern) == {FP32} and bank.smoothing is None else bank.at(pattern)
+
+
+def variant_decode(bank: WeightBank, bits: int, removed: Sequence[int]) -> Decode:
+    """How a whole-model variant decodes: the bank's weights, and its removed layers DROPPED (no K/V,
+    as `static_cost` charges them)."""
+    drop = set(removed)
+    controller = FixedController([DROP if i in drop else PROCESS for i in range(bank.adapter.num_layers)]) if drop else None
+    return Decode(weights=weights_at(bank, bits), controller=controller)
 
 
 class Strategies:
@@ -127,25 +149,29 @@ class Strategies:
             cost = static_cost(self.ex.cost, out.trace.context, self.L - len(set(removed)))
             return MethodOutput(out.logits, cost), torch.full((1, T), per_token, dtype=torch.float64)
 
-        return _score(method, windows, self.full_macs)
+        return _score(method, windows, self.full_macs, variant_decode(self.bank, bits, removed))
 
     # ---- ANEE: a controller (default the simple budget policy) in an executor (default identity) ------
     def anee(self, windows: torch.Tensor, budget: float, controller=None, executor: AdaptiveExecutor | None = None) -> WindowScores:
         controller, ex = controller or BudgetController(), executor or self.ex
+        bits = None if ex.weights is None else ex.weights.bits
 
         def method(ids):
             res = ex.forward(ids, controller=controller, budget=budget)
-            return MethodOutput(res.logits, res.trace.cost(ex.cost)), trace_bytes(res.trace, self.bank, ex)
+            return MethodOutput(res.logits, res.trace.cost(ex.cost)), trace_bytes(res.trace, self.bank, ex, bits)
 
-        return _score(method, windows, self.full_macs)
+        decode = Decode(weights=ex.weights, controller=controller, bypass=ex.bypass, budget=budget, min_layers=ex.min_layers)
+        return _score(method, windows, self.full_macs, decode)
 
     # ---- medium: entropy exit on the LM ---------------------------------------------------------
     def entropy_exit(self, windows: torch.Tensor, check_layers: Sequence[int], threshold: float) -> WindowScores:
+        controller = EntropyExitController(check_layers, threshold)
+
         def method(ids):
-            res = self.ex.forward(ids, controller=EntropyExitController(check_layers, threshold))
+            res = self.ex.forward(ids, controller=controller)
             return MethodOutput(res.logits, res.trace.cost(self.ex.cost)), trace_bytes(res.trace, self.bank, self.ex)
 
-        return _score(method, windows, self.full_macs)
+        return _score(method, windows, self.full_macs, Decode(controller=controller))
 
     # ---- fine: per-layer precision schedule, progressive refinement ----------------------------
     def schedule(self, windows: torch.Tensor, pattern: Sequence[int]) -> WindowScores:
@@ -157,7 +183,7 @@ class Strategies:
             context = torch.arange(1, T + 1, dtype=torch.float64).unsqueeze(0)
             return MethodOutput(logits, static_cost(self.ex.cost, context, self.L)), torch.full((1, T), per_token, dtype=torch.float64)
 
-        return _score(method, windows, self.full_macs)
+        return _score(method, windows, self.full_macs, Decode(weights=weights_at(self.bank, pattern)))
 
     def progressive(self, windows: torch.Tensor, budget: float, threshold: float, cheap_bits: int = 4, fine_bits: int = 8) -> tuple[WindowScores, float]:
         """Returns the scores and the fraction of tokens re-executed; the byte budget is accounted
@@ -177,4 +203,7 @@ class Strategies:
             return MethodOutput(r["logits"], cost), r["bytes"]
 
         scores = _score(method, windows, self.full_macs)
-        return scores, account["refined"] / max(account["tokens"], 1)
+        frac = account["refined"] / max(account["tokens"], 1)
+        # decoding: a cheap pass per token, and a fine pass for the fraction re-executed
+        scores.decode = Mix(((1.0, Decode(weights=weights_at(self.bank, cheap_bits))), (frac, Decode(weights=weights_at(self.bank, fine_bits)))))
+        return scores, frac

@@ -4,6 +4,9 @@
 for quantised and precision-switching strategies, MACs otherwise. `quality_rel_fp32` divides a
 perplexity by the fp32 model's on the same windows; rows imported from notebook 06 use 06's own
 full-model row instead, since they were measured on 06's windows.
+
+The quality table holds no timings (reruns compare it exactly); `decode_plan` says, for the same
+rows, how each decodes, and `anee.evaluation.granularity.speed` measures that into its own file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ...granularity.quantize import WeightBank
+from .pool import Choices
+from .speed import Decode, Mix, Plan
 from .strategies import WindowScores
 
 COLUMNS = ["granularity", "strategy", "setting", "energy_unit", "budget", "rel_energy", "rel_macs", "rel_bytes",
@@ -70,7 +75,18 @@ def frontier06_rows(path: Path) -> list[dict]:
     return rows
 
 
-def granularity_table(
+def selector_decode(chosen: Sequence[str], pool_test: Mapping[str, WindowScores]) -> Mix | None:
+    """A selector's decode: the pool variants it chose, weighted by the tokens of their windows."""
+    tokens = {}
+    for w, name in enumerate(chosen):
+        tokens[name] = tokens.get(name, 0.0) + float(pool_test[name].tokens[w])
+    if any(pool_test[n].decode is None for n in tokens):
+        return None
+    total = sum(tokens.values())
+    return Mix(tuple((t / total, pool_test[n].decode) for n, t in tokens.items()))
+
+
+def _rows(
     *,
     bank: WeightBank,
     pool_test: Mapping[str, WindowScores],
@@ -83,27 +99,48 @@ def granularity_table(
     anee_name: str = "ANEE budget",
     bn_table: pd.DataFrame,
     frontier06: Path,
-) -> pd.DataFrame:
-    """All strategies in `COLUMNS` order: pool, selectors, LM exit, segment, progressive, ANEE, BranchyNet, 06.
+    kernel_seg_scores: Mapping[float, WindowScores] | None = None,
+    anee_int8_scores: Mapping[float, WindowScores] | None = None,
+    choices: Choices | None = None,
+) -> list[tuple[dict, Decode | Mix | None]]:
+    """Every row with its decode, in table order."""
+    rows = [(lm_row(f"variant {n}", "coarse", n, BYTES, sc, bank), sc.decode) for n, sc in pool_test.items()]
+    rows += [(r, None if choices is None else selector_decode(choices[(r["strategy"][len("select "):], r["budget"])], pool_test))
+             for r in selector_rows(sel_table)]
+    rows += [(lm_row("LM entropy exit", "medium", f"checks={exit_checks},thr={thr}", "MACs", sc, bank), sc.decode)
+             for thr, sc in exit_scores.items()]
+    rows += [(lm_row("segment precision", "fine", f"budget={b}", BYTES, sc, bank, budget=b), sc.decode) for b, sc in seg_scores.items()]
+    rows += [(lm_row("segment precision (INT8 kernels)", "fine", f"budget={b}", BYTES, sc, bank, budget=b), sc.decode)
+             for b, sc in (kernel_seg_scores or {}).items()]
+    rows += [(lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", BYTES, sc, bank, budget=b), sc.decode)
+             for b, (sc, frac, _thr) in prog_scores.items()]
+    for name, scores in ((anee_name, anee_scores), (f"{anee_name} + INT8 kernels", anee_int8_scores or {})):
+        rows += [(lm_row(name, "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b), sc.decode)
+                 for b, sc in scores.items()]
+    rows += [(r, None) for r in branchynet_rows(bn_table) + frontier06_rows(frontier06)]
+    return rows
 
+
+def granularity_table(**parts) -> pd.DataFrame:
+    """All strategies in `COLUMNS` order: pool, selectors, LM exit, segment (fake-quant, then INT8
+    kernels), progressive, ANEE (fp32, then INT8 kernels: budget x precision), BranchyNet, 06.
+
+    Keyword arguments: `bank`, `pool_test`, `sel_table`, `exit_checks`, `exit_scores`, `seg_scores`,
+    `prog_scores`, `anee_scores`, `anee_name`, `bn_table`, `frontier06`, and optionally
+    `kernel_seg_scores`, `anee_int8_scores`, `choices` (the selectors' picks, for `decode_plan`).
     `pool_test` must hold an "fp32" variant: 08's perplexities are divided by its perplexity.
     `prog_scores` maps a budget to (scores, refined fraction, threshold).
     """
-    rows = [lm_row(f"variant {n}", "coarse", n, BYTES, sc, bank) for n, sc in pool_test.items()]
-    rows += selector_rows(sel_table)
-    rows += [lm_row("LM entropy exit", "medium", f"checks={exit_checks},thr={thr}", "MACs", sc, bank)
-             for thr, sc in exit_scores.items()]
-    rows += [lm_row("segment precision", "fine", f"budget={b}", BYTES, sc, bank, budget=b) for b, sc in seg_scores.items()]
-    rows += [lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", BYTES, sc, bank, budget=b)
-             for b, (sc, frac, _thr) in prog_scores.items()]
-    rows += [lm_row(anee_name, "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b)
-             for b, sc in anee_scores.items()]
-    rows += branchynet_rows(bn_table)
-    rows += frontier06_rows(frontier06)
-    table = pd.DataFrame(rows)
+    pool_test = parts["pool_test"]
+    table = pd.DataFrame([row for row, _ in _rows(**parts)])
     own_ppl = (table.quality_metric == "ppl") & (table.source == "08")
     table.loc[own_ppl, "quality_rel_fp32"] = table.loc[own_ppl, "quality"] / pool_test["fp32"].ppl
     return table[COLUMNS]
+
+
+def decode_plan(**parts) -> Plan:
+    """How each row of `granularity_table(**parts)` decodes, keyed by (strategy, setting)."""
+    return {(row["strategy"], row["setting"]): decode for row, decode in _rows(**parts)}
 
 
 def cheapest_within(table: pd.DataFrame, fp32_ppl: float, tol: float = 0.05) -> dict[str, dict | None]:

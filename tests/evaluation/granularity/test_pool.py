@@ -8,14 +8,15 @@ import torch
 from _anee_tiny import BANK, FULL_BYTES, quant_llama
 
 from anee import AdaptiveExecutor, adapter_for
+from anee.core.actions import DROP, PROCESS
 from anee.evaluation.context import EvalContext
 from anee.evaluation.granularity.pool import (
     Pool,
     budget_violations,
+    kernel_specs,
     make_selectors,
     measure_pool,
     pool_specs,
-    pool_timings,
     quantisation_check,
     run_selectors,
     selector_budgets,
@@ -115,10 +116,10 @@ def test_quantisation_check_reads_the_live_weights(tiny):
     assert 2 < levels4 <= 2**4 - 1 < levels8  # fp32 weights would show ~48 distinct values per row
     assert (q.max_err_in_steps <= 0.5 + 1e-4).all() and (q.max_err_in_steps > 0.1).all()
     assert 0 < q.rel_bytes_per_token[0] < q.rel_bytes_per_token[1] < 1
-    assert bank.current == [FP32] * 4  # restored
+    assert bank.restored
 
 
-def test_measure_pool_and_timings_on_a_tiny_model(tiny):
+def test_measure_pool_on_a_tiny_model(tiny):
     model, adapter, executor, bank = tiny
     gen = torch.Generator().manual_seed(0)
     test, calib = torch.randint(0, 97, (2, 12), generator=gen), torch.randint(0, 97, (1, 12), generator=gen)
@@ -126,7 +127,8 @@ def test_measure_pool_and_timings_on_a_tiny_model(tiny):
     specs = {"fp32": (FP32, ()), "int4": (4, ()), "fp32-drop1": (FP32, (2,))}
     pool = measure_pool(S, specs, test, calib)
     table = pool.table()
-    assert list(table.columns) == ["variant", "bits", "layers", "ppl_test", "ppl_valid", "rel_macs", "rel_bytes"]
+    assert list(table.columns) == ["variant", "bits", "weights", "layers", "ppl_test", "ppl_valid", "rel_macs", "rel_bytes"]
+    assert list(table.weights) == ["fp32", "fake-quant", "fp32"]
     assert list(table.variant) == list(specs) and list(table.layers) == [4, 4, 3]
     t = table.set_index("variant")
     with torch.no_grad():
@@ -138,7 +140,19 @@ def test_measure_pool_and_timings_on_a_tiny_model(tiny):
     assert t.loc["fp32-drop1", "rel_macs"] < 1 and t.loc["fp32-drop1", "rel_bytes"] < 1
     assert t.loc["int4", "ppl_test"] != t.loc["fp32", "ppl_test"]
     assert len(pool.cal["fp32"].nll) == 1 and len(pool.test["fp32"].nll) == 2
-    timings = pool_timings(executor, bank, specs, probe=test[:1], repeats=1)
-    assert list(timings.columns) == ["variant", "seconds_per_token", "threads"]
-    assert list(timings.variant) == list(specs) and (timings.seconds_per_token > 0).all()
-    assert (timings.threads == torch.get_num_threads()).all()
+    # every variant says how it decodes: the bank's weights, removed layers DROPPED
+    assert pool.test["fp32"].decode.weights is None and pool.test["fp32"].decode.controller is None
+    assert pool.test["int4"].decode.weights.bits == (4,) * 4
+    assert pool.test["fp32-drop1"].decode.controller.pattern.tolist() == [PROCESS, PROCESS, DROP, PROCESS]
+
+
+def test_kernel_variants_run_int8_kernels(tiny):
+    model, adapter, executor, _ = tiny
+    kbank = WeightBank(adapter, bits=(8,), kernels=True)
+    specs = kernel_specs([3, 1, 0, 2], 1)
+    assert specs == {"int8-kernel": (8, ()), "int8-kernel-drop1": (8, (3,))}
+    test = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
+    pool = measure_pool(Strategies(EvalContext(model, None, executor), kbank), specs, test, test)
+    table = pool.table()
+    assert list(table.weights) == ["INT8 kernels"] * 2
+    assert pool.test["int8-kernel"].decode.weights.bank is kbank and kbank.restored

@@ -114,3 +114,30 @@ def test_summary_picks_cheapest_by_bytes_within_5_percent():
                        "segment_sensitivity": [0.1, 0.2], "bn_epochs": 3}
     lines = describe_best(best)
     assert lines[0].startswith("coarse  c s-c: bytes 0.350") and lines[1] == "medium  none within 5% of fp32"
+
+
+def test_kernel_rows_and_decode_plan(tmp_path):
+    from anee.evaluation.granularity.speed import Decode, Mix
+    from anee.evaluation.granularity.table import decode_plan
+
+    fp32, int4 = Decode(), Decode(budget=0.5)  # stand-ins: any two distinguishable decodes
+    pool_test = {"fp32": scores(40.0, 1.0, 1.0), "int4": scores(60.0, 1.0, 0.3), "int8-kernel": scores(41.0, 1.0, 0.4)}
+    pool_test["fp32"].decode, pool_test["int4"].decode = fp32, int4
+    pool_test["int4"].tokens = np.array([10.0, 30.0])
+    sel_table = pd.DataFrame([{"selector": "fuzzy", "budget": 0.5, "ppl": 50.0, "rel_bytes": 0.45,
+                               "max_window_rel_bytes": 1.0, "rel_macs": 1.0, "variants_used": "fp32,int4"}])
+    bn_table = pd.DataFrame([{"threshold": 0.1, "accuracy": 0.9, "avg_macs": 5.0, "rel_macs": 0.5, "exit1_frac": 0.3}])
+    parts = dict(bank=BANK, pool_test=pool_test, sel_table=sel_table, exit_checks=[2], exit_scores={},
+                 seg_scores={}, prog_scores={}, anee_scores={0.9: scores(100.0, 0.9, 0.92)}, bn_table=bn_table,
+                 frontier06=tmp_path / "absent.csv", kernel_seg_scores={0.7: scores(41.0, 1.0, 0.7)},
+                 anee_int8_scores={0.9: scores(101.0, 0.9, 0.36)}, choices={("fuzzy", 0.5): ["fp32", "int4"]})
+    table = granularity_table(**parts)
+    assert list(table.strategy) == ["variant fp32", "variant int4", "variant int8-kernel", "select fuzzy",
+                                    "segment precision (INT8 kernels)", "ANEE budget", "ANEE budget + INT8 kernels",
+                                    "BranchyNet (digits)"]
+    plan = decode_plan(**parts)
+    assert list(plan) == list(zip(table.strategy, table.setting))
+    assert plan[("variant fp32", "fp32")] is fp32 and plan[("variant int8-kernel", "int8-kernel")] is None
+    mix = plan[("select fuzzy", "budget=0.5")]  # window 0 (10 tokens) at fp32, window 1 (30 tokens) at int4
+    assert isinstance(mix, Mix) and mix.parts == ((0.25, fp32), (0.75, int4))
+    assert plan[("BranchyNet (digits)", "thr=0.1")] is None
