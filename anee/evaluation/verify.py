@@ -325,6 +325,10 @@ RULES: tuple[Rule, ...] = (
     Rule("06_ppl_at_equal_savings_runs", "trained", keys=("method", "net_saved", "curve"), reference="bypass"),
     Rule("06_*ppl_at_equal_savings*", "trained", reference="bypass"),
     Rule("06_comparisons", "trained", ("a_*", "b_*"), reference="bypass"),
+    Rule("06_bypass_ablation", "decision", ("ppl", "ppl_vs_identity"), reference="bypass",
+         why="the deployed row is the tuned bypass (its seed spread floors the tolerance); identity and closed form are evaluation-only"),
+    Rule("06_findings", "trained", ("ratio_to_full*", "best_anee_ratio_to_full*"), reference="controllers"),
+    Rule("06_findings", "decision", why="verdict words and the best method: a difference near the seed spread may become a tie elsewhere"),
     Rule("06_headroom", "decision", reference="bypass", why=_DOWNSTREAM + "; the oracle picks by argmin"),
     # 07: the seed-0 RL controller's decisions, per token
     Rule("07_per_token_compute", "decision", ("layers_processed", "last_processed"), rtol=0.25,
