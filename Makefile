@@ -6,7 +6,7 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit nbval lint reproduce reproduce-quick verify notebooks bench readme clean
+.PHONY: setup test unit nbval lint reproduce reproduce-quick verify notebooks bench ship-defaults readme clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ notebooks: setup
 
 bench: setup
 	$(PY) -m anee.evaluation.bench
+
+# Copy the full run's checkpoints (notebooks 02-04) into the package as the embedded model's defaults.
+ship-defaults: setup
+	$(PY) tools/ship_defaults.py
 	$(PY) -m anee.evaluation.int8_bench
 
 readme: setup

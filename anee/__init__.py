@@ -7,8 +7,12 @@
     anee.granularity   quantisation, precision switching, BranchyNet, model selection
     anee.evaluation    perplexity, the frontier and its methods registry, budgets, benchmarks, results
     anee.viz           every figure the notebooks draw
+    anee.cli           the command line (`python -m anee`, `anee`): generate, eval, bench, heatmap, calibrate
 
-Imports flow one way: core <- engine <- hierarchical, granularity <- evaluation <- viz.
+`anee.calibrate(model, tokenizer, text)` builds what the heuristic needs for a model without
+shipped defaults (`anee.engine.defaults`).
+
+Imports flow one way: core <- engine, hierarchical, granularity <- evaluation, viz <- cli.
 """
 
 from .core.actions import DROP, EXIT, PROCESS, SKIP
@@ -16,6 +20,7 @@ from .core.adapters import ModelAdapter, adapter_for
 from .core.cost import CostModel
 from .core.loading import load_model
 from .core.outputs import Trace
+from .engine.calibrate import calibrate
 from .engine.config import ANEEConfig
 from .engine.controllers.base import FixedController, FullController, skip_pattern
 from .engine.controllers.budget import BudgetController
@@ -25,5 +30,5 @@ from .engine.wrapper import ANEEWrapper
 __all__ = [
     "ANEEConfig", "ANEEWrapper", "AdaptiveExecutor", "BudgetController", "CostModel", "DROP", "EXIT",
     "FixedController", "FullController", "ModelAdapter", "PROCESS", "SKIP", "Trace", "adapter_for",
-    "load_model", "skip_pattern",
+    "calibrate", "load_model", "skip_pattern",
 ]

@@ -53,6 +53,7 @@ def tiny_model(request):
 
 def wrap(model, **config) -> ANEEWrapper:
     config.setdefault("min_layers", 0)
+    config.setdefault("controller", "budget")  # the seed policy these tests exercise (the tiny models have no defaults)
     return ANEEWrapper(ANEEConfig(model_name="tiny", **config), model=model)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "anee"
 # a module may import from its own subpackage and from any subpackage of a lower level
-LEVELS = {"core": 0, "engine": 1, "hierarchical": 1, "granularity": 1, "evaluation": 2, "viz": 2}
+LEVELS = {"core": 0, "engine": 1, "hierarchical": 1, "granularity": 1, "evaluation": 2, "viz": 2, "cli": 3, "__main__": 4}
 # every module is parsed with the running interpreter's grammar: a module it cannot parse breaks them all
 
 
@@ -69,7 +69,7 @@ def test_imports_flow_one_way():
             theirs = area(dep)
             if theirs is not None and theirs != mine and LEVELS[theirs] >= LEVELS[mine]:
                 bad.append(f"{name} -> {dep}")
-    assert not bad, "imports against the layering core < engine, hierarchical, granularity < evaluation, viz:\n" + "\n".join(bad)
+    assert not bad, "imports against the layering core < engine, hierarchical, granularity < evaluation, viz < cli:\n" + "\n".join(bad)
 
 
 def test_every_subpackage_has_a_level():

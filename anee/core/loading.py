@@ -27,6 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import integrity
+from .devices import resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -59,11 +60,14 @@ def cache_root() -> Path:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return `(model, tokenizer)` in eval mode for an embedded name, a local folder or a Hub name."""
+    """Return `(model, tokenizer)` in eval mode for an embedded name, a local folder or a Hub name,
+    on `device` ("auto": CUDA when available, else CPU; `anee.core.devices`) in `dtype` (a
+    torch.dtype or its name, e.g. "float16")."""
     if not isinstance(name, str) or not name:
         raise ModelNotAvailableError("model name must be a non-empty string, e.g. 'smollm2-135m' or 'gpt2'")
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     record = None
     if name in EMBEDDED:
         path = embedded_path(name)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from ..core.scalars import integer, real
 from .arguments import check_budget, check_seed
+
+CONTROLLERS = ("default", "budget", "heuristic", "warmstart", "rl", "full")
 
 
 @dataclass
@@ -21,7 +24,15 @@ class ANEEConfig:
         other layers).
     exit_budget_threshold: with less than this fraction of a full pass left, a token EXITs
         instead of SKIPping (it is then not asked again).
-    controller: "budget" (simple budget policy) or "full"; pass an object to `ANEEWrapper` for others.
+    controller: which controller decides (pass a controller object to `ANEEWrapper` for others):
+        "default"    the model's default method from its defaults folder (`anee.engine.defaults`):
+                     shipped for the embedded model, written by `anee.calibrate` for others; a model
+                     without one falls back to "budget" with a warning that names what to run
+        "budget"     the seed's simple budget policy (process while the budget affords, then exit)
+        "heuristic"  thresholds on the profiler state under a layer plan, with the layer bypass
+        "warmstart"  the warm-started policy (notebook 03), "rl" the REINFORCE one (notebook 04)
+        "full"       every layer (the plain model)
+    defaults_dir: a defaults folder to use instead of the shipped one (e.g. `anee.calibrate`'s `out`).
     Numbers may be given as any real scalar (Python, NumPy or a 0-d tensor); they are stored as
     Python numbers.
     """
@@ -30,7 +41,8 @@ class ANEEConfig:
     energy_budget: float = 1.0
     min_layers: int = 2
     exit_budget_threshold: float = 0.1
-    controller: str = "budget"
+    controller: str = "default"
+    defaults_dir: str | None = None
     device: str = "cpu"
     dtype: torch.dtype = field(default=torch.float32)
     seed: int = 0
@@ -40,5 +52,9 @@ class ANEEConfig:
         self.min_layers = integer("min_layers", self.min_layers, what=" (layers every token processes first)")
         self.exit_budget_threshold = real("exit_budget_threshold", self.exit_budget_threshold, 0.0, 1.0)
         self.seed = check_seed(self.seed)
-        if self.controller not in ("budget", "full"):
-            raise ValueError(f"controller must be 'budget' or 'full', got {self.controller!r}")
+        if not isinstance(self.controller, str) or self.controller not in CONTROLLERS:
+            raise ValueError(f"controller must be one of {', '.join(repr(c) for c in CONTROLLERS)}, got {self.controller!r}; "
+                             "to use another controller object, pass it as ANEEWrapper(config, controller=...)")
+        if self.defaults_dir is not None and not isinstance(self.defaults_dir, (str, os.PathLike)):
+            raise TypeError(f"defaults_dir must be a folder path (str or Path) written by anee.calibrate, got "
+                            f"{type(self.defaults_dir).__name__}")

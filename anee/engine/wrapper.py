@@ -3,7 +3,11 @@
     config = ANEEConfig(model_name="smollm2-135m", energy_budget=1.0, min_layers=2)
     model = ANEEWrapper(config)
     text = model.generate(tokenizer=model.tokenizer, prompt="The future of AI is",
-                          max_new_tokens=20, energy_budget=0.05)
+                          max_new_tokens=20, energy_budget=0.8)
+
+By default (`ANEEConfig.controller="default"`) the wrapper runs the method its model's defaults
+folder names (shipped for the embedded model, `anee.calibrate` for others), with that folder's
+layer bypass; `wrapper.method` says which one runs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from ..core.adapters import adapter_for
 from ..core.bypass import BypassBank
 from ..core.cost import CostReport
+from ..core.devices import model_device
 from ..core.loading import load_model
 from ..core.outputs import ExecutorOutput, Trace
 from ..core.scalars import flag, integer
@@ -25,6 +30,7 @@ from .arguments import check_budget, check_prompts, check_seed
 from .config import ANEEConfig
 from .controllers.base import Controller, FullController
 from .controllers.budget import BudgetController
+from .defaults import Defaults, load_defaults, missing_defaults
 from .executor import AdaptiveExecutor, Weights, check_input_ids
 from .sampling import SamplingConfig, next_token
 
@@ -56,13 +62,35 @@ class ANEEWrapper(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter_for(self.model)
+        self.defaults: Defaults | None = None
+        self.method = "custom" if controller is not None else self._resolve_method()
+        if bypass is None and self.defaults is not None:
+            bypass = self.defaults.bypass(self.adapter)  # the defaults' methods were calibrated / trained with it
         self.executor = AdaptiveExecutor(self.adapter, config.min_layers, bypass=bypass, weights=weights)
-        self.controller = controller or self._default_controller()
+        self.controller = controller or self._method_controller()
 
-    def _default_controller(self) -> Controller:
-        if self.config.controller == "full":
+    def _resolve_method(self) -> str:
+        """The controller name the config asks for, resolved against the model's defaults folder
+        (kept in `self.defaults`): "default" falls back to "budget", with a warning, without one."""
+        name, model_name = self.config.controller, self.config.model_name
+        if name in ("budget", "full"):
+            return name
+        self.defaults = load_defaults(model_name, self.config.defaults_dir)
+        if self.defaults is None:
+            if name != "default":
+                raise ValueError(missing_defaults(model_name, name))
+            warnings.warn(missing_defaults(model_name, name) + " Falling back to the seed's budget policy, which degrades "
+                          "text quickly below budget 1.0.", UserWarning, stacklevel=3)
+            return "budget"
+        self.defaults.check_model(self.adapter)
+        return self.defaults.resolve(name)
+
+    def _method_controller(self) -> Controller:
+        if self.method == "full":
             return FullController()
-        return BudgetController(exit_threshold=self.config.exit_budget_threshold)
+        if self.method == "budget":
+            return BudgetController(exit_threshold=self.config.exit_budget_threshold)
+        return self.defaults.controller(self.method, self.executor)
 
     @property
     def cost_model(self):
@@ -124,7 +152,7 @@ class ANEEWrapper(nn.Module):
                 if sequences.shape[1] - input_ids.shape[1] == max_new_tokens or finished.all():
                     break
                 step = self.executor.forward(token[:, None], cache=cache, controller=controller, budget=budget,
-                                             padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool))
+                                             padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool, device=input_ids.device))
                 traces.append(step.trace)
                 logits = step.logits[:, -1]
         new = sequences[:, input_ids.shape[1] :]
@@ -180,8 +208,9 @@ class ANEEWrapper(nn.Module):
         return_result = flag("return_result", return_result)
         input_ids, padding_mask = _left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer)
         kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)  # stop where HF generate would
-        result = self.generate_ids(input_ids.to(self.config.device), max_new_tokens, energy_budget,
-                                   padding_mask=None if padding_mask.all() else padding_mask, **kwargs)
+        device = model_device(self.model)
+        result = self.generate_ids(input_ids.to(device), max_new_tokens, energy_budget,
+                                   padding_mask=None if padding_mask.all() else padding_mask.to(device), **kwargs)
         texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(result.sequences, result.padding_mask)]
         text = texts[0] if single else texts
         return (text, result) if return_result else text

@@ -107,7 +107,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-fraction", type=float, default=0.3)
     args = parser.parse_args()
-    r = run(args.model, args.new_tokens, args.repeats, args.skip_fraction)
+    print_report(run(args.model, args.new_tokens, args.repeats, args.skip_fraction))
+
+
+def print_report(r: dict) -> None:
+    """The benchmark's result as the lines `python -m anee bench` prints."""
     for name, v in r["tokens_per_s"].items():
         print(f"{name:>20}: {v:7.1f} tokens/s")
     print(f"ANEE budget 1.0 / HF generate       : {r['anee_full_vs_hf']:.3f}x")

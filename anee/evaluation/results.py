@@ -65,7 +65,12 @@ def load_json(name: str, profile: str) -> Any:
 
 def save_figure(fig, name: str, profile: str, dpi: int = 120) -> Path:
     """Save a matplotlib figure as `figures/<name>.png` (no timestamp metadata, so reruns match)."""
-    path = output_dir("figures", profile) / f"{name}.png"
+    return save_png(fig, output_dir("figures", profile) / f"{name}.png", dpi)
+
+
+def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as a PNG at `path`, atomically, without timestamp metadata."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.partial.png")
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     os.replace(tmp, path)

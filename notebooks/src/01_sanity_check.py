@@ -26,7 +26,7 @@ from anee.viz.plots import budget_bars
 setup(PROFILE, SEED)
 MAX_NEW_TOKENS = pick(PROFILE, quick=20, full=48)
 model, tokenizer = load_model(MODEL)
-anee = ANEEWrapper(ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1),
+anee = ANEEWrapper(ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1, controller="budget"),
                    model=model, tokenizer=tokenizer).eval()
 print(f"{MODEL}: {anee.num_layers} layers")
 

@@ -58,7 +58,8 @@ def get_profiler(ctx: EvalContext, executor: AdaptiveExecutor) -> Profiler:
     return ctx.extras[key]
 
 
-def _method(executor: AdaptiveExecutor, controller, budget: float) -> Method:
+def executor_method(executor: AdaptiveExecutor, controller, budget: float) -> Method:
+    """A frontier method: `controller` at `budget` in `executor`, costs from its trace."""
     def run(ids):
         out = executor.forward(ids, controller=controller, budget=budget)
         return MethodOutput(out.logits, out.trace.cost(executor.cost))
@@ -74,12 +75,12 @@ def shared_plan(ctx: EvalContext) -> PlanConfig:
 
 def anee_heuristic(ctx: EvalContext, budget: float, bypass: bool = False) -> Method:
     executor = ctx.executor_for(bypass)
-    return _method(executor, HeuristicController(get_profiler(ctx, executor), plan=shared_plan(ctx)), budget)
+    return executor_method(executor, HeuristicController(get_profiler(ctx, executor), plan=shared_plan(ctx)), budget)
 
 
 def anee_heuristic_every_layer(ctx: EvalContext, budget: float, bypass: bool = False) -> Method:
     executor = ctx.executor_for(bypass)
-    return _method(executor, HeuristicController(get_profiler(ctx, executor)), budget)
+    return executor_method(executor, HeuristicController(get_profiler(ctx, executor)), budget)
 
 
 def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
@@ -96,12 +97,12 @@ def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) 
 
 
 def anee_warmstart(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
-    return _method(*learned_controller(ctx, policy_file("warmstart", seed), bypass), budget)
+    return executor_method(*learned_controller(ctx, policy_file("warmstart", seed), bypass), budget)
 
 
 def anee_warmstart_profiler_only(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
-    return _method(*learned_controller(ctx, policy_file("warmstart_profiler_only", seed), bypass), budget)
+    return executor_method(*learned_controller(ctx, policy_file("warmstart_profiler_only", seed), bypass), budget)
 
 
 def anee_rl(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
-    return _method(*learned_controller(ctx, policy_file("rl", seed), bypass), budget)
+    return executor_method(*learned_controller(ctx, policy_file("rl", seed), bypass), budget)

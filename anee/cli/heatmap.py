@@ -1,0 +1,35 @@
+"""heatmap: the execution map of a prompt (tokens x layers: PROCESS, SKIP, EXIT, DROP) as a PNG.
+
+    anee heatmap "The future of AI is" --budget 0.7 --out map.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..evaluation.results import save_png
+from ..viz.execution_maps import execution_map
+from .options import add_controller_arguments, add_model_arguments, budget, load_wrapper, positive_int, prompt
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", type=prompt)
+    parser.add_argument("--out", type=Path, default=Path("execution_map.png"), help="PNG to write (default %(default)s)")
+    parser.add_argument("--budget", type=budget, default=0.8, help="(default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
+    add_controller_arguments(parser)
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.out.suffix.lower() != ".png":
+        args.parser.error(f"--out must name a .png file, got {str(args.out)!r}")
+    wrapper = load_wrapper(args)
+    _, result = wrapper.generate(prompt=args.prompt, max_new_tokens=args.max_new_tokens, energy_budget=args.budget,
+                                 return_result=True)
+    decisions = result.trace.decisions[0].cpu()
+    tokens = [wrapper.tokenizer.decode([t]) for t in result.sequences[0, : decisions.shape[0]].tolist()]
+    ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: "
+                                          f"layer fraction {result.cost.layer_fraction:.3f}")
+    print(save_png(ax.figure, args.out))
