@@ -71,13 +71,20 @@ def figure(name: str) -> str:
 def value(arg: str) -> str:
     ref, _, fmt = arg.partition(":")
     name, *keys = ref.split(".")
-    # file names may contain dots? no: keys after the first dot index into the JSON
     path = ROOT / "results" / f"{name}.json"
     if not path.is_file():
         return f"*(n/a: results/{name}.json)*"
     v = json.loads(path.read_text())
-    for k in keys:
-        v = v[int(k)] if isinstance(v, list) else v[k]
+    while keys:  # a JSON key may itself contain dots ("0.2"): take the shortest run of parts that is a key
+        if isinstance(v, list):
+            v, keys = v[int(keys[0])], keys[1:]
+            continue
+        for n in range(1, len(keys) + 1):
+            if ".".join(keys[:n]) in v:
+                v, keys = v[".".join(keys[:n])], keys[n:]
+                break
+        else:
+            raise KeyError(f"{{{{value:{arg}}}}}: no key {'.'.join(keys)!r} in results/{name}.json")
     return format(v, fmt) if fmt else str(v)
 
 

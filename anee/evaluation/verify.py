@@ -361,14 +361,19 @@ def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
     return {n: git(root, "show", f"{rev}:results/{n}") for n in names}
 
 
+# outputs of a run, not code: the shipped defaults are copied from the run's checkpoints (their
+# manifest names the commit they come from), the executed notebooks from the run itself
+NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb")
+
+
 def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:
-    """Files under `paths` that differ between the commit the results were generated from and the
-    working tree (empty: the results come from this code)."""
+    """Files under `paths` (code and notebook sources, not `NOT_CODE`) that differ between the commit
+    the results were generated from and the working tree (empty: the results come from this code)."""
     commit = provenance.get("code_commit")
     if not commit:
         return ["(results/provenance.json names no commit)"]
     try:
-        return git(root, "diff", "--name-only", commit, "--", *paths).split()
+        return git(root, "diff", "--name-only", commit, "--", *paths, *NOT_CODE).split()
     except Exception:
         return [f"(commit {commit} of results/provenance.json is not in this repository)"]
 

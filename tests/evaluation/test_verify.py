@@ -119,3 +119,28 @@ def test_command_line_fails_on_a_perturbed_number(tmp_path, monkeypatch, capsys)
     assert main([]) == 1
     out = capsys.readouterr()
     assert "06_frontier" in out.out and "ppl" in out.out and "FAILED" in out.err
+
+
+def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
+    import subprocess
+
+    from anee.evaluation.verify import stale_code
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for rel in ("anee/engine/x.py", "anee/defaults/m/manifest.json", "notebooks/src/01.py", "notebooks/01.ipynb", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert stale_code(tmp_path, {"code_commit": commit}) == []
+    for rel in ("anee/defaults/m/manifest.json", "notebooks/01.ipynb", "README.md"):  # outputs of a run, prose
+        (tmp_path / rel).write_text("b\n")
+    assert stale_code(tmp_path, {"code_commit": commit}) == []
+    (tmp_path / "anee/engine/x.py").write_text("b\n")
+    (tmp_path / "notebooks/src/01.py").write_text("b\n")
+    assert stale_code(tmp_path, {"code_commit": commit}) == ["anee/engine/x.py", "notebooks/src/01.py"]
+    assert stale_code(tmp_path, {})[0].startswith("(results/provenance.json names no commit")
