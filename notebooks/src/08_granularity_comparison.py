@@ -290,33 +290,30 @@ print("\n".join(describe_best(summary["cheapest_within_5pct_of_fp32_by_bytes"]))
 # %% [markdown]
 # ## Interpretation
 #
-# (Numbers quoted from the full profile, `results/08_granularity.csv`: 10 test windows of 128 tokens;
-# the quick profile is smaller and noisier but shows the same ordering.)
+# The numbers are in the table and the summary above (and `results/08_*.csv` for the full profile);
+# what they say, and why:
 #
-# * **On this model the lever is weight precision, not depth.** INT8 per-channel weights cost nothing in
-#   perplexity (42.0 vs 42.2 for fp32; SmolLM2's embedded weights were 4-bit GGUF to begin with) and cut
-#   weight traffic to 0.41 of fp32; INT4 reaches 0.31 (the fp32 LM head, 21 % of the bytes, is the floor)
-#   at ppl 67.5. Removing 6 of 30 layers saves 16 % of MACs but doubles perplexity (92). Quantisation saves
-#   no multiply here: on the MAC axis every quantised strategy sits at 1.0, which is why the table states
-#   the unit of each row.
-# * **Coarse selectors** honour their budgets by construction (`BudgetGuard`, asserted below). With one
-#   variant per window they can only interpolate between INT4 and INT8 by mixing windows (fuzzy: ppl 54 at
-#   0.35 bytes); the model-free complexity features are weak predictors of which window tolerates INT4,
-#   and the MoE gate, trained on a handful of valid windows, collapses to a per-budget constant choice.
-# * **Medium granularity** works where the exits are trained: BranchyNet keeps 98 % digit accuracy at
-#   about half the MACs and loses only a point at 0.28. On the LM the untrained logit lens fails twice:
-#   every check reads the LM head (≈ 8 layers of MACs and bytes), so the entropy exit costs *more* than
-#   the full model, and its confident early predictions are often wrong (ppl 80 to 770).
-# * **Fine granularity wins the byte axis.** Segment-level precision switching, spending the budget on the
-#   segments that calibration found most INT4-sensitive (first and last), reaches ppl 44.1 at 0.36 and
-#   42.8 at 0.38 of fp32 bytes, i.e. below INT8's cost at nearly its quality, better than any coarse
-#   selection at the same bytes. Progressive refinement (INT4 pass, INT8 re-execution of the uncertain
-#   tokens) also beats the coarse mix per byte at its budgets but less than segment switching, and it pays
-#   for every refined token twice in MACs (up to 1.7x).
-# * **ANEE's simple budget policy** (no trained exits or routers) is not competitive on perplexity here:
-#   skipping even the last 10 % of layers explodes it (2e4), so its rows sit at the top edge of the plot.
-#   The hierarchical / RL rows of notebook 06 appear when `06_frontier.csv` exists (MACs only, their own
-#   windows, marked in `source`).
+# * **Counted bytes are not measured time.** The fake-quant variants (`int8`, `int4`) keep their
+#   quantisation error but de-quantise to fp32 before every matmul, so their measured speed is about
+#   fp32's although their weight bytes predict 2.4× and 3.2×: they are the *counted* reference. The
+#   `int8-kernel` rows run torch's fbgemm INT8 kernels on SmoothQuant-smoothed blocks and are really
+#   faster, but by less than bytes predict (`measured_over_predicted` < 1): each token's activations
+#   are quantised on the fly, the LM head, attention over the cache, norms and rotary stay in fp32,
+#   and at batch 1 a 576-wide matmul is not purely weight-bandwidth-bound on this CPU.
+# * **On this model the lever is weight precision, not depth.** INT8 weights cost almost nothing in
+#   perplexity; INT4 and removing layers without a bypass cost a lot. Quantisation saves no multiply:
+#   on the MAC axis every quantised strategy sits at 1.0, which is why each row states its unit.
+# * **Coarse selectors** honour their budgets by construction (`BudgetGuard`, asserted below); with one
+#   variant per window they can only interpolate between INT4 and INT8 by mixing windows, and the
+#   model-free complexity features are weak predictors of which window tolerates INT4.
+# * **Medium granularity** works where the exits are trained (BranchyNet on digits). On the LM the
+#   untrained logit lens fails twice: every check reads the LM head, so the entropy exit costs as much as
+#   the full model or more, and its confident early predictions are often wrong.
+# * **Fine granularity wins the byte axis**: segment-level precision switching spends the budget on
+#   the segments calibration found most sensitive, below INT8's bytes at nearly its quality. With INT8
+#   kernels it is also measurably faster (its `measured_over_predicted` says how close to its bytes).
+# * **Depth and precision combine**: the ANEE row (the REINFORCE controller with the layer bypass of
+#   notebook 02, when present) on INT8 kernels adds the two savings, measured in the same run.
 
 # %%
 # every selector honours its budget over the evaluation set (running mean, hence the total);
