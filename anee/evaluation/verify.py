@@ -313,7 +313,7 @@ RULES: tuple[Rule, ...] = (
     Rule("04_skip_calibration", "trained", keys=("round", "budget"), reference="bypass"),
     Rule("04_rl_history", "trained", keys=("step",), reference="bypass"),
     # 05: the hierarchical model over its seeds; exits and per-layer usage are of the seed-0 model
-    Rule("05_causality", "bound", ("first_half_max_logit_diff",), bound=1e-5),
+    Rule("05_causality", "bound", ("first_half_max_logit_diff",), bound=1e-4),  # float rounding of gathered rows
     Rule("05_capacity_runs", "trained", keys=("capacity",)),
     Rule("05_capacity_table", "trained"),
     Rule("05_training_history", "trained", keys=("phase", "lens", "step")),

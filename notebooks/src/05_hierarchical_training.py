@@ -172,13 +172,16 @@ save_table(depths, "05_exit_depths", PROFILE)
 # ## Causality on the real model
 #
 # Replace the second half of a test window with other text: with threshold routing and exits, no
-# decision and no logit of the first half may change.
+# decision of the first half may change, and its logits only by float rounding: the gathered FFN
+# matmuls see a different number of rows when the second half changes, so their reductions may be
+# blocked differently (the same 1e-4 as sequential against teacher-forced decoding).
 
 # %%
+CAUSAL_ATOL = 1e-4
 causal = causality_check(hm, test, exit_results["exits, tuned lens"].thresholds, length=128)
 save_json(causal, "05_causality", PROFILE)
 # NBVAL_CHECK_OUTPUT
-print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"], causal["first_half_max_logit_diff"] <= 1e-5)
+print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"], causal["first_half_max_logit_diff"] <= CAUSAL_ATOL)
 
 # %% [markdown]
 # ## Against the seed's claims
@@ -219,7 +222,7 @@ assert capacities.compute_speedup.is_monotonic_increasing  # less capacity -> mo
 assert capacities.ppl.iloc[0] <= capacities.ppl.min() + 1e-6  # the full model is the best
 # FFN skipping can never beat the FFN share of the compute (ceiling at context 1, the cheapest attention)
 assert capacities.compute_speedup.iloc[-1] < 1.0 / (1 - 0.6 * hm.cost.mlp * hm.num_layers / hm.cost.full_token(1))
-assert all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical")) and causal["first_half_max_logit_diff"] <= 1e-5
+assert all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical")) and causal["first_half_max_logit_diff"] <= CAUSAL_ATOL
 assert history.loss.notna().all() and (history[history.phase == "bypass"].kl > 0).all()
 assert checkpoint_path(CKPT, "tuned").is_file() and checkpoint_path(CKPT, "logit").is_file()
 assert (exits.compute_speedup[exits.capacity < 1] > 1).all()
