@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.loading import DEFAULT_MODEL
 from ..evaluation import bench
-from .options import positive_int
+from .options import add_model_arguments, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    add_model_arguments(parser)
     parser.add_argument("--new-tokens", type=positive_int, default=128, help="(default %(default)s)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="(default %(default)s)")
     parser.add_argument("--skip-fraction", type=float, default=0.3, help="layer compute the skip pattern saves (default %(default)s)")
@@ -24,4 +23,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if not 0.0 < args.skip_fraction < 1.0:
         args.parser.error(f"--skip-fraction must be in (0, 1), got {args.skip_fraction}")
-    bench.print_report(bench.run(args.model, args.new_tokens, args.repeats, args.skip_fraction, write=args.write))
+    bench.print_report(bench.run(args.model, args.new_tokens, args.repeats, args.skip_fraction, write=args.write,
+                                 device=args.device, dtype=args.dtype))

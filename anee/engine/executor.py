@@ -211,7 +211,8 @@ class AdaptiveExecutor:
         mask = causal.unsqueeze(0) & full_mask.unsqueeze(1)
         # A padded query row would see no key at all; let it see itself to keep softmax finite.
         eye = torch.zeros(T, past + T, dtype=torch.bool, device=device)
-        eye[torch.arange(T), past + torch.arange(T)] = True
+        rows = torch.arange(T, device=device)
+        eye[rows, past + rows] = True
         mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
         return position_ids, mask.unsqueeze(1)
 

@@ -163,7 +163,7 @@ class Profiler(Checkpointable):
 
     def more_important_left(self, layer: int, later: torch.Tensor | None = None) -> int:
         """How many of the `later` layers (default: all after `layer`) are more important than it."""
-        later = torch.arange(layer + 1, len(self.rank)) if later is None else later
+        later = torch.arange(layer + 1, len(self.rank)) if later is None else later.to(self.rank.device)
         return int((self.rank[later] < self.rank[layer]).sum())
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ import platform
 import torch
 
 from ..core.bypass import BypassBank
+from ..core.devices import model_device
 from ..core.loading import load_model
 from ..core.timing import interleaved_seconds
 from ..engine.config import ANEEConfig
@@ -47,12 +48,12 @@ def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int,
 
 
 def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 5, skip_fraction: float = 0.3, write: bool = True,
-        bypass: BypassBank | None = None) -> dict:
+        bypass: BypassBank | None = None, device: str = "auto", dtype: str = "float32") -> dict:
     torch.manual_seed(0)
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     config = ANEEConfig(model_name=model_name, min_layers=0, controller="full")
     wrapper = ANEEWrapper(config, model=model, tokenizer=tokenizer)
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(model_device(model))
     pattern = skip_pattern(wrapper.num_layers, layers_to_skip(wrapper, skip_fraction))
     skipper = FixedController(pattern)
     if bypass is None:

@@ -11,7 +11,7 @@ from ..core.actions import PROCESS
 
 def layer_usage(decisions: torch.Tensor) -> np.ndarray:
     """Fraction of tokens PROCESSING each layer, from decisions [..., L]."""
-    return (decisions == PROCESS).reshape(-1, decisions.shape[-1]).float().mean(0).numpy()
+    return (decisions == PROCESS).reshape(-1, decisions.shape[-1]).float().mean(0).cpu().numpy()
 
 
 def effective_depth(decisions: torch.Tensor, budget: float) -> dict:
@@ -21,7 +21,7 @@ def effective_depth(decisions: torch.Tensor, budget: float) -> dict:
     usage = layer_usage(decisions)
     processed = decisions == PROCESS
     L = decisions.shape[-1]
-    idx = torch.arange(L).expand_as(processed)
+    idx = torch.arange(L, device=decisions.device).expand_as(processed)
     last = torch.where(processed, idx + 1, 0).amax(-1).float()
     return {"budget": budget, "mean_layers_processed": processed.sum(-1).float().mean().item(),
             "mean_effective_depth": last.mean().item(), "std_layers_processed": processed.sum(-1).float().std().item(),

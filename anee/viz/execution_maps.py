@@ -17,7 +17,7 @@ ACTION_COLORS = ListedColormap(["#2b6cb0", "#f6ad55", "#e2e8f0", "#ffffff"])  # 
 
 def execution_map(decisions: torch.Tensor, tokens: list[str], title: str = "", ax=None):
     """Heatmap of decisions [T, L] (rows = tokens, columns = layers)."""
-    d = decisions.numpy() if isinstance(decisions, torch.Tensor) else np.asarray(decisions)
+    d = decisions.detach().cpu().numpy() if isinstance(decisions, torch.Tensor) else np.asarray(decisions)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 0.22 * len(tokens) + 1))
     ax.imshow(d, cmap=ACTION_COLORS, vmin=0, vmax=len(ACTION_NAMES) - 1, aspect="auto", interpolation="nearest")

@@ -8,6 +8,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"  # offline default; on Colab e.g. "gpt2" or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 PROMPT = "The future of AI is"
 BUDGETS = [1.0, 0.5, 0.2, 0.05]
@@ -25,7 +27,7 @@ from anee.viz.plots import budget_bars
 
 setup(PROFILE, SEED)
 MAX_NEW_TOKENS = pick(PROFILE, quick=20, full=48)
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 anee = ANEEWrapper(ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1, controller="budget"),
                    model=model, tokenizer=tokenizer).eval()
 print(f"{MODEL}: {anee.num_layers} layers")

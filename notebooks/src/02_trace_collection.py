@@ -33,6 +33,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1, 2] full); the candidates tune with SEED
 SHORTLIST_K = 64
@@ -88,7 +90,7 @@ SELECT_WINDOWS, TABLE_TEST_WINDOWS = pick(PROFILE, quick=(2, 1), full=(8, 4))  #
 REMOVED = pick(PROFILE, quick=(3, 7), full=(3, 6, 9, 12))
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 PLAN, PACING = PlanConfig(marginal=PLAN_MARGINAL), PacingConfig(slack=PACING_SLACK)
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
 identity = AdaptiveExecutor(adapter)
 valid = wikitext_tokens(tokenizer, "valid", 60000)

@@ -14,6 +14,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full)
 RANK = 12  # rank of the policy's read of the residual stream (0: profiler features only)
@@ -53,7 +55,7 @@ TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_text())
 PLAN, PACING = PlanConfig(marginal=meta["plan_marginal"]), PacingConfig(slack=meta["pacing_slack"])  # notebook 02's
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
 executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)

@@ -16,6 +16,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); seed s starts from notebook 03's warm-start of seed s
 
@@ -48,7 +50,7 @@ CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
 ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 CKPT = output_dir("results", PROFILE) / "checkpoints"
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
 executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 L = executor.adapter.num_layers

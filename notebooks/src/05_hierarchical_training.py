@@ -24,6 +24,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"  # offline default; on Colab e.g. "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); phase 1 (routers, FFN bypass) per seed, exits with SEED
 CAPACITIES = [0.9, 0.7, 0.55, 0.4]
@@ -59,7 +61,7 @@ TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_s
 CALIB_WINDOWS = pick(PROFILE, quick=4, full=12)
 TEST_TOKENS = pick(PROFILE, quick=512, full=4096)
 TIMING_ROUNDS = pick(PROFILE, quick=2, full=5)
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 valid = wikitext_tokens(tokenizer, "valid", 20_000)  # training + calibration
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS)  # reported numbers only
 # threshold calibration: windows spread over the validation split (router scores vary with the topic)

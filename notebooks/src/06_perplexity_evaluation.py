@@ -18,6 +18,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"
 MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # training seeds of notebooks 03-05 to evaluate (None: the profile's, [0] quick, [0, 1, 2] full)
 LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compared
@@ -60,7 +62,7 @@ BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
 PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7), full=tuple(round(0.95 - 0.033 * i, 3) for i in range(9)))
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 HEADROOM_TOKENS = pick(PROFILE, quick=512, full=2048)  # hindsight-bound section
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
 ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))
 L = ctx.adapter.num_layers

@@ -9,6 +9,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 BUDGET = 0.7
 TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin.",
@@ -38,7 +40,7 @@ from anee.viz.execution_maps import execution_map, layer_usage_plot, savings_plo
 setup(PROFILE, SEED)
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
 executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
 L = executor.adapter.num_layers

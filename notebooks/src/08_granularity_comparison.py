@@ -26,6 +26,8 @@
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
 MODEL = "smollm2-135m"  # offline default; on Colab e.g. "gpt2" or "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1, 2] full)
 THREADS = 1  # the shared 2-core runner: one thread avoids contention
@@ -79,7 +81,7 @@ N_SENS = pick(PROFILE, quick=1, full=2)  # valid windows for the segment-sensiti
 BN_EPOCHS = pick(PROFILE, quick=25, full=60)
 DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(32, 2), full=(128, 3))  # measured decode speed
 
-model, tokenizer = load_model(MODEL)
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
 executor = AdaptiveExecutor(adapter)
 L = adapter.num_layers

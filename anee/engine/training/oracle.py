@@ -47,8 +47,8 @@ def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order
             logits = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1])).logits[0, :-1]
             kl.append(token_kl(full_logits, logits))
             nll.append(F.cross_entropy(logits.float(), w[0, 1:], reduction="none"))
-        kl_rows.append(torch.cat(kl).double().numpy())
-        nll_rows.append(torch.cat(nll).double().numpy())
+        kl_rows.append(torch.cat(kl).double().cpu().numpy())
+        nll_rows.append(torch.cat(nll).double().cpu().numpy())
     return SkipProfiles(np.array(skips), np.stack(kl_rows), np.stack(nll_rows))
 
 

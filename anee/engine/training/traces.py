@@ -41,17 +41,17 @@ def _record_rows(executor: AdaptiveExecutor, controller: PacedController, ids: t
     for r in controller.records:
         alive = r["alive"][0]
         n = int(alive.sum())
-        cols["f"].append(r["features"][0][alive].numpy())
+        cols["f"].append(r["features"][0][alive].cpu().numpy())
         if "hidden" in r:
-            cols["hidden"].append(r["hidden"][0][alive].to(torch.float16).numpy())
+            cols["hidden"].append(r["hidden"][0][alive].to(torch.float16).cpu().numpy())
         cols["layer"].append(np.full(n, int(r["layer"])))
         cols["budget"].append(np.full(n, budget))
-        cols["action"].append(r["action"][0][alive].numpy())
-        cols["free"].append(r["free"][0][alive].numpy())
-        cols["token_kl"].append(kl[alive].numpy())
-        cols["token_fraction"].append(frac[alive].numpy())
+        cols["action"].append(r["action"][0][alive].cpu().numpy())
+        cols["free"].append(r["free"][0][alive].cpu().numpy())
+        cols["token_kl"].append(kl[alive].cpu().numpy())
+        cols["token_fraction"].append(frac[alive].cpu().numpy())
         cols["window"].append(np.full(n, window))
-        cols["token"].append(alive.nonzero().flatten().numpy())
+        cols["token"].append(alive.nonzero().flatten().cpu().numpy())
     controller.record = False
     controller.reset_records()
     return {k: v for k, v in cols.items() if v}
@@ -127,8 +127,8 @@ def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wind
                 logits = executor.forward(ids, decisions=nested_decisions(layer_plan, order[:j], ids.shape[1])).logits
                 nll = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none")
                 rows.append(pd.DataFrame({"window": w, "budget": b, "token": np.arange(ids.shape[1]), "skips": j,
-                                          "token_kl": token_kl(full, logits)[0].numpy(),
-                                          "token_nll": np.append(nll.numpy(), np.nan)}))
+                                          "token_kl": token_kl(full, logits)[0].cpu().numpy(),
+                                          "token_nll": np.append(nll.cpu().numpy(), np.nan)}))
     return pd.concat(rows, ignore_index=True)
 
 
