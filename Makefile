@@ -35,8 +35,8 @@ nbval: setup
 lint: setup
 	$(PY) -m ruff check anee tests tools
 
-# Every notebook in order, papermill, PROFILE=full; executed copies kept in results/executed/;
-# then the decode benchmark and the INT8 benchmark (quality + a timings file), the README from the
+# Every notebook, papermill, PROFILE=full (02-08, then the shipped defaults rebuilt from them, then
+# 01 and 09, which show those defaults); executed copies kept in results/executed/; then the decode benchmark and the INT8 benchmark (quality + a timings file), the README from the
 # fresh results, and, when the checkout has committed results, `make verify` against them.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
@@ -59,7 +59,8 @@ notebooks: setup
 bench: setup
 	$(PY) -m anee.evaluation.bench
 
-# Copy the full run's checkpoints (notebooks 02-04) into the package as the embedded model's defaults.
+# Copy the full run's checkpoints (notebooks 02-04) into the package as the embedded model's defaults
+# (`make reproduce` does this itself, between notebooks 02-08 and 01, 09).
 ship-defaults: setup
 	$(PY) tools/ship_defaults.py
 	$(PY) -m anee.evaluation.int8_bench

@@ -1,11 +1,18 @@
 """Run every numbered notebook in order with papermill and a given profile.
 
 Executed copies go to results/executed/ (the sources stay clean); every table and figure is
-rewritten by the notebooks themselves through anee.evaluation.results. Wall times per notebook are
-written to results/timings_reproduce.json (full run; partial runs: results/executed/), the only
-file here allowed to differ between runs. A full run also writes results/provenance.json: the
-commit the results come from and whether the code under anee/ and notebooks/ had uncommitted
-changes (then the results cannot be traced to a commit, and `make verify` says so).
+rewritten by the notebooks themselves through anee.evaluation.results.
+
+Order: the notebooks that demonstrate the shipped defaults (`AFTER_SHIPPING`: 01 and 09) read
+`anee/defaults/`, which the full profile rebuilds from notebooks 02-06 (`tools/ship_defaults.py`),
+so in the full profile they run after the others and after shipping. The quick profile never
+ships (its checkpoints are trial-sized): its 01 and 09 use the committed defaults.
+
+Full profile, also for a partial run (`--only`): results/provenance.json records, per notebook, the
+commit it ran at and whether the code under anee/ and notebooks/ had uncommitted changes (then its
+results cannot be traced to a commit); `make verify` warns when code changed after that commit.
+Wall times per notebook go to results/timings_reproduce.json (merged per notebook: a partial run
+replaces the entries of the notebooks it ran), the only file here allowed to differ between runs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,31 @@ def provenance() -> dict:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
+AFTER_SHIPPING = ("01", "09")  # notebooks that demonstrate anee/defaults/ (see the module docstring)
+SHIPPED_FROM = ("02", "03", "04", "06")  # notebooks whose outputs tools/ship_defaults.py copies or reads
+
+
+def run_order(notebooks: list[Path], profile: str) -> tuple[list[Path], list[Path]]:
+    """(before shipping, after shipping): numeric order, and in the full profile `AFTER_SHIPPING` last."""
+    if profile != "full":
+        return notebooks, []
+    later = [nb for nb in notebooks if nb.name[:2] in AFTER_SHIPPING]
+    return [nb for nb in notebooks if nb not in later], later
+
+
+def merge_json(path: Path, update: dict) -> dict:
+    """`update` merged into the JSON object at `path` (one level deep for dict values)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in update.items():
+        old[key] = {**old.get(key, {}), **value} if isinstance(value, dict) and isinstance(old.get(key), dict) else value
+    return old
+
+
+def ship_defaults() -> None:
+    print("== tools/ship_defaults.py (full)", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "ship_defaults.py")], check=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=("quick", "full"), default="full")
@@ -50,7 +82,11 @@ def main() -> int:
     if origin["code_dirty"]:
         print("note: anee/ or notebooks/ has uncommitted changes: these results will not match any commit", flush=True)
     start = time.perf_counter()
-    for nb in notebooks:
+    before, after = run_order(notebooks, args.profile)
+    ran = []
+    for nb in before + after:
+        if nb is (after or [None])[0] and any(n.name[:2] in SHIPPED_FROM for n in ran):
+            ship_defaults()
         t0 = time.perf_counter()
         print(f"== {nb.name} ({args.profile})", flush=True)
         pm.execute_notebook(
@@ -58,20 +94,32 @@ def main() -> int:
             cwd=str(nb.parent), kernel_name="python3", progress_bar=True,
         )
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
+        ran.append(nb)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
-    timings["total"] = round(time.perf_counter() - start, 1)
-    # a partial run's timings are not the artifact's: they go beside the executed copies (git-ignored)
-    if args.only:
-        path = out_dir / f"timings_partial_{args.profile}.json"
-    elif args.profile == "full":
-        path = ROOT / "results" / "timings_reproduce.json"
+    if not after and args.profile == "full" and any(n.name[:2] in SHIPPED_FROM for n in ran):
+        ship_defaults()
+    elapsed = round(time.perf_counter() - start, 1)
+    if args.profile == "full":  # per notebook: the commit it ran at, its wall time (a partial run updates its own)
+        prov_path, time_path = ROOT / "results" / "provenance.json", ROOT / "results" / "timings_reproduce.json"
+        machine = {k: v for k, v in origin.items() if k not in ("code_commit", "code_dirty")}
+        runs = {nb.stem: {"code_commit": origin["code_commit"], "code_dirty": origin["code_dirty"]} for nb in ran}
+        record = merge_json(prov_path, {**machine, "notebooks": runs} if args.only else {**origin, "notebooks": runs})
+        if not args.only:
+            record["notebooks"] = runs
+            record.pop("note", None)
+        prov_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        timed = merge_json(time_path, timings) if args.only else dict(timings)
+        timed.pop("note", None)
+        timed["total"] = round(sum(v for k, v in timed.items() if k != "total" and isinstance(v, (int, float))), 1)
+        timed = {k: timed[k] for k in sorted(k for k in timed if k != "total")} | {"total": timed["total"]}
+        time_path.write_text(json.dumps(timed, indent=2) + "\n")
+        path = time_path
     else:
-        path = ROOT / "results" / "quick" / "timings_reproduce_quick.json"
+        timings["total"] = elapsed
+        path = ROOT / "results" / "quick" / ("timings_reproduce_quick.json" if not args.only else f"timings_partial_{args.profile}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(timings, indent=2) + "\n")
-    if args.profile == "full" and not args.only:
-        (ROOT / "results" / "provenance.json").write_text(json.dumps(origin, indent=2, sort_keys=True) + "\n")
-    print(f"total {timings['total']:.0f} s -> {path.relative_to(ROOT)}")
+        path.write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"this run: {elapsed:.0f} s -> {path.relative_to(ROOT)}")
     return 0
 
 

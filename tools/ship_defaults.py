@@ -71,6 +71,11 @@ def provenance(results: Path) -> dict:
     recorded = results / "provenance.json"
     if recorded.is_file():
         p = json.loads(recorded.read_text())
+        runs = [r for name, r in (p.get("notebooks") or {}).items() if name[:2] in {nb[:2] for nb, _ in NOTEBOOKS.values()}]
+        if runs and len({r.get("code_commit") for r in runs}) == 1:  # the checkpoints' notebooks ran at one commit
+            p = runs[0]
+        elif runs:
+            return {"code_commit": None, "code_dirty": True, "commit_from": f"{recorded.name}: notebooks 02-04 ran at different commits"}
         return {"code_commit": p.get("code_commit"), "code_dirty": p.get("code_dirty"), "commit_from": str(recorded.name)}
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "anee", "notebooks"],

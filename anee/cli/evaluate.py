@@ -17,9 +17,9 @@ import pandas as pd
 
 from ..core.data import wikitext_tokens
 from ..evaluation.context import EvalContext
-from ..evaluation.methods.controllers import executor_method
 from ..evaluation.methods.hierarchical import hierarchical
 from ..evaluation.perplexity import evaluate
+from ..evaluation.quickstart import api_perplexity
 from ..evaluation.results import repo_root
 from ..hierarchical.routers import check_capacity
 from .hierarchical import CALIBRATION_TOKENS
@@ -44,17 +44,19 @@ def run(args: argparse.Namespace) -> None:
         args.parser.error(f"--stride ({args.stride}) must not exceed --window ({args.window})")
     wrapper = load_wrapper(args)
     test = wikitext_tokens(wrapper.tokenizer, "test", args.tokens).to(next(wrapper.model.parameters()).device)
-    if args.hierarchical:
+    if not args.hierarchical:
+        table = api_perplexity(wrapper, test, args.budgets, args.window, args.stride)
+        tokens = int(table.tokens.iloc[0])
+        table = table.drop(columns="tokens")
+    else:
         ctx = EvalContext(wrapper.model, wrapper.tokenizer, wrapper.executor,
                           wikitext_tokens(wrapper.tokenizer, "valid", CALIBRATION_TOKENS),
                           extras={"checkpoint_dir": args.checkpoint_dir or repo_root() / "results" / "checkpoints"})
-        methods = {("hierarchical", c): hierarchical(ctx, capacity=c) for c in args.capacities}
-    else:
-        methods = {(wrapper.method, b): executor_method(wrapper.executor, wrapper.controller, b) for b in args.budgets}
-    rows = []
-    for (name, setting), method in methods.items():
-        r = evaluate(method, test, args.window, args.stride, name=name)
-        rows.append({"method": name, "capacity" if args.hierarchical else "budget": setting, "ppl": r.ppl,
-                     "layer_fraction": r.layer_fraction, "layer_saved_net": r.layer_saved_net, "total_saved_net": r.total_saved_net})
-    print(f"{args.model}, WikiText-2 test: {r.tokens} tokens scored, window {args.window}, stride {args.stride}")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        rows = []
+        for c in args.capacities:
+            r = evaluate(hierarchical(ctx, capacity=c), test, args.window, args.stride, name="hierarchical")
+            rows.append({"method": "hierarchical", "capacity": c, "ppl": r.ppl, "layer_fraction": r.layer_fraction,
+                         "layer_saved_net": r.layer_saved_net, "total_saved_net": r.total_saved_net})
+        table, tokens = pd.DataFrame(rows), r.tokens
+    print(f"{args.model}, WikiText-2 test: {tokens} tokens scored, window {args.window}, stride {args.stride}")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))

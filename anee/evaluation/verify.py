@@ -258,6 +258,8 @@ class Reference:
         for c in cols:
             values = pd.to_numeric(table[c], errors="coerce")
             if self.std_columns:
+                if f"{c}_std" not in table.columns:  # one seed (quick profile): no spread to read
+                    continue
                 rel = pd.to_numeric(table[f"{c}_std"], errors="coerce") / values.abs()
             else:
                 grouped = values.groupby([table[k] for k in self.keys]) if self.keys else values.groupby(lambda _: 0)
@@ -368,14 +370,22 @@ NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb")
 
 def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:
     """Files under `paths` (code and notebook sources, not `NOT_CODE`) that differ between the commit
-    the results were generated from and the working tree (empty: the results come from this code)."""
-    commit = provenance.get("code_commit")
-    if not commit:
-        return ["(results/provenance.json names no commit)"]
-    try:
-        return git(root, "diff", "--name-only", commit, "--", *paths, *NOT_CODE).split()
-    except Exception:
-        return [f"(commit {commit} of results/provenance.json is not in this repository)"]
+    the results were generated from and the working tree (empty: the results come from this code).
+    With per-notebook records (`provenance["notebooks"]`, a partial rerun), each notebook is checked
+    against the package and its own source since the commit it ran at."""
+    runs = {name: r.get("code_commit") for name, r in (provenance.get("notebooks") or {}).items()}
+    if not runs:
+        runs = {None: provenance.get("code_commit")}
+    changed: set[str] = set()
+    for name, commit in runs.items():
+        if not commit:
+            return [f"(results/provenance.json names no commit{f' for {name}' if name else ''})"]
+        own = [p for p in paths if p != "notebooks"] + ([f"notebooks/src/{name}.py"] if name else ["notebooks"])
+        try:
+            changed.update(git(root, "diff", "--name-only", commit, "--", *own, *NOT_CODE).split())
+        except Exception:
+            return [f"(commit {commit} of results/provenance.json is not in this repository)"]
+    return sorted(changed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,16 +8,18 @@ import seaborn as sns  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def budget_bars(table):
-    """Layers per token and realized layer fraction against the requested budget."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    labels = [f"{b:g}" for b in table.budget]
-    axes[0].bar(labels, table.layers_per_token, color="tab:blue")
-    axes[0].set(xlabel="energy budget", ylabel="layers executed / token")
-    axes[1].bar(labels, table.layer_fraction, color="tab:green", label="realized")
-    axes[1].plot(labels, table.budget, "k_", markersize=30, label="budget")
-    axes[1].set(xlabel="energy budget", ylabel="fraction of layer compute")
-    axes[1].legend()
+def by_budget(table, columns: dict[str, str], hue: str = "controller", reference: str | None = None):
+    """One panel per column (`{column: y label}`): its value against the energy budget, one line per
+    `hue`; `reference` names a column drawn as the budget itself (y = x) for comparison."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.4), squeeze=False)
+    for ax, (column, label) in zip(axes[0], columns.items()):
+        for name, group in table.groupby(hue, sort=False):
+            group = group.sort_values("budget")
+            ax.plot(group.budget, group[column], marker="o", label=name)
+        if column == reference:
+            ax.plot(table.budget.sort_values(), table.budget.sort_values(), "k--", lw=0.8, label="budget")
+        ax.set(xlabel="energy budget", ylabel=label)
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -58,8 +58,10 @@ FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3))  # of layers e
 BI_REMOVED = pick(PROFILE, quick=range(1, 10), full=range(1, 13))
 BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
 # the planned controllers move in steps of whole dropped layers; a grid of about one layer (1/30)
-# keeps their curve about as dense as static removal's
-PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7), full=tuple(round(0.95 - 0.033 * i, 3) for i in range(9)))
+# keeps their curve about as dense as static removal's; 0.8 is the budget of the README's quickstart
+# (notebook 09 checks the public API against these rows there)
+PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7),
+                       full=tuple(sorted({round(0.95 - 0.033 * i, 3) for i in range(9)} | {0.8}, reverse=True)))
 WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 256))
 HEADROOM_TOKENS = pick(PROFILE, quick=512, full=2048)  # hindsight-bound section
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)

@@ -99,6 +99,15 @@ def test_reference_spreads_are_measured_in_the_committed_files():
     assert spreads["bypass"] == pytest.approx(1.0 / 11.0) and spreads["controllers"] == 0.0
 
 
+def test_a_std_reference_skips_means_without_a_spread_column():
+    """A one-seed file (quick profile) has no `<col>_std`: no spread is measured from it, not a KeyError."""
+    table = pd.DataFrame({"method": ["anee_rl", "anee_heuristic"], "0.1": [30.0, 33.0], "0.2": [40.0, 44.0],
+                          "0.2_std": [4.0, 0.0]})
+    ref = Reference("06_ppl_at_equal_savings", ("0.*",), where=(("method", "anee_"),), std_columns=True)
+    assert ref.measure(table) == pytest.approx(0.1)
+    assert ref.measure(table.drop(columns="0.2_std")) == 0.0
+
+
 def test_every_rule_names_a_known_kind_and_downstream_rules_say_why():
     assert all(r.kind in ("exact", "eval", "decision", "trained", "bound", "skip") for r in RULES)
     assert all(r.why for r in RULES if r.kind == "decision" and r.columns == ("*",))
@@ -144,3 +153,15 @@ def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
     (tmp_path / "notebooks/src/01.py").write_text("b\n")
     assert stale_code(tmp_path, {"code_commit": commit}) == ["anee/engine/x.py", "notebooks/src/01.py"]
     assert stale_code(tmp_path, {})[0].startswith("(results/provenance.json names no commit")
+    # per-notebook records (a partial rerun): a notebook is stale for the package and its own source only
+    (tmp_path / "notebooks/src/02.py").write_text("a\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun of 01")
+    later = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    runs = {"notebooks": {"01": {"code_commit": later}, "02": {"code_commit": later}}}
+    assert stale_code(tmp_path, runs) == []
+    (tmp_path / "notebooks/src/02.py").write_text("b\n")
+    assert stale_code(tmp_path, runs) == ["notebooks/src/02.py"]
+    runs["notebooks"]["01"] = {"code_commit": commit}  # 01 ran before anee/engine/x.py and its own source changed
+    assert stale_code(tmp_path, runs) == ["anee/engine/x.py", "notebooks/src/01.py", "notebooks/src/02.py"]
+    assert stale_code(tmp_path, {"notebooks": {"01": {}}})[0] == "(results/provenance.json names no commit for 01)"

@@ -1,0 +1,115 @@
+# %% [markdown]
+# # 09 · What the quickstart gives: the shipped default against the other controllers
+#
+# The README's quickstart wraps the embedded model with `ANEEConfig(...)` and asks for an energy
+# budget. Here every controller that `ANEEConfig(controller=...)` names is measured the way a user
+# would notice it, all through `ANEEWrapper` itself (its own executor and controller, the shipped
+# defaults of `anee/defaults/`): on held-out prompts (the first words of WikiText-2 **test**
+# paragraphs), how many greedy tokens equal the full model's and the realized layer fraction; on
+# WikiText-2 test windows, the teacher-forced top-1 agreement with the full model; and the default's
+# perplexity through the public API beside notebook 06's row for the same method and budget.
+# `make reproduce` runs this notebook after notebooks 02-08 and after rebuilding the shipped
+# defaults from them; in the quick profile it checks the committed defaults against the committed
+# full-profile notebook 06.
+
+# %% tags=["parameters"]
+PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
+MODEL = "smollm2-135m"
+DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
+DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
+SEED = 0
+CONTROLLERS = ["budget", "heuristic", "warmstart", "rl"]  # every shipped method and the seed's budget policy
+BUDGETS = [0.9, 0.8, 0.7, 0.6]
+QUICKSTART_BUDGET = 0.8
+
+# %% [colab]
+
+# %%
+import pandas as pd
+
+from anee import ANEEConfig, ANEEWrapper, load_model
+from anee.core.data import wikitext_tokens
+from anee.evaluation.notebook import pick, setup
+from anee.evaluation.quickstart import api_perplexity, frontier_row, held_out_prompts, prompt_generations, top1_agreement
+from anee.evaluation.results import output_dir, save_figure, save_table
+from anee.viz.plots import by_budget
+
+setup(PROFILE, SEED)
+N_PROMPTS, PROMPT_WORDS = pick(PROFILE, quick=3, full=20), 8
+MAX_NEW_TOKENS = pick(PROFILE, quick=12, full=32)
+AGREEMENT_TOKENS, AGREEMENT_WINDOW = pick(PROFILE, quick=(256, 256), full=(2048, 512))
+# notebook 06's windows (its full profile: the first 4,096 test tokens, window 512, stride 256),
+# in both profiles: the quick run checks the committed defaults against the committed full results
+F06_TOKENS, F06_WINDOW, F06_STRIDE = 4096, 512, 256
+API_BUDGETS = pick(PROFILE, quick=[QUICKSTART_BUDGET], full=[0.884, QUICKSTART_BUDGET, 0.719])
+model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
+
+
+def quickstart(controller: str) -> ANEEWrapper:
+    config = ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1, controller=controller)
+    return ANEEWrapper(config, model=model, tokenizer=tokenizer).eval()
+
+
+default = quickstart("default")
+full = quickstart("full")
+wrappers = {c: quickstart(c) for c in CONTROLLERS}
+prompts = held_out_prompts(N_PROMPTS, PROMPT_WORDS)
+# test tokens after notebook 06's windows: no position is scored twice across the two notebooks
+test = wikitext_tokens(tokenizer, "test", F06_TOKENS + AGREEMENT_TOKENS).to(model.device)
+print(f"default controller: {default.method}; prompts: {prompts[:3]} ...")
+
+# %% [markdown]
+# ## Greedy text on held-out prompts
+
+# %%
+generations = prompt_generations(wrappers, full, prompts, BUDGETS, MAX_NEW_TOKENS)
+save_table(generations, "09_generations", PROFILE)
+prefix = generations.groupby(["controller", "budget"], sort=False).agg(
+    layer_fraction=("layer_fraction", "mean"), layer_saved_net=("layer_saved_net", "mean"),
+    matching_prefix=("matching_prefix", "mean"), matching_prefix_min=("matching_prefix", "min"))
+prefix.round(3)
+
+# %% [markdown]
+# ## Teacher-forced top-1 agreement on WikiText-2 test
+
+# %%
+agreement = top1_agreement(wrappers, full, test[:, F06_TOKENS:], BUDGETS, AGREEMENT_WINDOW)
+summary = agreement.merge(prefix.reset_index()[["controller", "budget", "matching_prefix", "matching_prefix_min"]],
+                          on=["controller", "budget"]).rename(columns={"layer_fraction": "layer_fraction_test"})
+summary.insert(1, "default", summary.controller == default.method)
+save_table(summary, "09_quickstart_summary", PROFILE)
+summary.round(3)
+
+# %%
+fig = by_budget(summary, {"matching_prefix": f"greedy tokens equal to full (of {MAX_NEW_TOKENS})",
+                          "top1_agreement": "top-1 agreement with full (test)",
+                          "layer_fraction_test": "realized layer fraction"}, reference="layer_fraction_test")
+save_figure(fig, "09_quickstart", PROFILE)
+
+# %% [markdown]
+# ## The default's perplexity through the public API against notebook 06
+
+# %%
+frontier = pd.read_csv(output_dir("results", "full") / "06_frontier.csv")
+api = api_perplexity(default, test[:, :F06_TOKENS], API_BUDGETS, F06_WINDOW, F06_STRIDE)
+api["ppl_06"] = [frontier_row(frontier, default.method, b).ppl for b in api.budget]
+api["layer_saved_net_06"] = [frontier_row(frontier, default.method, b).layer_saved_net for b in api.budget]
+api["rel_diff"] = (api.ppl / api.ppl_06 - 1).abs()
+save_table(api, "09_api_vs_06", PROFILE)
+# NBVAL_CHECK_OUTPUT
+print("public API equals notebook 06 (rel <= 1e-6):", bool((api.rel_diff <= 1e-6).all()))
+
+# %% [markdown]
+# Read the tables by budget: the budget policy meets a budget by exiting early through the final
+# norm and the LM head, so its greedy text leaves the full model's within a token or two and its
+# top-1 agreement drops fast; the planned controllers drop and skip the layers their plan marks,
+# run the learned bypass in their place and keep the last layers. The default is the method with
+# the lowest perplexity at 20 % net saving in notebook 06; the API check shows that what a user gets
+# from `ANEEWrapper(ANEEConfig(...))` is exactly that row.
+
+# %%
+at_quickstart = summary[summary.budget == QUICKSTART_BUDGET].set_index("controller")
+assert (api.rel_diff <= 1e-6).all()
+assert abs(at_quickstart.loc[default.method, "layer_fraction_test"] - QUICKSTART_BUDGET) <= 0.05
+assert at_quickstart.loc[default.method, "matching_prefix"] > at_quickstart.loc["budget", "matching_prefix"]
+assert at_quickstart.loc[default.method, "top1_agreement"] > at_quickstart.loc["budget", "top1_agreement"]

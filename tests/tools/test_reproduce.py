@@ -1,0 +1,36 @@
+"""tools/reproduce.py: run order around shipping the defaults, per-notebook provenance merging."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    pytest.importorskip("papermill")
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_showing_the_shipped_defaults_run_after_the_others_in_the_full_profile(tool):
+    nbs = [Path(f"{i:02d}_x.ipynb") for i in range(1, 10)]
+    before, after = tool.run_order(nbs, "full")
+    assert [p.name[:2] for p in before] == ["02", "03", "04", "05", "06", "07", "08"]
+    assert [p.name[:2] for p in after] == ["01", "09"]
+    assert tool.run_order(nbs, "quick") == (nbs, [])  # the quick profile never ships: numeric order
+
+
+def test_a_partial_run_updates_only_its_notebooks_records(tool, tmp_path):
+    path = tmp_path / "provenance.json"
+    path.write_text(json.dumps({"code_commit": "a", "notebooks": {"01": {"code_commit": "a"}, "06": {"code_commit": "a"}},
+                                "python": "3.10"}))
+    merged = tool.merge_json(path, {"python": "3.11", "notebooks": {"06": {"code_commit": "b"}}})
+    assert merged == {"code_commit": "a", "python": "3.11",
+                      "notebooks": {"01": {"code_commit": "a"}, "06": {"code_commit": "b"}}}
+    assert tool.merge_json(tmp_path / "absent.json", {"x": 1}) == {"x": 1}
