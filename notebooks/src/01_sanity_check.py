@@ -16,7 +16,7 @@ DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 PROMPTS = ["The future of AI is", "The capital of France is", "In 1905, Albert Einstein"]
 BUDGETS = [1.0, 0.9, 0.8, 0.7, 0.6]
-CONTROLLERS = ["default", "budget"]  # ANEEConfig(controller=...): the shipped default and the seed's budget policy
+CONTROLLERS = ["default", "budget"]  # the shipped default and the simple budget policy of the seed
 
 # %% [colab]
 

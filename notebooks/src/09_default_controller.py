@@ -96,20 +96,24 @@ api["ppl_06"] = [frontier_row(frontier, default.method, b).ppl for b in api.budg
 api["layer_saved_net_06"] = [frontier_row(frontier, default.method, b).layer_saved_net for b in api.budget]
 api["rel_diff"] = (api.ppl / api.ppl_06 - 1).abs()
 save_table(api, "09_api_vs_06", PROFILE)
+API_RTOL = 1e-5  # 06's CSV keeps 6 significant digits: rounding alone moves a value by up to 5e-6 relative
 # NBVAL_CHECK_OUTPUT
-print("public API equals notebook 06 (rel <= 1e-6):", bool((api.rel_diff <= 1e-6).all()))
+print(f"public API equals notebook 06 (rel <= {API_RTOL:g}):", bool((api.rel_diff <= API_RTOL).all()))
 
 # %% [markdown]
-# Read the tables by budget: the budget policy meets a budget by exiting early through the final
-# norm and the LM head, so its greedy text leaves the full model's within a token or two and its
-# top-1 agreement drops fast; the planned controllers drop and skip the layers their plan marks,
-# run the learned bypass in their place and keep the last layers. The default is the method with
-# the lowest perplexity at 20 % net saving in notebook 06; the API check shows that what a user gets
-# from `ANEEWrapper(ANEEConfig(...))` is exactly that row.
+# Read the tables by budget. The budget policy meets a budget by exiting early through the final
+# norm and the LM head, so its top-1 agreement with the full model collapses as soon as the budget
+# drops below 1; the planned controllers drop and skip the layers their plan marks, run the learned
+# bypass in their place and keep the last layers, and agree with the full model far more often.
+# Greedy text is a harsher test: one different token sends a continuation elsewhere, and with any
+# controller most held-out prompts leave the full model's text within the first token or two
+# (`matching_prefix_min` is the worst prompt), so the default's longer mean prefix is a real but
+# small gain. The default is the method with the lowest perplexity at 20 % net saving in notebook
+# 06; the API check shows that what a user gets from `ANEEWrapper(ANEEConfig(...))` is that row.
 
 # %%
 at_quickstart = summary[summary.budget == QUICKSTART_BUDGET].set_index("controller")
-assert (api.rel_diff <= 1e-6).all()
+assert (api.rel_diff <= API_RTOL).all()
 assert abs(at_quickstart.loc[default.method, "layer_fraction_test"] - QUICKSTART_BUDGET) <= 0.05
 assert at_quickstart.loc[default.method, "matching_prefix"] > at_quickstart.loc["budget", "matching_prefix"]
 assert at_quickstart.loc[default.method, "top1_agreement"] > at_quickstart.loc["budget", "top1_agreement"]
