@@ -67,6 +67,22 @@ def ship_defaults() -> None:
     subprocess.run([sys.executable, str(ROOT / "tools" / "ship_defaults.py")], check=True)
 
 
+def record_full_run(origin: dict, notebook: str, seconds: float, fresh: bool) -> None:
+    """Record one finished notebook of a full-profile run in provenance.json and timings_reproduce.json
+    at once (a later failure keeps the records of what finished). `fresh`: the first notebook of a
+    complete run, whose records replace the old ones instead of updating them."""
+    prov_path, time_path = ROOT / "results" / "provenance.json", ROOT / "results" / "timings_reproduce.json"
+    run = {notebook: {"code_commit": origin["code_commit"], "code_dirty": origin["code_dirty"]}}
+    record = dict(origin) if fresh else merge_json(prov_path, {k: v for k, v in origin.items() if k not in ("code_commit", "code_dirty")})
+    record["notebooks"] = run if fresh else {**record.get("notebooks", {}), **run}
+    record.pop("note", None)
+    prov_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    timed = {} if fresh else merge_json(time_path, {})
+    timed = {k: v for k, v in timed.items() if k not in ("total", "note")} | {notebook: seconds}
+    timed = {k: timed[k] for k in sorted(timed)} | {"total": round(sum(timed.values()), 1)}
+    time_path.write_text(json.dumps(timed, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=("quick", "full"), default="full")
@@ -94,26 +110,15 @@ def main() -> int:
             cwd=str(nb.parent), kernel_name="python3", progress_bar=True,
         )
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
+        if args.profile == "full":  # per notebook: the commit it ran at, its wall time
+            record_full_run(origin, nb.stem, timings[nb.stem], fresh=not args.only and not ran)
         ran.append(nb)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
     if not after and args.profile == "full" and any(n.name[:2] in SHIPPED_FROM for n in ran):
         ship_defaults()
     elapsed = round(time.perf_counter() - start, 1)
-    if args.profile == "full":  # per notebook: the commit it ran at, its wall time (a partial run updates its own)
-        prov_path, time_path = ROOT / "results" / "provenance.json", ROOT / "results" / "timings_reproduce.json"
-        machine = {k: v for k, v in origin.items() if k not in ("code_commit", "code_dirty")}
-        runs = {nb.stem: {"code_commit": origin["code_commit"], "code_dirty": origin["code_dirty"]} for nb in ran}
-        record = merge_json(prov_path, {**machine, "notebooks": runs} if args.only else {**origin, "notebooks": runs})
-        if not args.only:
-            record["notebooks"] = runs
-            record.pop("note", None)
-        prov_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        timed = merge_json(time_path, timings) if args.only else dict(timings)
-        timed.pop("note", None)
-        timed["total"] = round(sum(v for k, v in timed.items() if k != "total" and isinstance(v, (int, float))), 1)
-        timed = {k: timed[k] for k in sorted(k for k in timed if k != "total")} | {"total": timed["total"]}
-        time_path.write_text(json.dumps(timed, indent=2) + "\n")
-        path = time_path
+    if args.profile == "full":
+        path = ROOT / "results" / "timings_reproduce.json"
     else:
         timings["total"] = elapsed
         path = ROOT / "results" / "quick" / ("timings_reproduce_quick.json" if not args.only else f"timings_partial_{args.profile}.json")
