@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ..core.data import wikitext_tokens
 from ..core.loading import load_model
 from ..core.timing import Stopwatch
 from ..engine.sampling import SamplingConfig, next_token
+from ..evaluation.hierarchical import timing_table
 from ..evaluation.methods.hierarchical import calibration_windows, checkpoint_path
 from ..evaluation.results import repo_root
 from ..hierarchical import HierarchicalModel
@@ -20,8 +22,8 @@ from ..hierarchical import HierarchicalModel
 CALIBRATION_TOKENS = 4096
 
 
-def load(args: argparse.Namespace):
-    """(model, tokenizer, hierarchical model, capacity, thresholds) for --capacity / --target-speedup."""
+def load_trained(args: argparse.Namespace):
+    """(model, tokenizer, notebook 05's hierarchical model on it, valid calibration windows)."""
     path = checkpoint_path(Path(args.checkpoint_dir) if args.checkpoint_dir else repo_root() / "results" / "checkpoints")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the hierarchical model is trained by notebook 05 (make reproduce) and not "
@@ -29,8 +31,28 @@ def load(args: argparse.Namespace):
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     hm = HierarchicalModel.load(path, model).eval()
     calib = calibration_windows(wikitext_tokens(tokenizer, "valid", CALIBRATION_TOKENS).to(next(model.parameters()).device))
+    return model, tokenizer, hm, calib
+
+
+def load(args: argparse.Namespace):
+    """(model, tokenizer, hierarchical model, capacity, thresholds) for --capacity / --target-speedup."""
+    model, tokenizer, hm, calib = load_trained(args)
     capacity = args.capacity if args.capacity is not None else hm.capacity_for_speedup(calib, args.target_speedup, args.exits)
     return model, tokenizer, hm, capacity, hm.calibrate(calib, capacity, args.exits)
+
+
+@torch.no_grad()
+def bench(args: argparse.Namespace) -> pd.DataFrame:
+    """Wall-clock of the sparse path at each of `args.capacities` (and 1.0) against the HF forward on one
+    WikiText-2 test window, interleaved rounds (`anee.evaluation.hierarchical.timing_table`), beside the
+    counted net compute saved on that window."""
+    model, tokenizer, hm, calib = load_trained(args)
+    ids = wikitext_tokens(tokenizer, "test", args.tokens).to(next(model.parameters()).device)
+    thresholds = {c: hm.calibrate(calib, c, False) for c in args.capacities}
+    table = timing_table(model, hm, ids, thresholds, args.repeats)
+    saved = {c: hm.cost_report(hm.sparse_forward(ids, thresholds.get(c)), routed=c < 1.0).as_dict() for c in table.capacity}
+    return table.assign(layer_saved_net=[saved[c]["layer_saved_net"] for c in table.capacity],
+                        total_saved_net=[saved[c]["total_saved_net"] for c in table.capacity])
 
 
 @torch.no_grad()

@@ -364,8 +364,9 @@ def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
 
 
 # outputs of a run, not code: the shipped defaults are copied from the run's checkpoints (their
-# manifest names the commit they come from), the executed notebooks from the run itself
-NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb")
+# manifest names the commit they come from), the executed notebooks from the run itself; and code no
+# notebook runs: the command line (the top layer: nothing in the package imports it, tests/test_architecture.py)
+NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli", ":(exclude)anee/__main__.py")
 
 
 def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:

@@ -144,3 +144,42 @@ def test_python_dash_m_on_the_embedded_model():
     assert "realized fraction   : 0." in ok.stdout and "tokens/s" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "anee", "generate", "x", "--budget", "2"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_console_script_is_installed_and_runs_the_same_command_line():
+    """`anee` (pyproject's [project.scripts]) is on the venv's path and answers like `python -m anee`."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"anee": "anee.cli:main"}
+    script = Path(sys.executable).parent / "anee"
+    assert script.is_file(), f"{script} missing: `make setup` (pip install -e .) installs it"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("usage: anee bench") and "--hierarchical" in ok.stdout
+    bad = subprocess.run([str(script), "eval", "--budgets", "1.5"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_bench_times_the_hierarchical_capacities(monkeypatch, tmp_path, capsys):
+    from _anee_tiny import hier_llama, randomize
+
+    from anee.cli import hierarchical as cli_hierarchical
+    from anee.evaluation.methods.hierarchical import checkpoint_path
+    from anee.hierarchical import HierarchicalModel
+
+    base = hier_llama()
+    randomize(HierarchicalModel(base)).save(checkpoint_path(tmp_path))
+    monkeypatch.setattr(cli_hierarchical, "load_model", lambda name, device="auto", dtype="float32": (base, CharTokenizer()))
+    argv = ["bench", "--hierarchical", "--capacities", "0.9", "0.5", "--tokens", "64", "--repeats", "1", "--checkpoint-dir", str(tmp_path)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("hierarchical sparse path on 64 WikiText-2 test tokens, fastest of 1 interleaved rounds")
+    header, rows = lines[1].split(), [dict(zip(lines[1].split(), line.split())) for line in lines[2:]]
+    assert {"wallclock_speedup_vs_hf", "wallclock_speedup_vs_own_full", "total_saved_net"} <= set(header)
+    assert [float(r["capacity"]) for r in rows] == [1.0, 0.9, 0.5]
+    assert float(rows[0]["total_saved_net"]) == 0.0 and float(rows[0]["wallclock_speedup_vs_own_full"]) == 1.0
+    assert 0.0 < float(rows[1]["total_saved_net"]) < float(rows[2]["total_saved_net"])
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--hierarchical", "--capacities", "0.95"])
+    assert exit.value.code == 2 and "capacity must be in [0.1, 0.9]" in error_line(capsys)
