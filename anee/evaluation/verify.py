@@ -366,27 +366,35 @@ def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
 # outputs of a run, not code: the shipped defaults are copied from the run's checkpoints (their
 # manifest names the commit they come from), the executed notebooks from the run itself; and code no
 # notebook runs: the command line (the top layer: nothing in the package imports it, tests/test_architecture.py)
-NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli", ":(exclude)anee/__main__.py")
+# and this checker
+NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli", ":(exclude)anee/__main__.py",
+            ":(exclude)anee/evaluation/verify.py")
+
+
+def stale_by_notebook(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> dict[str, list[str]]:
+    """{notebook: files under `paths` (code and its notebook source, not `NOT_CODE`) that differ between the
+    commit it ran at and the working tree}; notebooks whose results come from this code are left out.
+    Without per-notebook records (`provenance["notebooks"]`), one entry "" for the whole run."""
+    runs = {name: r.get("code_commit") for name, r in (provenance.get("notebooks") or {}).items()}
+    if not runs:
+        runs = {"": provenance.get("code_commit")}
+    stale = {}
+    for name, commit in runs.items():
+        if not commit:
+            return {name: [f"(results/provenance.json names no commit{f' for {name}' if name else ''})"]}
+        own = [p for p in paths if p != "notebooks"] + ([f"notebooks/src/{name}.py"] if name else ["notebooks"])
+        try:
+            changed = git(root, "diff", "--name-only", commit, "--", *own, *NOT_CODE).split()
+        except Exception:
+            return {name: [f"(commit {commit} of results/provenance.json is not in this repository)"]}
+        if changed:
+            stale[name] = changed
+    return stale
 
 
 def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:
-    """Files under `paths` (code and notebook sources, not `NOT_CODE`) that differ between the commit
-    the results were generated from and the working tree (empty: the results come from this code).
-    With per-notebook records (`provenance["notebooks"]`, a partial rerun), each notebook is checked
-    against the package and its own source since the commit it ran at."""
-    runs = {name: r.get("code_commit") for name, r in (provenance.get("notebooks") or {}).items()}
-    if not runs:
-        runs = {None: provenance.get("code_commit")}
-    changed: set[str] = set()
-    for name, commit in runs.items():
-        if not commit:
-            return [f"(results/provenance.json names no commit{f' for {name}' if name else ''})"]
-        own = [p for p in paths if p != "notebooks"] + ([f"notebooks/src/{name}.py"] if name else ["notebooks"])
-        try:
-            changed.update(git(root, "diff", "--name-only", commit, "--", *own, *NOT_CODE).split())
-        except Exception:
-            return [f"(commit {commit} of results/provenance.json is not in this repository)"]
-    return sorted(changed)
+    """Every file `stale_by_notebook` lists (empty: all results come from this code)."""
+    return sorted({f for files in stale_by_notebook(root, provenance, paths).values() for f in files})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -413,9 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(report.checks)} values compared in {len(set(committed) | set(fresh))} files ({per_kind})")
     prov = root / "results" / PROVENANCE
     if prov.is_file():
-        changed = stale_code(root, json.loads(prov.read_text()))
-        if changed:
-            print(f"WARNING: code changed since the results were generated ({len(changed)} files: {', '.join(changed[:6])}"
+        for name, changed in stale_by_notebook(root, json.loads(prov.read_text())).items():
+            print(f"WARNING: code changed since {name or 'the results'} ran ({len(changed)} files: {', '.join(changed[:6])}"
                   f"{' ...' if len(changed) > 6 else ''}); rerun `make reproduce` and commit the results", file=sys.stderr)
     if not report.ok:
         print(f"FAILED: {len(report.failures)} values differ beyond their tolerance", file=sys.stderr)

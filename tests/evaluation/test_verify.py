@@ -139,7 +139,7 @@ def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
     for rel in ("anee/engine/x.py", "anee/defaults/m/manifest.json", "notebooks/src/01.py", "notebooks/01.ipynb", "README.md",
-                "anee/cli/bench.py"):
+                "anee/cli/bench.py", "anee/evaluation/verify.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("a\n")
     git("init", "-q")
@@ -147,7 +147,8 @@ def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
     commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert stale_code(tmp_path, {"code_commit": commit}) == []
-    for rel in ("anee/defaults/m/manifest.json", "notebooks/01.ipynb", "README.md", "anee/cli/bench.py"):  # run outputs, prose, CLI
+    for rel in ("anee/defaults/m/manifest.json", "notebooks/01.ipynb", "README.md", "anee/cli/bench.py",
+                "anee/evaluation/verify.py"):  # run outputs, prose, what no notebook runs
         (tmp_path / rel).write_text("b\n")
     assert stale_code(tmp_path, {"code_commit": commit}) == []
     (tmp_path / "anee/engine/x.py").write_text("b\n")
