@@ -36,8 +36,9 @@ lint: setup
 	$(PY) -m ruff check anee tests tools
 
 # Every notebook, papermill, PROFILE=full (02-08, then the shipped defaults rebuilt from them, then
-# 01 and 09, which show those defaults); executed copies kept in results/executed/; then the decode benchmark and the INT8 benchmark (quality + a timings file), the README from the
-# fresh results, and, when the checkout has committed results, `make verify` against them.
+# 01 and 09, which show those defaults); executed copies kept in results/executed/; then the decode
+# benchmark and the INT8 benchmark (quality + a timings file), the README from the fresh results,
+# and, when the checkout has committed results, `make verify` against them.
 reproduce: setup
 	$(PY) tools/reproduce.py --profile full
 	$(PY) -m anee.evaluation.bench

@@ -54,12 +54,9 @@ def run_order(notebooks: list[Path], profile: str) -> tuple[list[Path], list[Pat
     return [nb for nb in notebooks if nb not in later], later
 
 
-def merge_json(path: Path, update: dict) -> dict:
-    """`update` merged into the JSON object at `path` (one level deep for dict values)."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    for key, value in update.items():
-        old[key] = {**old.get(key, {}), **value} if isinstance(value, dict) and isinstance(old.get(key), dict) else value
-    return old
+def read_json(path: Path) -> dict:
+    """The JSON object at `path`, or {} when there is none yet."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def ship_defaults() -> None:
@@ -73,11 +70,12 @@ def record_full_run(origin: dict, notebook: str, seconds: float, fresh: bool) ->
     complete run, whose records replace the old ones instead of updating them."""
     prov_path, time_path = ROOT / "results" / "provenance.json", ROOT / "results" / "timings_reproduce.json"
     run = {notebook: {"code_commit": origin["code_commit"], "code_dirty": origin["code_dirty"]}}
-    record = dict(origin) if fresh else merge_json(prov_path, {k: v for k, v in origin.items() if k not in ("code_commit", "code_dirty")})
-    record["notebooks"] = run if fresh else {**record.get("notebooks", {}), **run}
+    machine = {k: v for k, v in origin.items() if k not in ("code_commit", "code_dirty")}
+    record = dict(origin) if fresh else read_json(prov_path) | machine
+    record["notebooks"] = run if fresh else record.get("notebooks", {}) | run
     record.pop("note", None)
     prov_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    timed = {} if fresh else merge_json(time_path, {})
+    timed = {} if fresh else read_json(time_path)
     timed = {k: v for k, v in timed.items() if k not in ("total", "note")} | {notebook: seconds}
     timed = {k: timed[k] for k in sorted(timed)} | {"total": round(sum(timed.values()), 1)}
     time_path.write_text(json.dumps(timed, indent=2) + "\n")
@@ -100,9 +98,8 @@ def main() -> int:
     start = time.perf_counter()
     before, after = run_order(notebooks, args.profile)
     ran = []
-    for nb in before + after:
-        if nb is (after or [None])[0] and any(n.name[:2] in SHIPPED_FROM for n in ran):
-            ship_defaults()
+
+    def execute(nb: Path) -> None:
         t0 = time.perf_counter()
         print(f"== {nb.name} ({args.profile})", flush=True)
         pm.execute_notebook(
@@ -114,8 +111,13 @@ def main() -> int:
             record_full_run(origin, nb.stem, timings[nb.stem], fresh=not args.only and not ran)
         ran.append(nb)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
-    if not after and args.profile == "full" and any(n.name[:2] in SHIPPED_FROM for n in ran):
+
+    for nb in before:
+        execute(nb)
+    if args.profile == "full" and any(n.name[:2] in SHIPPED_FROM for n in ran):
         ship_defaults()
+    for nb in after:
+        execute(nb)
     elapsed = round(time.perf_counter() - start, 1)
     if args.profile == "full":
         path = ROOT / "results" / "timings_reproduce.json"

@@ -26,27 +26,20 @@ def test_notebooks_showing_the_shipped_defaults_run_after_the_others_in_the_full
     assert tool.run_order(nbs, "quick") == (nbs, [])  # the quick profile never ships: numeric order
 
 
-def test_a_partial_run_updates_only_its_notebooks_records(tool, tmp_path):
-    path = tmp_path / "provenance.json"
-    path.write_text(json.dumps({"code_commit": "a", "notebooks": {"01": {"code_commit": "a"}, "06": {"code_commit": "a"}},
-                                "python": "3.10"}))
-    merged = tool.merge_json(path, {"python": "3.11", "notebooks": {"06": {"code_commit": "b"}}})
-    assert merged == {"code_commit": "a", "python": "3.11",
-                      "notebooks": {"01": {"code_commit": "a"}, "06": {"code_commit": "b"}}}
-    assert tool.merge_json(tmp_path / "absent.json", {"x": 1}) == {"x": 1}
-
-
 def test_each_finished_notebook_is_recorded_at_once(tool, tmp_path, monkeypatch):
     monkeypatch.setattr(tool, "ROOT", tmp_path)
     (tmp_path / "results").mkdir()
     origin = {"code_commit": "c1", "code_dirty": False, "python": "3.11"}
-    tool.record_full_run(origin, "02_x", 10.0, fresh=True)
+    (tmp_path / "results" / "provenance.json").write_text(json.dumps({"note": "old", "notebooks": {"09_x": {}}}))
+    tool.record_full_run(origin, "02_x", 10.0, fresh=True)  # a complete run drops the old records
     tool.record_full_run(origin, "03_x", 5.5, fresh=False)
     prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
     assert prov["notebooks"] == {"02_x": {"code_commit": "c1", "code_dirty": False}, "03_x": {"code_commit": "c1", "code_dirty": False}}
+    assert "note" not in prov and prov["code_commit"] == "c1" and prov["python"] == "3.11"
     # a partial rerun at another commit updates its own notebook and keeps the others
-    tool.record_full_run({**origin, "code_commit": "c2"}, "03_x", 6.0, fresh=False)
+    tool.record_full_run({**origin, "code_commit": "c2", "python": "3.12"}, "03_x", 6.0, fresh=False)
     prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
+    assert prov["code_commit"] == "c1" and prov["python"] == "3.12"  # the last complete run's commit; this machine
     assert prov["notebooks"]["02_x"]["code_commit"] == "c1" and prov["notebooks"]["03_x"]["code_commit"] == "c2"
     assert json.loads((tmp_path / "results" / "timings_reproduce.json").read_text()) == {"02_x": 10.0, "03_x": 6.0, "total": 16.0}
     tool.record_full_run(origin, "01_x", 1.0, fresh=True)  # a complete run starts the records afresh
