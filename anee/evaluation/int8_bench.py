@@ -3,7 +3,7 @@
     python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 4096] [--new-tokens 128] [--rounds 5]
 
 Quality (`results/int8_quality.json`, deterministic): WikiText-2 test perplexity on notebook 06's
-full-profile windows (the first `eval_tokens` tokens, window 512, stride 256) of fp32, of INT8
+full-profile windows (the first `eval_tokens` tokens, non-overlapping windows of 512) of fp32, of INT8
 kernels on smoothed blocks (`anee.granularity.int8`, calibrated on the valid split) and of INT8
 kernels without smoothing; KL to fp32 and top-1 agreement on the first window.
 
@@ -35,7 +35,7 @@ from .methods.baselines import full_model
 from .perplexity import evaluate
 from .results import save_json
 
-WINDOW, STRIDE = 512, 256  # notebook 06's full-profile windows
+WINDOW, STRIDE = 512, 512  # notebook 06's full-profile windows
 
 
 def run(model_name: str = "smollm2-135m", eval_tokens: int = 4096, new_tokens: int = 128, rounds: int = 5,

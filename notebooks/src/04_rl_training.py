@@ -44,7 +44,7 @@ from anee.viz.training import rl_curves
 
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
-RL_STEPS = pick(PROFILE, quick=6, full=48)
+RL_STEPS = pick(PROFILE, quick=6, full=32)
 RL_MIN_BUDGET = 0.6  # train at the trace budgets from here up (notebook 06 compares 10-30 % savings); calibrate at all
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
