@@ -392,11 +392,6 @@ def stale_by_notebook(root: Path, provenance: dict, paths: Sequence[str] = ("ane
     return stale
 
 
-def stale_code(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> list[str]:
-    """Every file `stale_by_notebook` lists (empty: all results come from this code)."""
-    return sorted({f for files in stale_by_notebook(root, provenance, paths).values() for f in files})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys

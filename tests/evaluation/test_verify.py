@@ -130,10 +130,10 @@ def test_command_line_fails_on_a_perturbed_number(tmp_path, monkeypatch, capsys)
     assert "06_frontier" in out.out and "ppl" in out.out and "FAILED" in out.err
 
 
-def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
+def test_stale_by_notebook_lists_changed_code_but_not_run_outputs(tmp_path):
     import subprocess
 
-    from anee.evaluation.verify import stale_code
+    from anee.evaluation.verify import stale_by_notebook
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -146,24 +146,24 @@ def test_stale_code_lists_changed_code_but_not_run_outputs(tmp_path):
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
     commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert stale_code(tmp_path, {"code_commit": commit}) == []
+    assert stale_by_notebook(tmp_path, {"code_commit": commit}) == {}
     for rel in ("anee/defaults/m/manifest.json", "notebooks/01.ipynb", "README.md", "anee/cli/bench.py",
                 "anee/evaluation/verify.py"):  # run outputs, prose, what no notebook runs
         (tmp_path / rel).write_text("b\n")
-    assert stale_code(tmp_path, {"code_commit": commit}) == []
+    assert stale_by_notebook(tmp_path, {"code_commit": commit}) == {}
     (tmp_path / "anee/engine/x.py").write_text("b\n")
     (tmp_path / "notebooks/src/01.py").write_text("b\n")
-    assert stale_code(tmp_path, {"code_commit": commit}) == ["anee/engine/x.py", "notebooks/src/01.py"]
-    assert stale_code(tmp_path, {})[0].startswith("(results/provenance.json names no commit")
+    assert stale_by_notebook(tmp_path, {"code_commit": commit}) == {"": ["anee/engine/x.py", "notebooks/src/01.py"]}
+    assert stale_by_notebook(tmp_path, {})[""][0].startswith("(results/provenance.json names no commit")
     # per-notebook records (a partial rerun): a notebook is stale for the package and its own source only
     (tmp_path / "notebooks/src/02.py").write_text("a\n")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun of 01")
     later = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs = {"notebooks": {"01": {"code_commit": later}, "02": {"code_commit": later}}}
-    assert stale_code(tmp_path, runs) == []
+    assert stale_by_notebook(tmp_path, runs) == {}
     (tmp_path / "notebooks/src/02.py").write_text("b\n")
-    assert stale_code(tmp_path, runs) == ["notebooks/src/02.py"]
+    assert stale_by_notebook(tmp_path, runs) == {"02": ["notebooks/src/02.py"]}
     runs["notebooks"]["01"] = {"code_commit": commit}  # 01 ran before anee/engine/x.py and its own source changed
-    assert stale_code(tmp_path, runs) == ["anee/engine/x.py", "notebooks/src/01.py", "notebooks/src/02.py"]
-    assert stale_code(tmp_path, {"notebooks": {"01": {}}})[0] == "(results/provenance.json names no commit for 01)"
+    assert stale_by_notebook(tmp_path, runs) == {"01": ["anee/engine/x.py", "notebooks/src/01.py"], "02": ["notebooks/src/02.py"]}
+    assert stale_by_notebook(tmp_path, {"notebooks": {"01": {}}}) == {"01": ["(results/provenance.json names no commit for 01)"]}
