@@ -18,9 +18,12 @@ from ..core.data import wikitext_tokens
 from ..core.outputs import MethodOutput
 from ..engine.executor import AdaptiveExecutor
 from ..engine.importance import removal_order
+from ..engine.profiler import Profiler
 from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
 from .context import EvalContext
 from .methods import build_method
+from .methods.controllers import PROFILER_FILE
+from .notebook import pick
 from .perplexity import evaluate
 from .results import output_dir
 from .seeds import summarize, verdict
@@ -29,10 +32,24 @@ BYPASS_FILE = "bypass.safetensors"  # notebook 02's layer bypass (the one every 
 LINEAR_CLOSED_FORM_FILE = "bypass_linear_closed_form.safetensors"  # notebook 02's untuned linear map (an ablation)
 
 
+def frontier_windows(profile: str) -> tuple[int, int, int]:
+    """(test tokens, window, stride) of notebook 06's frontier in `profile`: the first tokens of the
+    WikiText-2 test split (full profile: four non-overlapping windows of 512, within make reproduce's
+    hour). Notebook 09's API check and the INT8 benchmark score the full profile's."""
+    return pick(profile, quick=(512, 256, 128), full=(2048, 512, 512))
+
+
 def load_bypass(checkpoint_dir: Path, adapter, file: str = BYPASS_FILE) -> BypassBank | None:
     """A layer bypass notebook 02 wrote to the checkpoint folder (None when it has not run)."""
     path = Path(checkpoint_dir) / file
     return BypassBank.from_checkpoint(path, adapter.dims.hidden, adapter.num_layers) if path.is_file() else None
+
+
+def trained_engine(checkpoint_dir: Path, adapter) -> tuple[AdaptiveExecutor, Profiler]:
+    """The executor with notebook 02's layer bypass (the identity when it has not run) and the profiler
+    notebook 02 calibrated, as the notebooks after 02 load them from a profile's checkpoint folder."""
+    executor = AdaptiveExecutor(adapter, bypass=load_bypass(checkpoint_dir, adapter))
+    return executor, Profiler.from_checkpoint(Path(checkpoint_dir) / PROFILER_FILE, executor)
 
 
 def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4096, min_layers: int = 0) -> EvalContext:

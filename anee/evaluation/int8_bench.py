@@ -1,6 +1,6 @@
 """The real INT8 path against fp32: quality, and measured decode speed against the cost model.
 
-    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 4096] [--new-tokens 128] [--rounds 5]
+    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 128] [--rounds 3]
 
 Quality (`results/int8_quality.json`, deterministic): WikiText-2 test perplexity on notebook 06's
 full-profile windows (the first `eval_tokens` tokens, non-overlapping windows of 512) of fp32, of INT8
@@ -29,16 +29,17 @@ from ..granularity.int8 import calibrate_smoothing
 from ..granularity.precision import segment_budget, segment_schedule, segment_sensitivity, segments
 from ..granularity.quantize import FP32, WeightBank
 from .context import EvalContext
+from .frontier import frontier_windows
 from .granularity.speed import FP32 as FP32_DECODE
 from .granularity.speed import Decode, decode_seconds
 from .methods.baselines import full_model
 from .perplexity import evaluate
 from .results import save_json
 
-WINDOW, STRIDE = 512, 512  # notebook 06's full-profile windows
+EVAL_TOKENS, WINDOW, STRIDE = frontier_windows("full")  # notebook 06's full-profile windows
 
 
-def run(model_name: str = "smollm2-135m", eval_tokens: int = 4096, new_tokens: int = 128, rounds: int = 5,
+def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_tokens: int = 128, rounds: int = 3,
         calib_windows: int = 4, segs: int = 6, write: bool = True, loaded: tuple | None = None) -> tuple[dict, dict]:
     """(quality, timings) of the INT8 path; written to results/ when `write`. `loaded`: an already
     loaded (model, tokenizer) of `model_name`."""
@@ -99,9 +100,9 @@ def run(model_name: str = "smollm2-135m", eval_tokens: int = 4096, new_tokens: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the reference decode setting)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

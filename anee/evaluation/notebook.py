@@ -14,13 +14,15 @@ from .results import check_profile
 T = TypeVar("T")
 
 
-DEFAULT_THREADS = 2  # the reference machine's cores; a fixed count keeps CPU reductions the same on any machine
+DEFAULT_THREADS = 2  # the reference machine's cores: every run uses the same count, whatever the machine has
 
 
 def setup(profile: str, seed: int = 0, threads: int | None = DEFAULT_THREADS, deterministic: bool = False) -> str:
     """Validate the profile, fix every global seed (the package's own functions take explicit seeds;
-    this covers library code that draws from the global generators) and a fixed CPU thread count
-    (torch splits float reductions by thread count, so results depend on it).
+    this covers library code that draws from the global generators) and a fixed CPU thread count.
+    The thread count guards against kernels that split a float reduction by thread; none of those
+    used here did in a test: notebooks 03 and 04 (full profile) gave bit-identical results at one
+    thread and at two.
 
     `deterministic=True` also turns on `torch.use_deterministic_algorithms` (a warning, not an
     error, where an op has no deterministic version). It is off by default: on this CPU the ops
@@ -38,9 +40,10 @@ def setup(profile: str, seed: int = 0, threads: int | None = DEFAULT_THREADS, de
 
 
 def seeds(profile: str, given: list[int] | None = None) -> list[int]:
-    """The seeds a notebook trains with: `given`, else one in the quick profile and three in the full
-    one (every trained number is then reported as mean and spread over them)."""
-    default = pick(profile, quick=[0], full=[0, 1, 2])  # also checks the profile
+    """The seeds a notebook trains with: `given`, else one in the quick profile and two in the full
+    one (every trained number is then reported as mean and spread over them). Two, not three, so that
+    `make reproduce` fits its hour on a 2-core CPU: the third seed cost about 15 minutes."""
+    default = pick(profile, quick=[0], full=[0, 1])  # also checks the profile
     chosen = list(given) if given is not None else default
     if not chosen or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in chosen):
         raise ValueError(f"SEEDS must be a non-empty list of non-negative integers, got {given!r}")

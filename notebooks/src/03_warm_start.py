@@ -29,19 +29,19 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
+from anee import PROCESS, SKIP, adapter_for, load_model
 from anee.core.data import sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import load_policy, save_policy
-from anee.engine.profiler import FEATURES, Profiler
+from anee.engine.profiler import FEATURES
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.engine.training.traces import hidden_column
 from anee.engine.training.warmstart import WarmStartConfig, static_accuracy, train_warmstart
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.frontier import load_bypass
+from anee.evaluation.frontier import trained_engine
 from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_json, save_table
@@ -57,8 +57,7 @@ meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_t
 PLAN, PACING = PlanConfig(marginal=meta["plan_marginal"]), PacingConfig(slack=meta["pacing_slack"])  # notebook 02's
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
-executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
-profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
+executor, profiler = trained_engine(CKPT, adapter)  # with notebook 02's layer bypass and calibrated profiler
 valid = wikitext_tokens(tokenizer, "valid", 16384)
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 traces = datasets.Dataset.from_parquet(str(output_dir("results", PROFILE) / "traces" / "02_hindsight_traces.parquet"))

@@ -26,16 +26,15 @@ SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); seed s starts f
 # %%
 import pandas as pd
 
-from anee import AdaptiveExecutor, adapter_for, load_model
+from anee import adapter_for, load_model
 from anee.core.data import sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.policy import load_policy, save_policy
-from anee.engine.profiler import Profiler
 from anee.engine.training.rl import RLConfig, price_to_lam, train_reinforce
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.frontier import load_bypass
+from anee.evaluation.frontier import trained_engine
 from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.seeds import split_seed
@@ -52,9 +51,8 @@ ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
-executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
-L = executor.adapter.num_layers
-profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
+executor, profiler = trained_engine(CKPT, adapter)  # with notebook 02's layer bypass and calibrated profiler
+L = adapter.num_layers
 warm = {s: load_policy(CKPT / policy_file("warmstart", s), L) for s in SEEDS}
 PLAN, PACING, BYPASS = warm[SEED].plan_config(), warm[SEED].pacing_config(), warm[SEED].trained_for["bypass"]  # of 02-03
 prices = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv")

@@ -40,6 +40,7 @@ from anee.evaluation.frontier import (
     extra_specs,
     findings,
     frontier_context,
+    frontier_windows,
     headroom_table,
     load_bypass,
     run_frontier,
@@ -50,22 +51,21 @@ from anee.viz.plots import frontier
 
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
-EVAL_TOKENS = pick(PROFILE, quick=512, full=4096)
-CODE_TOKENS = pick(PROFILE, quick=512, full=2048)  # out-of-domain text (Python source)
+CODE_TOKENS = pick(PROFILE, quick=512, full=1024)  # out-of-domain text (Python source)
 FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3))  # of layers exited early (logit lens)
 # static removal at every layer count: its curve is as dense as the planned controllers' (which
 # drop a whole number of layers), so no method wins at a level by interpolating across a bump
 BI_REMOVED = pick(PROFILE, quick=range(1, 10), full=range(1, 13))
 BUDGETS = pick(PROFILE, quick=(0.9, 0.7), full=(0.9, 0.8, 0.7, 0.6))
-# the planned controllers move in steps of whole dropped layers; a grid of about one layer (1/30)
-# keeps their curve about as dense as static removal's; 0.8 is the budget of the README's quickstart
+# the planned controllers move in steps of whole dropped layers; a grid of about 1.3 layers (0.044)
+# keeps their curve nearly as dense as static removal's; 0.8 is the budget of the README's quickstart
 # (notebook 09 checks the public API against these rows there)
 PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7),
-                       full=tuple(sorted({round(0.95 - 0.033 * i, 3) for i in range(9)} | {0.8}, reverse=True)))
-# full profile: non-overlapping windows (stride = window) halve the evaluation time of a sliding
-# stride of 256 (make reproduce's time limit); every method is scored on the same windows
-WINDOW, STRIDE = pick(PROFILE, quick=(256, 128), full=(512, 512))
-HEADROOM_TOKENS = pick(PROFILE, quick=512, full=2048)  # hindsight-bound section
+                       full=tuple(sorted({round(0.95 - 0.044 * i, 3) for i in range(7)} | {0.8}, reverse=True)))
+# the first test tokens, in windows every method is scored on; full profile: non-overlapping windows
+# of 512 (stride = window halves the time of a sliding stride of 256: make reproduce's time limit)
+EVAL_TOKENS, WINDOW, STRIDE = frontier_windows(PROFILE)
+HEADROOM_TOKENS = pick(PROFILE, quick=512, full=1024)  # hindsight-bound section
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
 ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))

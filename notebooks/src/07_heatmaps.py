@@ -23,15 +23,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from anee import AdaptiveExecutor, adapter_for, load_model
+from anee import adapter_for, load_model
 from anee.core.data import wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import load_controller
 from anee.engine.controllers.plan import PlanConfig
-from anee.engine.profiler import Profiler
 from anee.evaluation.budget import budget_adherence
 from anee.evaluation.depth import effective_depth, layer_usage, per_token_depth
-from anee.evaluation.frontier import load_bypass
+from anee.evaluation.frontier import trained_engine
 from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, setup
 from anee.evaluation.results import output_dir, save_figure, save_table
@@ -42,9 +41,8 @@ TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
-executor = AdaptiveExecutor(adapter, bypass=load_bypass(CKPT, adapter))  # notebook 02's layer bypass
-L = executor.adapter.num_layers
-profiler = Profiler.from_checkpoint(CKPT / "profiler.safetensors", executor)
+executor, profiler = trained_engine(CKPT, adapter)  # with notebook 02's layer bypass and calibrated profiler
+L = adapter.num_layers
 if (CKPT / policy_file("rl", SEED)).is_file():
     NAME, controller = "rl", load_controller(CKPT / policy_file("rl", SEED), profiler)
 else:

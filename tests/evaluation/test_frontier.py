@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _anee_tiny import random_bypass
+from _anee_tiny import random_bypass, tiny_setup
 from conftest import VOCAB, tiny_llama
 
 from anee import AdaptiveExecutor, adapter_for
@@ -22,12 +22,15 @@ from anee.evaluation.frontier import (
     controller_overhead,
     equal_saving_tables,
     extra_specs,
+    frontier_windows,
     load_bypass,
     lower_hull,
     method_label,
     ppl_at_saving,
     run_frontier,
+    trained_engine,
 )
+from anee.evaluation.methods.controllers import PROFILER_FILE
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 COLUMNS = ["0.1", "0.1_std", "0.2", "0.2_std", "0.3", "0.3_std", "0.4", "0.4_std", "0.5", "0.5_std", "n_seeds"]
@@ -231,6 +234,31 @@ def test_load_bypass(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in bank.state_dict().items())
     with pytest.raises(ValueError, match="num_layers=4 does not match the model's 6.*notebook 02"):
         load_bypass(tmp_path, adapter_for(tiny_llama(n_layer=6)))
+
+
+def test_trained_engine_loads_the_bypass_and_the_profiler_notebook_02_wrote(tmp_path):
+    _, ex, prof, _ = tiny_setup(layers=4)
+    adapter = ex.adapter
+    prof.save(tmp_path / PROFILER_FILE)
+    executor, profiler = trained_engine(tmp_path, adapter)
+    assert executor.bypass is None  # no bypass written: a skipped layer is the identity
+    saved, loaded = prof.checkpoint_tensors(), profiler.checkpoint_tensors()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    bank = random_bypass("linear", adapter.dims.hidden, 4, seed=1)
+    bank.save(tmp_path / BYPASS_FILE)
+    executor, profiler = trained_engine(tmp_path, adapter)
+    assert all(torch.equal(v, executor.bypass.state_dict()[k]) for k, v in bank.state_dict().items())
+    assert profiler.executor is executor  # the profiler reads the executor that runs the bypass
+    (tmp_path / PROFILER_FILE).unlink()
+    with pytest.raises(ValueError, match="profiler.safetensors not found; re-run notebook 02"):
+        trained_engine(tmp_path, adapter)
+
+
+def test_frontier_windows_per_profile():
+    assert frontier_windows("quick") == (512, 256, 128)
+    assert frontier_windows("full") == (2048, 512, 512)  # 06's full profile: non-overlapping 512-token windows
+    with pytest.raises(ValueError, match="PROFILE must be one of"):
+        frontier_windows("fast")
 
 
 def test_comparisons_do_not_depend_on_the_order_of_a_pair():

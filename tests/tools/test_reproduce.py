@@ -26,6 +26,16 @@ def test_notebooks_showing_the_shipped_defaults_run_after_the_others_in_the_full
     assert tool.run_order(nbs, "quick") == (nbs, [])  # the quick profile never ships: numeric order
 
 
+def test_the_wall_time_of_make_reproduce_is_recorded_apart(tool, tmp_path, monkeypatch):
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    path = tool.record_make_wall(1000.0, now=4600.5)
+    assert path.name.startswith("timings_reproduce")  # verify skips it: a wall time is never compared
+    assert json.loads(path.read_text())["seconds"] == 3600.5
+    with pytest.raises(ValueError, match="not a start time"):
+        tool.record_make_wall(5000.0, now=4600.5)  # a start after now
+
+
 def test_each_finished_notebook_is_recorded_at_once(tool, tmp_path, monkeypatch):
     monkeypatch.setattr(tool, "ROOT", tmp_path)
     (tmp_path / "results").mkdir()
