@@ -20,9 +20,8 @@ DEFAULT_THREADS = 2  # the reference machine's cores: every run uses the same co
 def setup(profile: str, seed: int = 0, threads: int | None = DEFAULT_THREADS, deterministic: bool = False) -> str:
     """Validate the profile, fix every global seed (the package's own functions take explicit seeds;
     this covers library code that draws from the global generators) and a fixed CPU thread count.
-    The thread count guards against kernels that split a float reduction by thread; none of those
-    used here did in a test: notebooks 03 and 04 (full profile) gave bit-identical results at one
-    thread and at two.
+    Some kernels split a float reduction by thread and some do not: notebook 05 (quick profile) at
+    one and at two threads differs in the 6th digit, notebooks 03 and 04 (full) were bit-identical.
 
     `deterministic=True` also turns on `torch.use_deterministic_algorithms` (a warning, not an
     error, where an op has no deterministic version). It is off by default: on this CPU the ops
