@@ -40,12 +40,16 @@ lint: setup
 # benchmark and the INT8 benchmark (quality + a timings file), the README from the fresh results,
 # and, when the checkout has committed results, `make verify` against them.
 # The wall time of everything up to the benchmarks, set-up included, goes to results/timings_reproduce_make.json.
+# (The start time goes to a file, and $(MAKE) stays on a line of its own: `make -n reproduce` then
+# only prints the run instead of executing it, which it does for any line that mentions $(MAKE).)
+STARTED := results/executed/.reproduce_started
 reproduce:
-	@t0=$$(date +%s) && $(MAKE) --no-print-directory setup && \
-	$(PY) tools/reproduce.py --profile full && \
-	$(PY) -m anee.evaluation.bench && \
-	$(PY) -m anee.evaluation.int8_bench && \
-	$(PY) tools/reproduce.py --record-make-since $$t0
+	@mkdir -p results/executed && date +%s > $(STARTED)
+	@$(MAKE) --no-print-directory setup
+	$(PY) tools/reproduce.py --profile full
+	$(PY) -m anee.evaluation.bench
+	$(PY) -m anee.evaluation.int8_bench
+	$(PY) tools/reproduce.py --record-make-since $$(cat $(STARTED))
 	$(PY) tools/make_readme.py
 	@if git cat-file -e HEAD:results/06_frontier.csv 2>/dev/null; then $(MAKE) --no-print-directory verify; fi
 

@@ -79,6 +79,7 @@ class AdaptiveExecutor:
         budget: float | torch.Tensor = 1.0,
         padding_mask: torch.Tensor | None = None,
         collect_hidden: bool = False,
+        resume: tuple[int, torch.Tensor] | None = None,
     ) -> ExecutorOutput:
         """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
 
@@ -86,21 +87,28 @@ class AdaptiveExecutor:
         `controller` (default: process everything). A DROP column must be DROP for the whole chunk
         (and for every chunk of the sequence). `padding_mask` [B, T] marks real tokens for
         left-padded batches; it is remembered in the cache for later chunks.
+
+        `resume=(layer, h)` continues a teacher-forced pass (fresh cache) at `layer` from `h` [B, T, D],
+        the `hidden_states[layer]` of an earlier pass whose decisions agree before `layer`: the result
+        is the one the whole pass would give, bit for bit, without recomputing the shared layers
+        (`hidden_states` then starts at `layer`; the trace's K/V-only and DROP layers before it are
+        not written to the cache).
         """
-        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
+        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume)
 
     def weights_applied(self) -> AbstractContextManager:
         """The executor's `weights` in place (nothing without them): a generation loop enters it once
         so that its per-token forwards swap nothing."""
         return nullcontext() if self.weights is None else self.weights.applied()
 
-    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False) -> ExecutorOutput:
+    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False,
+                     resume=None) -> ExecutorOutput:
         """`forward` without the no-grad guard, for training controllers or gates through it (not
         through INT8 kernel `weights`: they have no gradient)."""
         with self.weights_applied():
-            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden)
+            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume)
 
-    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden) -> ExecutorOutput:
+    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume) -> ExecutorOutput:
         adapter, L = self.adapter, self.adapter.num_layers
         check_input_ids(input_ids, adapter.dims.vocab)
         cache = cache if cache is not None else KVCache(L)
@@ -115,13 +123,14 @@ class AdaptiveExecutor:
         if decisions is not None and decisions.shape != (B, T, L):
             raise ValueError(f"decisions must have shape {(B, T, L)}, got {tuple(decisions.shape)}")
         controller = controller or FullController()
+        start = _check_resume(resume, decisions, cache, (B, T, adapter.dims.hidden), L)
 
         position_ids, attn_mask = self._positions_and_mask(cache, B, T, past, padding_mask, input_ids.device)
         dev = input_ids.device
         context = attn_mask.sum(-1).squeeze(1) if attn_mask is not None else torch.full((B, T), past + 1, device=dev)
         context = context.to(torch.float64)
 
-        h = adapter.embed(input_ids, position_ids)
+        h = adapter.embed(input_ids, position_ids) if resume is None else resume[1]
         pos = adapter.position_state(h, position_ids)
         hidden_states = [] if collect_hidden else None
         if decisions is None and hasattr(controller, "static_decisions"):
@@ -134,7 +143,7 @@ class AdaptiveExecutor:
             dropped = _dropped_layers(record)
             by = bypassed(record) if self.bypass is not None else None
             overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
-            for layer in range(L):
+            for layer in range(start, L):
                 if hidden_states is not None:
                     hidden_states.append(h)
                 process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
@@ -215,6 +224,18 @@ class AdaptiveExecutor:
         eye[rows, past + rows] = True
         mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
         return position_ids, mask.unsqueeze(1)
+
+
+def _check_resume(resume, decisions, cache, shape: tuple[int, int, int], L: int) -> int:
+    """The layer a `resume=(layer, h)` pass starts at (0 without one)."""
+    if resume is None:
+        return 0
+    layer, h = resume
+    if decisions is None or (cache is not None and cache.length > 0):
+        raise ValueError("resume continues a teacher-forced pass: pass decisions, and no cache (or an empty one)")
+    if not 0 <= layer <= L or tuple(h.shape) != shape:
+        raise ValueError(f"resume needs a layer in 0..{L} and a hidden state of shape {shape}, got {layer} and {tuple(h.shape)}")
+    return layer
 
 
 def check_input_ids(input_ids, vocab: int) -> None:

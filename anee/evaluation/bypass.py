@@ -8,6 +8,7 @@ compared at equal net saving by interpolating log-perplexity in k.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -72,10 +73,15 @@ def choose_family(table: pd.DataFrame, level: float, split: str = "valid") -> st
 
 def tune_and_score(identity: AdaptiveExecutor, stats: list[BypassStats], config: BypassConfig, tune_ids: torch.Tensor,
                    order: list[int], tune: BypassTuneConfig, splits: dict[str, torch.Tensor], ks: Sequence[int],
-                   levels: Sequence[float], full: dict[str, float]) -> tuple[BypassBank, list[dict], list[dict]]:
+                   levels: Sequence[float], full: dict[str, float],
+                   closed_form: BypassBank | None = None) -> tuple[BypassBank, list[dict], list[dict]]:
     """Fit `config` in closed form, tune it end to end with `tune` (its seed included) and score it
-    like `family_rows`: (bank, per-step tuning log, rows labelled "<family> tuned")."""
-    bank = fit_layer_bypass(identity, None, config, stats)
+    like `family_rows`: (bank, per-step tuning log, rows labelled "<family> tuned"). `closed_form`:
+    that fit already made from the same `stats` (a copy is tuned; the fit is deterministic, so this
+    only saves its time, about 20 s for diag_lowrank-64 on the embedded model)."""
+    if closed_form is not None and closed_form.config != config:
+        raise ValueError(f"closed_form is a {closed_form.config.label} bypass, config asks for {config.label}")
+    bank = fit_layer_bypass(identity, None, config, stats) if closed_form is None else copy.deepcopy(closed_form)
     executor = AdaptiveExecutor(identity.adapter, bypass=bank)
     label = f"{bank.config.label} tuned"
     history = [dict(r, bypass=label, seed=tune.seed) for r in tune_bypass_(executor, tune_ids, order, tune)]

@@ -16,26 +16,26 @@ from ..core.bypass import BypassBank
 from ..core.cost import static_cost
 from ..core.data import wikitext_tokens
 from ..core.outputs import MethodOutput
+from ..engine.defaults import BYPASS_FILE, PROFILER_FILE  # notebook 02's files, named as in the shipped defaults
 from ..engine.executor import AdaptiveExecutor
 from ..engine.importance import removal_order
 from ..engine.profiler import Profiler
 from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
 from .context import EvalContext
 from .methods import build_method
-from .methods.controllers import PROFILER_FILE
 from .notebook import pick
 from .perplexity import evaluate
 from .results import output_dir
 from .seeds import summarize, verdict
 
-BYPASS_FILE = "bypass.safetensors"  # notebook 02's layer bypass (the one every later notebook uses)
 LINEAR_CLOSED_FORM_FILE = "bypass_linear_closed_form.safetensors"  # notebook 02's untuned linear map (an ablation)
 
 
 def frontier_windows(profile: str) -> tuple[int, int, int]:
     """(test tokens, window, stride) of notebook 06's frontier in `profile`: the first tokens of the
-    WikiText-2 test split (full profile: four non-overlapping windows of 512, within make reproduce's
-    hour). Notebook 09's API check and the INT8 benchmark score the full profile's."""
+    WikiText-2 test split (full profile: four non-overlapping windows of 512, half the 4,096 tokens of
+    earlier runs, to keep `make reproduce` near its hour). Notebook 09's API check and the INT8
+    benchmark score the full profile's."""
     return pick(profile, quick=(512, 256, 128), full=(2048, 512, 512))
 
 

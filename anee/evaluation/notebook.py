@@ -40,8 +40,10 @@ def setup(profile: str, seed: int = 0, threads: int | None = DEFAULT_THREADS, de
 
 def seeds(profile: str, given: list[int] | None = None) -> list[int]:
     """The seeds a notebook trains with: `given`, else one in the quick profile and two in the full
-    one (every trained number is then reported as mean and spread over them). Two, not three, so that
-    `make reproduce` fits its hour on a 2-core CPU: the third seed cost about 15 minutes."""
+    one (every trained number is then reported as mean and spread over them). Two, not three: with
+    two, `make reproduce` takes about an hour on the reference 2-core CPU (its measured wall time is
+    in results/timings_reproduce_make.json), and each further seed retrains the bypass, warm-start,
+    REINFORCE, the hierarchical routers and BranchyNet, and adds their frontier rows."""
     default = pick(profile, quick=[0], full=[0, 1])  # also checks the profile
     chosen = list(given) if given is not None else default
     if not chosen or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in chosen):

@@ -36,7 +36,7 @@ MODEL = "smollm2-135m"
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1, 2] full); the candidates tune with SEED
+SEEDS = None  # tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1] full); the candidates tune with SEED
 SHORTLIST_K = 64
 PLAN_MARGINAL = 4  # layers decided per token; the rest of the budget is met by static DROP
 PACING_SLACK = 0.1  # per-token band around the budget for the learned controllers (notebooks 02-04)
@@ -74,7 +74,7 @@ from anee.engine.training.traces import (
 )
 from anee.evaluation.budget import budget_adherence
 from anee.evaluation.bypass import choose_family, family_rows, removal_ppl, tune_and_score
-from anee.evaluation.frontier import BYPASS_FILE, LINEAR_CLOSED_FORM_FILE
+from anee.evaluation.frontier import BYPASS_FILE, LINEAR_CLOSED_FORM_FILE, PROFILER_FILE
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
 from anee.viz.training import bypass_curves
@@ -116,9 +116,9 @@ print(f"{MODEL}: {adapter.num_layers} layers; removal order (Block Influence, va
 stats = layer_bypass_stats(identity, fit_windows)
 LEVELS = (0.1, CHOICE_SAVING, 0.3)
 full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
-rows, banks, curves = [], {}, []
+rows, banks, curves, closed_form = [], {}, [], {}
 for family, rank in BYPASS_FAMILIES:  # closed form
-    bank = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
+    bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
     rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, order, REMOVED, LEVELS, full,
                         tuned=False, seed=-1)
     if family == "linear":  # notebook 06 scores the closed-form linear map on its own test windows
@@ -128,14 +128,14 @@ candidates = {BypassConfig(f, r).label + " tuned": BypassConfig(f, r) for f, r i
 for label in candidates:  # the candidates (and the compared families) tune with SEED; the choice looks at valid only
     banks[(label, SEED)], history, scored = tune_and_score(identity, stats, candidates[label], tune_ids, order,
                                                            BypassTuneConfig(**{**TUNE.__dict__, "seed": SEED}),
-                                                           splits, REMOVED, LEVELS, full)
+                                                           splits, REMOVED, LEVELS, full, closed_form.get(candidates[label].label))
     curves, rows = curves + history, rows + scored
 deployable = {BypassConfig(f, r).label + " tuned" for f, r in CANDIDATES}
 CHOSEN = choose_family(pd.DataFrame(rows).query("tuned and bypass in @deployable"), CHOICE_SAVING)
 for seed in [s for s in SEEDS if s != SEED]:  # the chosen family's spread over tuning seeds
     banks[(CHOSEN, seed)], history, scored = tune_and_score(identity, stats, candidates[CHOSEN], tune_ids, order,
                                                             BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
-                                                            splits, REMOVED, LEVELS, full)
+                                                            splits, REMOVED, LEVELS, full, closed_form.get(candidates[CHOSEN].label))
     curves, rows = curves + history, rows + scored
 family_table = pd.DataFrame(rows)
 save_table(family_table, "02_bypass_families", PROFILE)
@@ -158,7 +158,7 @@ family_table.groupby(["bypass", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg
 # %%
 profiler = calibrate_profiler(executor, valid[:, :4096], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
                               importance=influence)
-profiler.save(CKPT / "profiler.safetensors")
+profiler.save(CKPT / PROFILER_FILE)
 fit_states = calibration_hidden(executor, valid[:, :4096], max_windows=1)
 held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
 rows = [estimator_error(executor, fit_shortlist(executor, valid[:, :4096], k=k, hidden=fit_states), held_out) for k in (16, 64, 256)]

@@ -19,7 +19,7 @@ MODEL = "smollm2-135m"
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # None: the profile's ([0] quick, [0, 1, 2] full); seed s starts from notebook 03's warm-start of seed s
+SEEDS = None  # None: the profile's ([0] quick, [0, 1] full); seed s starts from notebook 03's warm-start of seed s
 
 # %% [colab]
 

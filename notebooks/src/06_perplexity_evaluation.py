@@ -21,7 +21,7 @@ MODEL = "smollm2-135m"
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # training seeds of notebooks 03-05 to evaluate (None: the profile's, [0] quick, [0, 1, 2] full)
+SEEDS = None  # training seeds of notebooks 03-05 to evaluate (None: the profile's, [0] quick, [0, 1] full)
 LEVELS = [0.1, 0.2, 0.3]  # net layer-compute savings at which methods are compared
 
 # %% [colab]

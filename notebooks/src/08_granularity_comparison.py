@@ -29,7 +29,7 @@ MODEL = "smollm2-135m"  # offline default; on Colab e.g. "gpt2" or "TinyLlama/Ti
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1, 2] full)
+SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1] full)
 THREADS = 1  # the shared 2-core runner: one thread avoids contention
 DIGITS_SOURCE = "sklearn"  # "sklearn" (offline, 8x8) or "mnist" (HF Hub via `datasets`, online only)
 
@@ -59,9 +59,8 @@ from anee.evaluation.granularity.speed import decode_speeds, with_predictions, w
 from anee.evaluation.granularity.strategies import Strategies
 from anee.evaluation.granularity.table import decode_plan, describe_best, granularity_summary, granularity_table
 from anee.engine.controllers.learned import load_controller
-from anee.engine.profiler import Profiler
-from anee.evaluation.frontier import load_bypass
-from anee.evaluation.methods.controllers import PROFILER_FILE, policy_file
+from anee.evaluation.frontier import load_bypass, trained_engine
+from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.seeds import summarize
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
@@ -239,10 +238,9 @@ for budget in PROG_BUDGETS:
 
 # %%
 ANEE_BUDGETS = pick(PROFILE, quick=[0.6, 0.9], full=[0.6, 0.8, 0.9])
-bypass = load_bypass(CKPT, adapter)
-if bypass is not None and (CKPT / policy_file("rl", SEED)).is_file():
-    anee_executor = AdaptiveExecutor(adapter, bypass=bypass)
-    anee_controller = load_controller(CKPT / policy_file("rl", SEED), Profiler.from_checkpoint(CKPT / PROFILER_FILE, anee_executor))
+if load_bypass(CKPT, adapter) is not None and (CKPT / policy_file("rl", SEED)).is_file():
+    anee_executor, anee_profiler = trained_engine(CKPT, adapter)
+    anee_controller = load_controller(CKPT / policy_file("rl", SEED), anee_profiler)
     ANEE_NAME = "ANEE RL+bypass"
 else:
     anee_executor, anee_controller, ANEE_NAME = executor, None, "ANEE budget"

@@ -228,6 +228,31 @@ def test_parallel_equals_sequential_with_a_bypass(tiny_model, seed):
 
 
 @torch.no_grad()
+def test_resume_from_a_shared_prefix_is_bit_identical_and_misuse_is_refused(tiny_model):
+    ex = bypass_executor(tiny_model, "diag_lowrank", 2)
+    B, T, L = 2, 12, ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(5))
+    first = decisions_with_a_drop(B, T, L, 0)
+    second = first.clone()
+    second[..., 2:] = decisions_with_a_drop(B, T, L, 1)[..., 2:]  # the same decisions before layer 2
+    earlier = ex.forward(ids, decisions=first, collect_hidden=True)
+    direct = ex.forward(ids, decisions=second, collect_hidden=True)
+    assert not torch.equal(earlier.logits, direct.logits)
+    for layer in (0, 1, 2):
+        resumed = ex.forward(ids, decisions=second, collect_hidden=True, resume=(layer, earlier.hidden_states[layer]))
+        assert torch.equal(resumed.logits, direct.logits)
+        assert all(torch.equal(a, b) for a, b in zip(resumed.hidden_states, direct.hidden_states[layer:], strict=True))
+    at_end = ex.forward(ids, decisions=first, resume=(L, earlier.hidden_states[L]))
+    assert torch.equal(at_end.logits, earlier.logits)
+    with pytest.raises(ValueError, match="pass decisions"):
+        ex.forward(ids, resume=(1, earlier.hidden_states[1]))
+    with pytest.raises(ValueError, match="hidden state of shape"):
+        ex.forward(ids, decisions=second, resume=(L + 1, earlier.hidden_states[1]))
+    with pytest.raises(ValueError, match="hidden state of shape"):
+        ex.forward(ids[:1], decisions=second[:1], resume=(1, earlier.hidden_states[1]))
+
+
+@torch.no_grad()
 def test_skip_writes_the_kv_of_the_un_updated_stream_and_then_gets_the_bypass(tiny_model):
     ex = bypass_executor(tiny_model)
     adapter, L = ex.adapter, ex.adapter.num_layers

@@ -112,6 +112,15 @@ def test_tune_and_score_fits_tunes_and_labels(setup):
     assert [(h["step"], h["bypass"], h["seed"]) for h in history] == [(0, "diag_lowrank-2 tuned", 3), (1, "diag_lowrank-2 tuned", 3)]
     assert len(rows) == 1 and (rows[0]["bypass"], rows[0]["tuned"], rows[0]["seed"]) == ("diag_lowrank-2 tuned", True, 3)
     assert rows[0]["ppl_k1"] == removal_ppl(AdaptiveExecutor(ex.adapter, bypass=bank), windows[:2], ORDER, 1)
+    # starting from a closed form fitted beforehand gives the same bank, and leaves that fit untouched
+    again, history_again, rows_again = tune_and_score(ex, stats, BypassConfig("diag_lowrank", 2), ids, ORDER, tune, splits, [1],
+                                                      [0.1], {"valid": 20.0}, closed_form=fitted)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in bank.state_dict().items())
+    assert history_again == history and rows_again == rows
+    assert all(torch.equal(v, fit_layer_bypass(ex, None, BypassConfig("diag_lowrank", 2), stats).state_dict()[k])
+               for k, v in fitted.state_dict().items())
+    with pytest.raises(ValueError, match="closed_form is a diag_lowrank-2 bypass"):
+        tune_and_score(ex, stats, BypassConfig("mlp", 2), ids, ORDER, tune, splits, [1], [0.1], {"valid": 20.0}, closed_form=fitted)
 
 
 def test_choose_family_looks_at_the_valid_split_only():

@@ -13,6 +13,7 @@ from _anee_tiny import random_bypass, tiny_setup
 from conftest import VOCAB, tiny_llama
 
 from anee import AdaptiveExecutor, adapter_for
+from anee.engine.defaults import PROFILER_FILE
 from anee.evaluation import methods
 from anee.evaluation.context import EvalContext
 from anee.evaluation.frontier import (
@@ -30,7 +31,6 @@ from anee.evaluation.frontier import (
     run_frontier,
     trained_engine,
 )
-from anee.evaluation.methods.controllers import PROFILER_FILE
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 COLUMNS = ["0.1", "0.1_std", "0.2", "0.2_std", "0.3", "0.3_std", "0.4", "0.4_std", "0.5", "0.5_std", "n_seeds"]

@@ -25,11 +25,10 @@ from ...engine.controllers.heuristic import HeuristicController
 from ...engine.controllers.learned import LearnedController, load_controller
 from ...engine.controllers.plan import PlanConfig
 from ...engine.controllers.policy import load_policy
+from ...engine.defaults import PROFILER_FILE
 from ...engine.executor import AdaptiveExecutor
 from ...engine.profiler import Profiler, calibrate_profiler
 from ..context import EvalContext, Method
-
-PROFILER_FILE = "profiler.safetensors"
 
 
 def policy_file(kind: str, seed: int = 0) -> str:
