@@ -140,7 +140,7 @@ def ship(profile: str = "full", results: Path | None = None, seed: int = 0, meth
         raise SystemExit(f"the package's shipped files would total {total / 1e6:.2f} MB, over the {MAX_SHIPPED_BYTES / 1e6:g} MB cap")
     with folder_writer(out) as tmp:
         for dest, src in sources.items():
-            shutil.copyfile(src, tmp / dest)
+            shutil.copyfile(unchanged_or(src, out / dest), tmp / dest)
         write_manifest(tmp, {"model": model_fingerprint(adapter, model_name), "method": method, "plan": asdict(plan),
                              "source": {"kind": "notebook run", "profile": profile, "seed": seed, "chosen_by": chosen_by,
                                         "notebooks": {d: NOTEBOOKS[d][0] for d in sources},
@@ -151,6 +151,25 @@ def ship(profile: str = "full", results: Path | None = None, seed: int = 0, meth
             wrapper = ANEEWrapper(ANEEConfig(model_name=model_name, controller=m, defaults_dir=str(tmp)), model=model)
             wrapper.generate_ids(probe_ids(wrapper), 2, energy_budget=0.8)
     return read_defaults(out).manifest
+
+
+def unchanged_or(src: Path, shipped: Path) -> Path:
+    """`shipped` when it holds the same tensors and metadata as `src`, else `src`: safetensors writes
+    its header's metadata keys in hash order, so a rerun that changed nothing would otherwise change
+    the shipped files' bytes (and the manifest's sha256)."""
+    import torch
+    from safetensors import safe_open
+
+    if not shipped.is_file():
+        return src
+    with safe_open(str(src), "pt") as a, safe_open(str(shipped), "pt") as b:
+        if a.metadata() != b.metadata() or set(a.keys()) != set(b.keys()):
+            return src
+        for key in a.keys():
+            x, y = a.get_tensor(key), b.get_tensor(key)
+            if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y):
+                return src
+    return shipped
 
 
 def probe_ids(wrapper):

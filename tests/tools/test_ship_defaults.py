@@ -10,7 +10,7 @@ from conftest import tiny_llama
 
 import anee
 import anee.engine.defaults as defaults
-from anee.core.bypass import BypassConfig
+from anee.core.bypass import BypassBank, BypassConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import PolicyNet, save_policy
 from anee.engine.profiler import FEATURES
@@ -77,3 +77,38 @@ def test_refuses_what_cannot_be_shipped(tool, model, results, tmp_path, monkeypa
     with pytest.raises(SystemExit, match="run notebook 02_trace_collection"):
         tool.ship("quick", results, method="heuristic", out=tmp_path / "out", model=model, model_name="tiny")
     assert not (tmp_path / "out").exists()
+
+
+def _reorder_header(path: Path) -> None:
+    """Rewrite a safetensors file with its metadata keys in reverse order: the same content, other bytes."""
+    import json
+
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+    assert len(text) == n
+    path.write_bytes(raw[:8] + text + raw[8 + n :])
+
+
+def test_a_rerun_with_the_same_content_keeps_the_shipped_bytes(tool, model, results, tmp_path):
+    out = tmp_path / "out"
+    tool.ship("quick", results, out=out, model=model, model_name="tiny")
+    first = {f: (out / f).read_bytes() for f in ("profiler.safetensors", "bypass.safetensors")}
+    for f in first:
+        _reorder_header(results / "checkpoints" / f)
+        assert (results / "checkpoints" / f).read_bytes() != first[f]
+    sha = tool.ship("quick", results, out=out, model=model, model_name="tiny")["files"]
+    assert all((out / f).read_bytes() == first[f] for f in first)
+    # a real change is shipped: one bypass weight differs
+    adapter = anee.adapter_for(model)
+    path = results / "checkpoints" / "bypass.safetensors"
+    bank = BypassBank.from_checkpoint(path, adapter.dims.hidden, adapter.num_layers)
+    with torch.no_grad():
+        next(bank.parameters()).add_(1.0)
+    bank.save(path)
+    changed = tool.ship("quick", results, out=out, model=model, model_name="tiny")["files"]
+    assert (out / "bypass.safetensors").read_bytes() == path.read_bytes() != first["bypass.safetensors"]
+    assert changed["bypass.safetensors"]["sha256"] != sha["bypass.safetensors"]["sha256"]
+    assert changed["profiler.safetensors"] == sha["profiler.safetensors"]
