@@ -123,7 +123,7 @@ class AdaptiveExecutor:
         if decisions is not None and decisions.shape != (B, T, L):
             raise ValueError(f"decisions must have shape {(B, T, L)}, got {tuple(decisions.shape)}")
         controller = controller or FullController()
-        start = _check_resume(resume, decisions, cache, (B, T, adapter.dims.hidden), L)
+        start = _check_resume(resume, decisions, past, (B, T, adapter.dims.hidden), L)
 
         position_ids, attn_mask = self._positions_and_mask(cache, B, T, past, padding_mask, input_ids.device)
         dev = input_ids.device
@@ -226,12 +226,12 @@ class AdaptiveExecutor:
         return position_ids, mask.unsqueeze(1)
 
 
-def _check_resume(resume, decisions, cache, shape: tuple[int, int, int], L: int) -> int:
-    """The layer a `resume=(layer, h)` pass starts at (0 without one)."""
+def _check_resume(resume, decisions, past: int, shape: tuple[int, int, int], L: int) -> int:
+    """The layer a `resume=(layer, h)` pass starts at (0 without one); `past`: tokens already cached."""
     if resume is None:
         return 0
     layer, h = resume
-    if decisions is None or (cache is not None and cache.length > 0):
+    if decisions is None or past > 0:
         raise ValueError("resume continues a teacher-forced pass: pass decisions, and no cache (or an empty one)")
     if not 0 <= layer <= L or tuple(h.shape) != shape:
         raise ValueError(f"resume needs a layer in 0..{L} and a hidden state of shape {shape}, got {layer} and {tuple(h.shape)}")

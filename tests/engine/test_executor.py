@@ -250,6 +250,11 @@ def test_resume_from_a_shared_prefix_is_bit_identical_and_misuse_is_refused(tiny
         ex.forward(ids, decisions=second, resume=(L + 1, earlier.hidden_states[1]))
     with pytest.raises(ValueError, match="hidden state of shape"):
         ex.forward(ids[:1], decisions=second[:1], resume=(1, earlier.hidden_states[1]))
+    filled = KVCache(L)
+    ex.forward(ids[:, :4], cache=filled)
+    with pytest.raises(ValueError, match="no cache"):  # a resumed pass writes no K/V for its first layers
+        ex.forward(ids[:, 4:], cache=filled, decisions=second[:, 4:], resume=(1, earlier.hidden_states[1][:, 4:]))
+    ex.forward(ids, cache=KVCache(L), decisions=second, resume=(1, earlier.hidden_states[1]))  # an empty cache is fine
 
 
 @torch.no_grad()
