@@ -78,7 +78,7 @@ N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every 
 N_CAL = pick(PROFILE, quick=4, full=8)  # valid windows (calibration, selectors' training)
 N_SENS = pick(PROFILE, quick=1, full=2)  # valid windows for the segment-sensitivity probe
 BN_EPOCHS = pick(PROFILE, quick=25, full=60)
-DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(32, 2), full=(64, 2))  # measured decode speed
+DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(16, 1), full=(64, 2))  # measured decode speed
 
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
