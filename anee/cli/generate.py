@@ -69,14 +69,21 @@ def run(args: argparse.Namespace) -> None:
     print()
     print(f"controller          : {wrapper.method}" + (f" ({wrapper.defaults.folder})" if wrapper.defaults else ""))
     report(result.trace.layers_executed[0], prompt_len, wrapper.num_layers, result.cost, result.new_tokens.shape[1],
-           clock.seconds)
+           clock.seconds, result.decode_cost if wrapper.config.prefill == "full" else None)
 
 
-def report(layers: torch.Tensor, prompt_len: int, num_layers: int, cost, new_tokens: int, seconds: float) -> None:
-    """The lines every generation prints under its text."""
+def report(layers: torch.Tensor, prompt_len: int, num_layers: int, cost, new_tokens: int, seconds: float,
+           decode_cost=None) -> None:
+    """The lines every generation prints under its text (`decode_cost`: the prompt ran at full depth,
+    and the budget governed the generated tokens alone)."""
     used = [str(n) for n in layers.tolist()]
     print(f"layers per token    : {' '.join(used[:prompt_len])} | {' '.join(used[prompt_len:])}  (of {num_layers}; prompt | generated)")
-    print(f"realized fraction   : {cost.layer_fraction:.3f} of full layer compute")
-    print(f"net compute saved   : {100 * cost.layer_saved:.1f}% of layer compute, {100 * cost.total_saved:.1f}% of total "
-          "(overheads included)")
+    if decode_cost is not None:
+        print(f"realized fraction   : {decode_cost.layer_fraction:.3f} of full layer compute for the generated tokens "
+              f"(the prompt runs every layer; {cost.layer_fraction:.3f} with it)")
+    else:
+        print(f"realized fraction   : {cost.layer_fraction:.3f} of full layer compute")
+    shown = cost if decode_cost is None else decode_cost
+    print(f"net compute saved   : {100 * shown.layer_saved:.1f}% of layer compute, {100 * shown.total_saved:.1f}% of total "
+          "(overheads included" + ("; generated tokens)" if decode_cost is not None else ")"))
     print(f"tokens/s            : {new_tokens / seconds:.1f} ({new_tokens} new tokens in {seconds:.2f} s, prompt included)")

@@ -2,8 +2,10 @@
 
 Every token writes K/V at every layer, whether the layer was PROCESSED or SKIPPED, so all layers
 always hold the same number of positions and later tokens attend to an aligned cache. The one
-exception is a DROPPED layer: dropped for the whole sequence, it holds no K/V at all (no token ever
-attends at it), and a layer cannot switch between dropped and kept within a sequence.
+exception is a DROPPED layer: no later token attends at it, so it stops taking K/V. A layer dropped
+from the first chunk on holds none; a layer kept for earlier chunks (a prompt run at full depth)
+may be dropped from a later chunk on and keeps the earlier chunks' K/V, which nobody reads again.
+A dropped layer cannot be kept again: the tokens that dropped it left no K/V to attend to.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class KVCache:
     def _mark(self, layer: int, dropped: bool) -> None:
         if self.dropped[layer] is None and self._length == 0:
             self.dropped[layer] = dropped
+        elif dropped and self.dropped[layer] is False:
+            self.dropped[layer] = True  # kept so far, dropped from here on (its K/V so far stay, unread)
         elif self.dropped[layer] is not dropped:
-            was = "dropped" if self.dropped[layer] else "kept"
-            raise ValueError(f"layer {layer} was {was} for earlier tokens of this sequence; a layer is dropped for "
-                             "the whole sequence or not at all (start a new cache to change the plan)")
+            why = "was dropped for" if self.dropped[layer] else "holds no K/V (a resumed pass starts after it) for"
+            raise ValueError(f"layer {layer} {why} earlier tokens of this sequence, so later tokens have no K/V to "
+                             "attend to there: a dropped layer stays dropped (start a new cache to change the plan)")
 
     def drop(self, layer: int) -> None:
         """Record that `layer` holds no K/V for this sequence."""

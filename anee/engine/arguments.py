@@ -18,6 +18,15 @@ def check_budget(budget) -> float:
     return real("energy_budget", budget, 0.0, 1.0, what=" (fraction of full layer compute)")
 
 
+PREFILLS = ("adaptive", "full")  # how generation runs the prompt (see ANEEConfig.prefill)
+
+
+def check_prefill(prefill) -> str:
+    if not isinstance(prefill, str) or prefill not in PREFILLS:
+        raise ValueError(f"prefill must be one of {', '.join(repr(p) for p in PREFILLS)}, got {prefill!r}")
+    return prefill
+
+
 def check_seed(seed) -> int:
     """A seed for `torch.Generator.manual_seed`: an integer in [0, 2**64 - 1]."""
     return integer("seed", seed, 0, 2**64 - 1)

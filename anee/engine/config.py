@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.scalars import integer, real
-from .arguments import check_budget, check_seed
+from .arguments import check_budget, check_prefill, check_seed
 
 CONTROLLERS = ("default", "budget", "heuristic", "warmstart", "rl", "full")
 
@@ -33,6 +33,11 @@ class ANEEConfig:
         "warmstart"  the warm-started policy (notebook 03), "rl" the REINFORCE one (notebook 04)
         "full"       every layer (the plain model)
     defaults_dir: a defaults folder to use instead of the shipped one (e.g. `anee.calibrate`'s `out`).
+    prefill: how `generate` runs the prompt:
+        "adaptive"   under the controller and budget, like every generated token (the seed's behaviour)
+        "full"       every layer, in one parallel pass; the controller and `energy_budget` govern the
+                     generated tokens only (`GenerationResult.decode_cost`). The first new token is
+                     then the full model's, and later tokens attend to full-depth K/V of the prompt.
     Numbers may be given as any real scalar (Python, NumPy or a 0-d tensor); they are stored as
     Python numbers.
     """
@@ -43,6 +48,7 @@ class ANEEConfig:
     exit_budget_threshold: float = 0.1
     controller: str = "default"
     defaults_dir: str | None = None
+    prefill: str = "adaptive"
     device: str = "cpu"
     dtype: torch.dtype = field(default=torch.float32)
     seed: int = 0
@@ -55,6 +61,8 @@ class ANEEConfig:
         if not isinstance(self.controller, str) or self.controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {', '.join(repr(c) for c in CONTROLLERS)}, got {self.controller!r}; "
                              "to use another controller object, pass it as ANEEWrapper(config, controller=...)")
+        check_prefill(self.prefill)
         if self.defaults_dir is not None and not isinstance(self.defaults_dir, (str, os.PathLike)):
             raise TypeError(f"defaults_dir must be a folder path (str or Path) written by anee.calibrate, got "
                             f"{type(self.defaults_dir).__name__}")
+

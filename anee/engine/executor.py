@@ -84,8 +84,9 @@ class AdaptiveExecutor:
         """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
 
         Either `decisions` [B, T, L] (teacher forcing: the pattern is applied as masks) or a
-        `controller` (default: process everything). A DROP column must be DROP for the whole chunk
-        (and for every chunk of the sequence). `padding_mask` [B, T] marks real tokens for
+        `controller` (default: process everything). A DROP column must be DROP for the whole chunk,
+        and a layer dropped once stays dropped for the sequence's later chunks (a layer kept so far,
+        e.g. for a full-depth prompt, may be dropped from a later chunk on). `padding_mask` [B, T] marks real tokens for
         left-padded batches; it is remembered in the cache for later chunks.
 
         `resume=(layer, h)` continues a teacher-forced pass (fresh cache) at `layer` from `h` [B, T, D],

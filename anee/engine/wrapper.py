@@ -26,7 +26,7 @@ from ..core.devices import model_device
 from ..core.loading import load_model
 from ..core.outputs import ExecutorOutput, Trace
 from ..core.scalars import flag, integer
-from .arguments import check_budget, check_prompts, check_seed
+from .arguments import check_budget, check_prefill, check_prompts, check_seed
 from .config import ANEEConfig
 from .controllers.base import Controller, FullController
 from .controllers.budget import BudgetController
@@ -40,8 +40,11 @@ class GenerationResult:
     sequences: torch.Tensor  # [B, prompt + new] token ids (prompt left-padded in batches)
     new_tokens: torch.Tensor  # [B, new]
     trace: Trace  # over prompt and generated tokens
-    cost: CostReport  # over real (non-padding) tokens
+    cost: CostReport  # over real (non-padding) tokens, prompt included
     padding_mask: torch.Tensor  # [B, prompt + new]
+    # over the generated tokens fed back one at a time (what the budget governs under prefill="full");
+    # None when a single token was generated (its position is the prompt's last)
+    decode_cost: CostReport | None = None
 
 
 class ANEEWrapper(nn.Module):
@@ -119,11 +122,14 @@ class ANEEWrapper(nn.Module):
         seed: int | None = None,
         eos_token_id: int | None = None,
         controller: Controller | None = None,
+        prefill: str | None = None,
     ) -> GenerationResult:
         """Incremental decoding with the KV cache: the prompt in one chunk, then one token at a time.
 
         Every argument is checked before any model work (`anee.engine.arguments`); sampling draws what
-        HF `generate` draws for the same seed at budget 1.0 (`anee.engine.sampling`). Shared by
+        HF `generate` draws for the same seed at budget 1.0 (`anee.engine.sampling`). `prefill`
+        (default `ANEEConfig.prefill`): "adaptive" runs the prompt under the controller too, "full"
+        runs it through every layer and leaves the controller to the generated tokens. Shared by
         threads, one wrapper and one controller give each call the result it gets alone: per-call
         state lives in the call. A budget below `min_layers / num_layers` warns (see `ANEEConfig`)."""
         budget = self.config.energy_budget if energy_budget is None else check_budget(energy_budget)
@@ -132,14 +138,15 @@ class ANEEWrapper(nn.Module):
         seed = self.config.seed if seed is None else check_seed(seed)
         eos_token_id = None if eos_token_id is None else integer("eos_token_id", eos_token_id)
         controller = controller or self.controller
+        prefill = check_prefill(self.config.prefill if prefill is None else prefill)
         if not callable(getattr(controller, "decide", None)):
             raise TypeError(f"controller must have a decide(view) method (see anee.engine.controllers.base), got {type(controller).__name__}")
         mask = self._check_ids(input_ids, padding_mask, max_new_tokens)
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         B = input_ids.shape[0]
         with self.executor.weights_applied():  # once per generation, not per token
-            out = self.executor.forward(input_ids, controller=controller, budget=budget,
-                                        padding_mask=None if padding_mask is None else mask)
+            out = self.executor.forward(input_ids, controller=FullController() if prefill == "full" else controller,
+                                        budget=budget, padding_mask=None if padding_mask is None else mask)
             cache, traces, sequences = out.cache, [out.trace], input_ids
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
             logits = out.logits[:, -1]
@@ -160,8 +167,11 @@ class ANEEWrapper(nn.Module):
         full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)
         real = full_mask[:, : trace.decisions.shape[1]] if padding_mask is not None else None
         cost = trace.cost(self.cost_model, real)
-        self._warn_if_min_layers_override(budget, cost)
-        return GenerationResult(sequences, new, trace, cost, full_mask)
+        decoded = torch.zeros_like(full_mask[:, : trace.decisions.shape[1]])
+        decoded[:, input_ids.shape[1] :] = True
+        decode_cost = trace.cost(self.cost_model, decoded) if decoded.any() else None
+        self._warn_if_min_layers_override(budget, decode_cost if prefill == "full" and decode_cost is not None else cost)
+        return GenerationResult(sequences, new, trace, cost, full_mask, decode_cost)
 
     def _check_ids(self, input_ids, padding_mask, max_new_tokens: int) -> torch.Tensor:
         """The padding mask [B, T] (all True without one), after checking ids, mask (left padding) and length."""

@@ -51,7 +51,8 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 
         bypass: BypassBank | None = None, device: str = "auto", dtype: str = "float32") -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype)
-    config = ANEEConfig(model_name=model_name, min_layers=0, controller="full")
+    # prefill="adaptive": the pattern on every position, prompt included, as `predicted_speedup` counts it
+    config = ANEEConfig(model_name=model_name, min_layers=0, controller="full", prefill="adaptive")
     wrapper = ANEEWrapper(config, model=model, tokenizer=tokenizer)
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(model_device(model))
     pattern = skip_pattern(wrapper.num_layers, layers_to_skip(wrapper, skip_fraction))

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..core.data import load_wikitext
+from ..engine.arguments import check_prefill
 from ..engine.wrapper import ANEEWrapper
 from .methods.controllers import executor_method
 from .perplexity import evaluate
@@ -55,27 +56,36 @@ def matching_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def prompt_generations(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapper, prompts: Sequence[str],
-                       budgets: Sequence[float], max_new_tokens: int) -> pd.DataFrame:
-    """One row per (prompt, controller, budget): greedy text, realized layer fraction, net saving and
-    the length of the prefix equal to `reference`'s greedy continuation (the full model at 1.0). The
-    prompts go as one left-padded batch (as `ANEEWrapper.generate` takes a list); no early stop at
-    EOS, so every row has `max_new_tokens` tokens."""
-    def run(wrapper: ANEEWrapper, budget: float):
+                       budgets: Sequence[float], max_new_tokens: int, prefill: str | None = None) -> pd.DataFrame:
+    """One row per (prompt, controller, budget): greedy text, the length of the prefix equal to
+    `reference`'s greedy continuation (the full model at 1.0), and the realized layer fraction and net
+    saving of the positions the budget governs: prompt and generated tokens under prefill="adaptive",
+    the generated tokens fed back under prefill="full" (`prefill`: the wrappers' own when None), whose
+    `layer_fraction_with_prompt` counts the full-depth prompt too. The prompts go as one left-padded
+    batch (as `ANEEWrapper.generate` takes a list); no early stop at EOS, so every row has
+    `max_new_tokens` tokens."""
+    def run(wrapper: ANEEWrapper, budget: float, prefill: str | None):
         return wrapper.generate(prompt=list(prompts), max_new_tokens=max_new_tokens, energy_budget=budget,
-                                return_result=True, eos_token_id=None)[1]
+                                return_result=True, eos_token_id=None, prefill=prefill)[1]
 
-    full = run(reference, 1.0).new_tokens
+    full = run(reference, 1.0, "adaptive").new_tokens
     tokenizer = reference.tokenizer
     rows = []
     for name, wrapper in wrappers.items():
         for budget in budgets:
-            out = run(wrapper, budget)
+            mode = check_prefill(wrapper.config.prefill if prefill is None else prefill)
+            out = run(wrapper, budget, mode)
             real = out.padding_mask[:, : out.trace.decisions.shape[1]]
             for p, prompt in enumerate(prompts):
                 only = torch.zeros_like(real)
                 only[p] = real[p]
+                governed = only.clone()
+                if mode == "full":
+                    governed[:, : out.sequences.shape[1] - out.new_tokens.shape[1]] = False
+                extra = {} if mode == "adaptive" else {
+                    "prefill": mode, "layer_fraction_with_prompt": out.trace.cost(wrapper.cost_model, only).layer_fraction}
                 rows.append({"prompt_index": p, "prompt": prompt, "controller": name, "method": wrapper.method,
-                             "budget": budget, **out.trace.cost(wrapper.cost_model, only).as_dict(),
+                             "budget": budget, **out.trace.cost(wrapper.cost_model, governed).as_dict(), **extra,
                              "new_tokens": out.new_tokens.shape[1], "matching_prefix": matching_prefix(out.new_tokens[p], full[p]),
                              "text": tokenizer.decode(out.new_tokens[p], skip_special_tokens=True)})
     return pd.DataFrame(rows)

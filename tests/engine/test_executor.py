@@ -132,12 +132,35 @@ def test_drop_decode_matches_parallel_and_misuse_is_refused(tiny_model):
     for t in range(12):
         logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=_pattern(L, {2}, 1)).logits)
     assert torch.allclose(par.logits, torch.cat(logits, 1), atol=1e-5)
-    with pytest.raises(ValueError, match="dropped for the whole sequence"):
+    with pytest.raises(ValueError, match="layer 2 was dropped for earlier tokens.*a dropped layer stays dropped"):
         ex.forward(ids[:, :1], cache=cache, decisions=_pattern(L, set(), 1))  # layer 2 was dropped before
     partial = _pattern(L, {2}, 12)
     partial[0, 3, 2] = SKIP
     with pytest.raises(ValueError, match="DROP for some tokens only"):
         ex.forward(ids, decisions=partial)
+
+
+@pytest.mark.parametrize("with_bypass", [False, True])
+def test_a_layer_kept_for_the_prompt_can_be_dropped_from_then_on(tiny_model, with_bypass):
+    """A prompt at full depth, then layer 2 DROPPED (generation's prefill="full" under a plan): one token
+    at a time equals one chunk, and both equal one parallel pass that SKIPs layer 2 for those tokens
+    (they are the last ones, so no token reads their K/V there). The layer keeps the prompt's K/V."""
+    adapter = adapter_for(tiny_model)
+    L = adapter.num_layers
+    ex = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, L, seed=3) if with_bypass else None)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
+    chunk = ex.forward(ids[:, 6:], cache=ex.forward(ids[:, :6]).cache, decisions=_pattern(L, {2}, 6, B=2))
+    cache, logits = ex.forward(ids[:, :6]).cache, []
+    for t in range(6, 12):
+        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=_pattern(L, {2}, 1, B=2)).logits)
+    skip = _pattern(L, set(), 12, B=2)
+    skip[:, 6:, 2] = SKIP
+    parallel = ex.forward(ids, decisions=skip).logits[:, 6:]
+    assert (chunk.logits - parallel).abs().max() <= 1e-5 and (torch.cat(logits, 1) - parallel).abs().max() <= 1e-5
+    assert (parallel - ex.forward(ids).logits[:, 6:]).abs().max() > 1e-3  # dropping layer 2 mattered
+    assert cache.keys[2].shape[2] == 6 and cache.keys[3].shape[2] == 12 and cache.dropped[2] is True
+    with pytest.raises(ValueError, match="layer 2 was dropped for earlier tokens"):
+        ex.forward(ids[:, :1], cache=cache, decisions=_pattern(L, set(), 1, B=2))
 
 
 def test_exit_does_not_override_drop():

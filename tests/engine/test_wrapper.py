@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anee import ANEEConfig, ANEEWrapper
+from anee.core.actions import PROCESS
 from anee.engine.controllers.entropy_exit import EntropyExitController
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import load_controller
@@ -235,6 +236,35 @@ def test_min_layers_above_budget_warns_with_the_realized_fraction():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         wrap(tiny_llama(n_layer=4), min_layers=1).generate_ids(torch.tensor([[3, 4, 5]]), 3, energy_budget=0.3)
+
+
+def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decoding():
+    """prefill="full" (argument or config): every prompt position PROCESSES every layer, so the first new
+    token is the full model's; `decode_cost` is the cost of the fed-back tokens alone. prefill="adaptive"
+    (the default) runs the prompt under the controller too, as the seed did."""
+    model = tiny_llama(n_layer=6)
+    prompt = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(4))
+    P, new = prompt.shape[1], 8
+    full = wrap(model, controller="full").generate_ids(prompt, new)
+    wrapper = wrap(model)
+    out = wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="full")
+    assert (out.trace.decisions[:, :P] == PROCESS).all() and (out.trace.decisions[:, P:] != PROCESS).any()
+    assert torch.equal(out.new_tokens[:, 0], full.new_tokens[:, 0])
+    decoded = torch.zeros(2, P + new - 1, dtype=torch.bool)
+    decoded[:, P:] = True
+    assert torch.equal(out.decode_cost.layer_macs, out.trace.cost(wrapper.cost_model, decoded).layer_macs)
+    assert out.decode_cost.layer_fraction < out.cost.layer_fraction < 1.0
+    by_config = wrap(model, prefill="full").generate_ids(prompt, new, energy_budget=0.5)
+    assert torch.equal(by_config.trace.decisions, out.trace.decisions) and torch.equal(by_config.sequences, out.sequences)
+    adaptive = wrapper.generate_ids(prompt, new, energy_budget=0.5)
+    assert (adaptive.trace.decisions[:, :P] != PROCESS).any()
+    assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="adaptive").trace.decisions,
+                       adaptive.trace.decisions)
+    assert wrapper.generate_ids(prompt, 1, prefill="full").decode_cost is None  # one token: no decode step
+    with pytest.raises(ValueError, match="prefill must be one of 'adaptive', 'full', got 'half'"):
+        wrapper.generate_ids(prompt, 2, prefill="half")
+    with pytest.raises(ValueError, match="prefill must be one of"):
+        ANEEConfig(model_name="tiny", prefill=None)
 
 
 # -- one wrapper and one controller shared by threads ---------------------------------------------------

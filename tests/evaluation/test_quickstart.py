@@ -69,6 +69,20 @@ def test_generations_of_the_full_model_match_it_and_a_low_budget_stays_within_it
     real = direct.padding_mask[:, : direct.trace.decisions.shape[1]].clone()
     real[0] = False
     assert row.layer_fraction == pytest.approx(direct.trace.cost(budget.cost_model, real).layer_fraction)
+    assert "layer_fraction_with_prompt" not in table  # prefill="adaptive" (the default): the budget governs every position
+    # prefill="full": the prompt runs every layer, the first new token is the full model's, and the
+    # fractions are those of the generated tokens (the prompt's counted beside them)
+    table = prompt_generations({"budget": budget}, full, prompts, [0.4], max_new_tokens=6, prefill="full")
+    direct = budget.generate(prompt=prompts, max_new_tokens=6, energy_budget=0.4, return_result=True, eos_token_id=None,
+                             prefill="full")[1]
+    row = table[table.prompt_index == 1].iloc[0]
+    assert (table.prefill == "full").all() and (table.matching_prefix >= 1).all()
+    real = direct.padding_mask[:, : direct.trace.decisions.shape[1]].clone()
+    real[0] = False
+    assert row.layer_fraction_with_prompt == pytest.approx(direct.trace.cost(budget.cost_model, real).layer_fraction)
+    real[:, : direct.sequences.shape[1] - 6] = False
+    assert row.layer_fraction == pytest.approx(direct.trace.cost(budget.cost_model, real).layer_fraction)
+    assert row.layer_fraction < row.layer_fraction_with_prompt
 
 
 def test_top1_agreement_is_one_for_the_full_model_and_counted_exactly_below(wrappers):

@@ -55,7 +55,9 @@ FP32 = Decode()
 
 
 def _runner(model, tokenizer, decode: Decode, ids: torch.Tensor, new_tokens: int):
-    wrapper = ANEEWrapper(ANEEConfig(model_name="decode-speed", min_layers=decode.min_layers, controller="full"), model=model,
+    # prefill="adaptive": the decode's controller and budget on every position, prompt included, as the predictions count
+    config = ANEEConfig(model_name="decode-speed", min_layers=decode.min_layers, controller="full", prefill="adaptive")
+    wrapper = ANEEWrapper(config, model=model,
                           tokenizer=tokenizer, controller=decode.controller, bypass=decode.bypass, weights=decode.weights)
     return lambda: wrapper.generate_ids(ids, new_tokens, energy_budget=decode.budget)
 
