@@ -5,6 +5,7 @@ the compute saved net of every overhead (profiler, controller, bypass) and token
 
     anee generate "The future of AI is" --budget 0.8
     anee generate "The future of AI is" --budget 0.7 --controller budget --sample --temperature 0.8 --seed 1
+    anee generate "The future of AI is" --budget 0.8 --prefill full
     anee generate "The future of AI is" --hierarchical --target-speedup 1.6
 """
 
@@ -17,7 +18,16 @@ import torch
 from ..core.timing import Stopwatch
 from ..hierarchical.routers import check_capacity
 from . import hierarchical
-from .options import add_controller_arguments, add_model_arguments, budget, checked, load_wrapper, positive_int, prompt
+from .options import (
+    add_controller_arguments,
+    add_model_arguments,
+    add_prefill_argument,
+    budget,
+    checked,
+    load_wrapper,
+    positive_int,
+    prompt,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="1: off")
     parser.add_argument("--seed", type=int, default=0)
     add_controller_arguments(parser)
+    add_prefill_argument(parser)
     add_hierarchical_arguments(parser)
     add_model_arguments(parser)
 
@@ -51,6 +62,8 @@ def check_hierarchical(args: argparse.Namespace) -> None:
         args.parser.error("--capacity and --target-speedup are for --hierarchical (ANEE takes --budget)")
     if args.hierarchical and not knob:
         args.parser.error("--hierarchical needs --capacity or --target-speedup")
+    if args.hierarchical and args.prefill != "adaptive":
+        args.parser.error("--prefill is for ANEE's controllers (the hierarchical model runs every token, prompt included, at its capacity)")
     if args.target_speedup is not None and not args.target_speedup >= 1.0:
         args.parser.error(f"--target-speedup must be at least 1.0, got {args.target_speedup}")
 

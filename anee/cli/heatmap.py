@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ..evaluation.results import save_png
 from ..viz.execution_maps import execution_map
-from .options import add_controller_arguments, add_model_arguments, budget, load_wrapper, positive_int, prompt
+from .options import (
+    add_controller_arguments,
+    add_model_arguments,
+    add_prefill_argument,
+    budget,
+    load_wrapper,
+    positive_int,
+    prompt,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=budget, default=0.8, help="(default %(default)s)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
     add_controller_arguments(parser)
+    add_prefill_argument(parser)
     add_model_arguments(parser)
 
 
@@ -30,6 +39,7 @@ def run(args: argparse.Namespace) -> None:
                                  return_result=True)
     decisions = result.trace.decisions[0].cpu()
     tokens = [wrapper.tokenizer.decode([t]) for t in result.sequences[0, : decisions.shape[0]].tolist()]
-    ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: "
-                                          f"layer fraction {result.cost.layer_fraction:.3f}")
+    governed = result.decode_cost if args.prefill == "full" and result.decode_cost is not None else result.cost
+    ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: layer fraction "
+                                          f"{governed.layer_fraction:.3f}" + (" (generated tokens)" if governed is not result.cost else ""))
     print(save_png(ax.figure, args.out))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ..core.devices import DTYPES
 from ..core.loading import DEFAULT_MODEL, load_model
-from ..engine.arguments import check_budget
+from ..engine.arguments import PREFILLS, check_budget
 from ..engine.config import CONTROLLERS, ANEEConfig
 from ..engine.wrapper import ANEEWrapper
 
@@ -53,6 +53,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="(default %(default)s)")
 
 
+def add_prefill_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefill", default="adaptive", choices=PREFILLS,
+                        help="adaptive: the budget governs the prompt too; full: the prompt runs every layer and the "
+                             "budget governs the generated tokens (default %(default)s)")
+
+
 def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", default="default", choices=CONTROLLERS,
                         help="default: the model's shipped or calibrated method; budget: the seed's policy (default %(default)s)")
@@ -64,5 +70,6 @@ def load_wrapper(args: argparse.Namespace) -> ANEEWrapper:
     """The model of `--model` on `--device` in `--dtype`, wrapped with the controller of `--controller`."""
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     config = ANEEConfig(model_name=args.model, min_layers=args.min_layers, controller=args.controller,
-                        defaults_dir=args.defaults_dir, device=args.device, dtype=model.dtype)
+                        defaults_dir=args.defaults_dir, device=args.device, dtype=model.dtype,
+                        prefill=getattr(args, "prefill", "adaptive"))  # evaluate is teacher-forced: no prefill
     return ANEEWrapper(config, model=model, tokenizer=tokenizer)

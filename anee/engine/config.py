@@ -49,7 +49,7 @@ class ANEEConfig:
     controller: str = "default"
     defaults_dir: str | None = None
     prefill: str = "adaptive"
-    device: str = "cpu"
+    device: str = "auto"  # where a model loaded by name goes: "auto" is CUDA when torch sees a GPU, else the CPU
     dtype: torch.dtype = field(default=torch.float32)
     seed: int = 0
 

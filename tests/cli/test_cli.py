@@ -105,6 +105,21 @@ def test_generate_prints_text_layers_fraction_saving_and_speed(tiny, capsys):
     assert out[4].startswith("realized fraction   : 0.") and "of layer compute" in out[5] and out[6].startswith("tokens/s")
 
 
+def test_generate_with_a_full_depth_prompt_reports_the_generated_tokens(tiny, capsys):
+    assert main(["generate", "hello there", "--budget", "0.6", "--max-new-tokens", "5", "--prefill", "full", *tiny]) == 0
+    out = capsys.readouterr().out.splitlines()
+    prompt, new = out[3].split(":", 1)[1].split("(of 4")[0].split("|")
+    assert prompt.split() == ["4"] * len("hello there")  # every prompt token ran all 4 layers
+    assert out[4].startswith("realized fraction   : 0.") and "for the generated tokens (the prompt runs every layer; " in out[4]
+    assert out[5].endswith("(overheads included; generated tokens)")
+    with pytest.raises(SystemExit) as exit:
+        main(["generate", "x", "--prefill", "half", *tiny])
+    assert exit.value.code == 2 and "--prefill: invalid choice: 'half'" in error_line(capsys)
+    with pytest.raises(SystemExit) as exit:
+        main(["generate", "x", "--hierarchical", "--capacity", "0.5", "--prefill", "full", *tiny])
+    assert exit.value.code == 2 and "--prefill is for ANEE's controllers" in error_line(capsys)
+
+
 def test_generate_samples_and_warns_without_defaults(tiny, capsys):
     argv = ["generate", "hello", "--sample", "--temperature", "0.7", "--seed", "3", "--model", "tiny"]
     assert main(argv) == 0

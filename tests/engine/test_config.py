@@ -56,3 +56,20 @@ def test_config_numbers():
         ANEEConfig(model_name="x", exit_budget_threshold=math.nan)
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         ANEEConfig(model_name="x", seed=-1)
+
+
+def test_a_model_loaded_by_name_goes_to_the_auto_device_by_default(monkeypatch):
+    """ANEEConfig.device defaulted to "cpu" while the notebooks and the command line default to "auto"
+    (CUDA when torch sees a GPU): the quickstart then ran on the CPU of a GPU machine."""
+    import anee.engine.wrapper as wrapper_module
+
+    asked = []
+
+    def fake_load(name, device, dtype):
+        asked.append(device)
+        return tiny_gpt2(), None
+
+    monkeypatch.setattr(wrapper_module, "load_model", fake_load)
+    wrapper_module.ANEEWrapper(ANEEConfig(model_name="tiny", controller="budget"))
+    wrapper_module.ANEEWrapper(ANEEConfig(model_name="tiny", controller="budget", device="cpu"))
+    assert asked == ["auto", "cpu"]

@@ -303,8 +303,9 @@ ANY_VALUE = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(),
     st.text(max_size=3), st.binary(max_size=3), st.lists(st.integers(0, 5), max_size=2),
     st.floats(-2, 2).map(np.float32), st.integers(-3, 200).map(np.int16), st.floats(-2, 2).map(torch.tensor),
-    st.integers(-3, 200).map(torch.tensor), st.lists(st.floats(0, 1), min_size=2, max_size=2).map(torch.tensor))
-ARGUMENTS = ["max_new_tokens", "energy_budget", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id"]
+    st.integers(-3, 200).map(torch.tensor), st.lists(st.floats(0, 1), min_size=2, max_size=2).map(torch.tensor),
+    st.sampled_from(["adaptive", "full"]))
+ARGUMENTS = ["max_new_tokens", "energy_budget", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id", "prefill"]
 _SHARED = {}
 
 
