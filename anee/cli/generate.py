@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     print()
     print(f"controller          : {wrapper.method}" + (f" ({wrapper.defaults.folder})" if wrapper.defaults else ""))
     report(result.trace.layers_executed[0], prompt_len, wrapper.num_layers, result.cost, result.new_tokens.shape[1],
-           clock.seconds, result.decode_cost if wrapper.config.prefill == "full" else None)
+           clock.seconds, result.budget_cost if result.prefill == "full" else None)
 
 
 def report(layers: torch.Tensor, prompt_len: int, num_layers: int, cost, new_tokens: int, seconds: float,

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> None:
                                  return_result=True)
     decisions = result.trace.decisions[0].cpu()
     tokens = [wrapper.tokenizer.decode([t]) for t in result.sequences[0, : decisions.shape[0]].tolist()]
-    governed = result.decode_cost if args.prefill == "full" and result.decode_cost is not None else result.cost
-    ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: layer fraction "
-                                          f"{governed.layer_fraction:.3f}" + (" (generated tokens)" if governed is not result.cost else ""))
+    governed = result.budget_cost
+    fraction = (f"layer fraction {result.cost.layer_fraction:.3f} (prompt at full depth, no token under the budget)" if governed is None
+                else f"layer fraction {governed.layer_fraction:.3f}" + (" (generated tokens)" if result.prefill == "full" else ""))
+    ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: {fraction}")
     print(save_png(ax.figure, args.out))

@@ -20,9 +20,10 @@ from .kv_cache import KVCache
 
 @dataclass
 class AdaptiveOutput:
-    """Base of every output: next-token logits [B, T, V]."""
+    """Base of every output: next-token logits [B, T, V] (None from an executor pass asked for
+    none, `AdaptiveExecutor.forward(..., with_logits=False)`)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 @dataclass

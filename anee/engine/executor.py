@@ -34,7 +34,7 @@ from ..core.cost import CostModel, bypassed
 from ..core.kv_cache import KVCache
 from ..core.layer_step import layer_step
 from ..core.outputs import ExecutorOutput, Trace
-from ..core.scalars import integer
+from ..core.scalars import flag, integer
 from .arguments import check_budget
 from .controllers.base import Controller, FullController, LayerView, layer_overhead
 
@@ -80,6 +80,7 @@ class AdaptiveExecutor:
         padding_mask: torch.Tensor | None = None,
         collect_hidden: bool = False,
         resume: tuple[int, torch.Tensor] | None = None,
+        with_logits: bool = True,
     ) -> ExecutorOutput:
         """Run a chunk [B, T] of new tokens, append to `cache`, return logits and the trace.
 
@@ -94,8 +95,11 @@ class AdaptiveExecutor:
         is the one the whole pass would give, bit for bit, without recomputing the shared layers
         (`hidden_states` then starts at `layer`; the trace's K/V-only and DROP layers before it are
         not written to the cache).
+
+        `with_logits=False` leaves out the LM head (`logits` is None) for callers that read only the
+        trace or the hidden states: on this model the head is about a quarter of a pass's MACs.
         """
-        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume)
+        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits)
 
     def weights_applied(self) -> AbstractContextManager:
         """The executor's `weights` in place (nothing without them): a generation loop enters it once
@@ -103,15 +107,16 @@ class AdaptiveExecutor:
         return nullcontext() if self.weights is None else self.weights.applied()
 
     def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False,
-                     resume=None) -> ExecutorOutput:
+                     resume=None, with_logits=True) -> ExecutorOutput:
         """`forward` without the no-grad guard, for training controllers or gates through it (not
         through INT8 kernel `weights`: they have no gradient)."""
         with self.weights_applied():
-            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume)
+            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits)
 
-    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume) -> ExecutorOutput:
+    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits) -> ExecutorOutput:
         adapter, L = self.adapter, self.adapter.num_layers
         check_input_ids(input_ids, adapter.dims.vocab)
+        with_logits = flag("with_logits", with_logits)
         cache = cache if cache is not None else KVCache(L)
         B, T = input_ids.shape
         past = cache.length
@@ -155,7 +160,7 @@ class AdaptiveExecutor:
         if hidden_states is not None:
             hidden_states.append(h)
         cache.advance(T)
-        logits = adapter.logits(h)
+        logits = adapter.logits(h) if with_logits else None
         return ExecutorOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
 
     def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states):

@@ -20,7 +20,7 @@ def block_influence(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, w
     total, count = torch.zeros(L, dtype=torch.float64), 0
     n = calibration_ids.shape[1]
     for begin in range(0, min(n - window + 1, window * max_windows), window):
-        hs = executor.forward(calibration_ids[:, begin : begin + window], collect_hidden=True).hidden_states
+        hs = executor.forward(calibration_ids[:, begin : begin + window], collect_hidden=True, with_logits=False).hidden_states
         for layer in range(L):
             cos = F.cosine_similarity(hs[layer].double(), hs[layer + 1].double(), dim=-1)
             total[layer] += cos.sum()

@@ -85,7 +85,7 @@ def calibration_hidden(executor: AdaptiveExecutor, ids: torch.Tensor, window: in
     g = torch.Generator().manual_seed(seed)
     out = []
     for begin in range(0, min(ids.shape[1] - window + 1, window * max_windows), window):
-        hs = executor.forward(ids[:, begin : begin + window], collect_hidden=True).hidden_states
+        hs = executor.forward(ids[:, begin : begin + window], collect_hidden=True, with_logits=False).hidden_states
         for h in hs[1:]:
             pick = torch.randperm(window, generator=g)[:tokens_per_layer]
             out.append(h[0, pick])

@@ -42,9 +42,29 @@ class GenerationResult:
     trace: Trace  # over prompt and generated tokens
     cost: CostReport  # over real (non-padding) tokens, prompt included
     padding_mask: torch.Tensor  # [B, prompt + new]
-    # over the generated tokens fed back one at a time (what the budget governs under prefill="full");
-    # None when a single token was generated (its position is the prompt's last)
+    # over the generated tokens fed back one at a time; None when a single token was generated
+    # (its position is the prompt's last)
     decode_cost: CostReport | None = None
+    prefill: str = "adaptive"  # how the prompt ran (`ANEEConfig.prefill`)
+
+    @property
+    def prompt_length(self) -> int:
+        return self.sequences.shape[1] - self.new_tokens.shape[1]
+
+    def governed(self) -> torch.Tensor:
+        """[B, T] bool over the trace's positions: those the controller and the budget governed. Every
+        real token under prefill="adaptive"; the generated tokens fed back under "full" (the prompt
+        ran every layer)."""
+        mask = self.padding_mask[:, : self.trace.decisions.shape[1]].clone()
+        if self.prefill == "full":
+            mask[:, : self.prompt_length] = False
+        return mask
+
+    @property
+    def budget_cost(self) -> CostReport | None:
+        """The cost of the `governed` positions, the one to hold against the budget: `cost` under
+        prefill="adaptive", `decode_cost` under "full" (None there when nothing was governed)."""
+        return self.decode_cost if self.prefill == "full" else self.cost
 
 
 class ANEEWrapper(nn.Module):
@@ -170,8 +190,10 @@ class ANEEWrapper(nn.Module):
         decoded = torch.zeros_like(full_mask[:, : trace.decisions.shape[1]])
         decoded[:, input_ids.shape[1] :] = True
         decode_cost = trace.cost(self.cost_model, decoded) if decoded.any() else None
-        self._warn_if_min_layers_override(budget, decode_cost if prefill == "full" and decode_cost is not None else cost)
-        return GenerationResult(sequences, new, trace, cost, full_mask, decode_cost)
+        result = GenerationResult(sequences, new, trace, cost, full_mask, decode_cost, prefill)
+        if result.budget_cost is not None:  # nothing governed (a full-depth prompt, one new token): nothing to warn about
+            self._warn_if_min_layers_override(budget, result.budget_cost)
+        return result
 
     def _check_ids(self, input_ids, padding_mask, max_new_tokens: int) -> torch.Tensor:
         """The padding mask [B, T] (all True without one), after checking ids, mask (left padding) and length."""

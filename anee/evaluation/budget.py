@@ -17,7 +17,7 @@ def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.T
         for b in budgets:
             layer = full = over = 0.0
             for c in chunks:
-                rep = executor.forward(c, controller=controller, budget=b).trace.cost(executor.cost)
+                rep = executor.forward(c, controller=controller, budget=b, with_logits=False).trace.cost(executor.cost)
                 layer += float(rep.layer_macs.sum())
                 full += float(rep.full_layer_macs.sum())
                 over += float(rep.overhead_macs.sum())

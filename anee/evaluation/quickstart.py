@@ -68,24 +68,21 @@ def prompt_generations(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapp
         return wrapper.generate(prompt=list(prompts), max_new_tokens=max_new_tokens, energy_budget=budget,
                                 return_result=True, eos_token_id=None, prefill=prefill)[1]
 
+    prefill = None if prefill is None else check_prefill(prefill)  # before any generation
     full = run(reference, 1.0, "adaptive").new_tokens
     tokenizer = reference.tokenizer
     rows = []
     for name, wrapper in wrappers.items():
         for budget in budgets:
-            mode = check_prefill(wrapper.config.prefill if prefill is None else prefill)
-            out = run(wrapper, budget, mode)
-            real = out.padding_mask[:, : out.trace.decisions.shape[1]]
+            out = run(wrapper, budget, prefill)
+            real, governed = out.padding_mask[:, : out.trace.decisions.shape[1]], out.governed()
             for p, prompt in enumerate(prompts):
-                only = torch.zeros_like(real)
-                only[p] = real[p]
-                governed = only.clone()
-                if mode == "full":
-                    governed[:, : out.sequences.shape[1] - out.new_tokens.shape[1]] = False
-                extra = {} if mode == "adaptive" else {
-                    "prefill": mode, "layer_fraction_with_prompt": out.trace.cost(wrapper.cost_model, only).layer_fraction}
+                row = torch.zeros_like(real)
+                row[p] = True
+                extra = {} if out.prefill == "adaptive" else {
+                    "prefill": out.prefill, "layer_fraction_with_prompt": out.trace.cost(wrapper.cost_model, real & row).layer_fraction}
                 rows.append({"prompt_index": p, "prompt": prompt, "controller": name, "method": wrapper.method,
-                             "budget": budget, **out.trace.cost(wrapper.cost_model, governed).as_dict(), **extra,
+                             "budget": budget, **out.trace.cost(wrapper.cost_model, governed & row).as_dict(), **extra,
                              "new_tokens": out.new_tokens.shape[1], "matching_prefix": matching_prefix(out.new_tokens[p], full[p]),
                              "text": tokenizer.decode(out.new_tokens[p], skip_special_tokens=True)})
     return pd.DataFrame(rows)

@@ -280,6 +280,25 @@ def test_resume_from_a_shared_prefix_is_bit_identical_and_misuse_is_refused(tiny
     ex.forward(ids, cache=KVCache(L), decisions=second, resume=(1, earlier.hidden_states[1]))  # an empty cache is fine
 
 
+def test_without_logits_the_pass_is_the_same_but_for_the_lm_head(tiny_model):
+    """with_logits=False (calibration, budget adherence, hidden-state statistics) leaves out only the
+    LM head: the trace, the cache, the hidden states and the final stream are the ones of the full pass."""
+    ex = bypass_executor(tiny_model, "diag_lowrank", 2)
+    B, T, L = 2, 10, ex.adapter.num_layers
+    ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(8))
+    for kwargs in ({"decisions": decisions_with_a_drop(B, T, L, 3)}, {"controller": BudgetController(), "budget": 0.5}):
+        with_head = ex.forward(ids, collect_hidden=True, **kwargs)
+        without = ex.forward(ids, collect_hidden=True, with_logits=False, **kwargs)
+        assert without.logits is None and with_head.logits.shape == (B, T, VOCAB)
+        assert torch.equal(without.trace.decisions, with_head.trace.decisions)
+        assert torch.equal(without.trace.overhead_macs, with_head.trace.overhead_macs)
+        assert torch.equal(without.hidden, with_head.hidden)
+        assert all(torch.equal(a, b) for a, b in zip(without.hidden_states, with_head.hidden_states, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(without.cache.keys, with_head.cache.keys, strict=True) if a is not None)
+    with pytest.raises(TypeError, match="with_logits"):
+        ex.forward(ids, with_logits="no")
+
+
 @torch.no_grad()
 def test_skip_writes_the_kv_of_the_un_updated_stream_and_then_gets_the_bypass(tiny_model):
     ex = bypass_executor(tiny_model)

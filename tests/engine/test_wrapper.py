@@ -238,6 +238,20 @@ def test_min_layers_above_budget_warns_with_the_realized_fraction():
         wrap(tiny_llama(n_layer=4), min_layers=1).generate_ids(torch.tensor([[3, 4, 5]]), 3, energy_budget=0.3)
 
 
+def test_min_layers_warning_quotes_the_governed_tokens_fraction():
+    """With the prompt at full depth the warning quotes the generated tokens' fraction, and says
+    nothing when no token was under the budget (one new token: it used to quote the prompt's)."""
+    wrapper = wrap(tiny_llama(n_layer=4), min_layers=3)
+    prompt = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    with pytest.warns(UserWarning) as caught:
+        out = wrapper.generate_ids(prompt, 6, energy_budget=0.5, prefill="full")
+    assert out.decode_cost.layer_fraction < out.cost.layer_fraction
+    assert f"realized layer fraction {out.decode_cost.layer_fraction:.3f}." in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapper.generate_ids(prompt, 1, energy_budget=0.5, prefill="full")
+
+
 def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decoding():
     """prefill="full" (argument or config): every prompt position PROCESSES every layer, so the first new
     token is the full model's; `decode_cost` is the cost of the fed-back tokens alone. prefill="adaptive"
@@ -260,7 +274,10 @@ def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decod
     assert (adaptive.trace.decisions[:, :P] != PROCESS).any()
     assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="adaptive").trace.decisions,
                        adaptive.trace.decisions)
-    assert wrapper.generate_ids(prompt, 1, prefill="full").decode_cost is None  # one token: no decode step
+    assert torch.equal(out.governed(), decoded) and out.budget_cost is out.decode_cost and out.prefill == "full"
+    assert adaptive.governed().all() and adaptive.budget_cost is adaptive.cost and adaptive.prefill == "adaptive"
+    one = wrapper.generate_ids(prompt, 1, prefill="full")
+    assert one.decode_cost is None and one.budget_cost is None and not one.governed().any()  # one token: no decode step
     with pytest.raises(ValueError, match="prefill must be one of 'adaptive', 'full', got 'half'"):
         wrapper.generate_ids(prompt, 2, prefill="half")
     with pytest.raises(ValueError, match="prefill must be one of"):

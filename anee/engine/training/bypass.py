@@ -28,7 +28,7 @@ def layer_bypass_stats(executor: AdaptiveExecutor, windows: torch.Tensor) -> lis
     L, D = executor.adapter.num_layers, executor.adapter.dims.hidden
     stats = [BypassStats(D) for _ in range(L)]
     for ids in windows:
-        hs = executor.forward(ids.unsqueeze(0), collect_hidden=True).hidden_states
+        hs = executor.forward(ids.unsqueeze(0), collect_hidden=True, with_logits=False).hidden_states
         for layer in range(L):
             stats[layer].add_(hs[layer][0], (hs[layer + 1] - hs[layer])[0])
     return stats

@@ -25,7 +25,7 @@ def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController
     """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions."""
     controller.record = True
     controller.reset_records()
-    decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget).trace.decisions for ids in windows])
+    decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget, with_logits=False).trace.decisions for ids in windows])
     margins = []
     for r in controller.records:
         logits = controller.policy(r["features"], r.get("hidden"))
