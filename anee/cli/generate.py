@@ -18,29 +18,16 @@ import torch
 from ..core.timing import Stopwatch
 from ..hierarchical.routers import check_capacity
 from . import hierarchical
-from .options import (
-    add_controller_arguments,
-    add_model_arguments,
-    add_prefill_argument,
-    budget,
-    checked,
-    load_wrapper,
-    positive_int,
-    prompt,
-)
+from .options import add_generation_arguments, add_model_arguments, checked, load_wrapper
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", type=prompt)
-    parser.add_argument("--budget", type=budget, default=1.0, help="fraction of full layer compute per token, in [0, 1] (default %(default)s)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
+    add_generation_arguments(parser, default_budget=1.0)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0, help="0: off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1: off")
     parser.add_argument("--seed", type=int, default=0)
-    add_controller_arguments(parser)
-    add_prefill_argument(parser)
     add_hierarchical_arguments(parser)
     add_model_arguments(parser)
 

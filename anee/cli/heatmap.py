@@ -10,24 +10,12 @@ from pathlib import Path
 
 from ..evaluation.results import save_png
 from ..viz.execution_maps import execution_map
-from .options import (
-    add_controller_arguments,
-    add_model_arguments,
-    add_prefill_argument,
-    budget,
-    load_wrapper,
-    positive_int,
-    prompt,
-)
+from .options import add_generation_arguments, add_model_arguments, load_wrapper
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", type=prompt)
+    add_generation_arguments(parser, default_budget=0.8)
     parser.add_argument("--out", type=Path, default=Path("execution_map.png"), help="PNG to write (default %(default)s)")
-    parser.add_argument("--budget", type=budget, default=0.8, help="(default %(default)s)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
-    add_controller_arguments(parser)
-    add_prefill_argument(parser)
     add_model_arguments(parser)
 
 

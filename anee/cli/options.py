@@ -53,7 +53,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="(default %(default)s)")
 
 
-def add_prefill_argument(parser: argparse.ArgumentParser) -> None:
+def add_generation_arguments(parser: argparse.ArgumentParser, default_budget: float) -> None:
+    """What every command that generates from a prompt under ANEE takes: the prompt, the budget, the
+    number of new tokens, the controller and how the prompt runs."""
+    parser.add_argument("prompt", type=prompt)
+    parser.add_argument("--budget", type=budget, default=default_budget,
+                        help="fraction of full layer compute per token, in [0, 1] (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
+    add_controller_arguments(parser)
     parser.add_argument("--prefill", default="adaptive", choices=PREFILLS,
                         help="adaptive: the budget governs the prompt too; full: the prompt runs every layer and the "
                              "budget governs the generated tokens (default %(default)s)")

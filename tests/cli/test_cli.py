@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_llama
 
 import anee
-from anee.cli import COMMANDS, main
+from anee.cli import COMMANDS, heatmap, main
 from anee.cli import options as cli_options
 from anee.core.bypass import BypassConfig
 
@@ -140,6 +140,19 @@ def test_eval_prints_a_table(tiny, capsys):
 def test_heatmap_writes_a_png(tiny, capsys, tmp_path):
     assert main(["heatmap", "hello", "--out", str(tmp_path / "m.png"), "--max-new-tokens", "3", *tiny]) == 0
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ([], ": layer fraction 0."),
+    (["--prefill", "full"], " (generated tokens)"),
+    (["--prefill", "full", "--max-new-tokens", "1"], ": layer fraction 1.000 (prompt at full depth, no token under the budget)"),
+])
+def test_heatmap_title_names_the_tokens_its_fraction_covers(tiny, monkeypatch, tmp_path, extra, says):
+    titles = []
+    real = heatmap.execution_map
+    monkeypatch.setattr(heatmap, "execution_map", lambda d, tokens, title: titles.append(title) or real(d, tokens, title))
+    assert main(["heatmap", "hello", "--out", str(tmp_path / "m.png"), "--budget", "0.5", "--max-new-tokens", "3", *extra, *tiny]) == 0
+    assert says in titles[0] and titles[0].count("(") == (0 if not extra else 1)
 
 
 def test_calibrate_writes_a_folder(tiny_folder, monkeypatch, tmp_path, capsys):
