@@ -14,6 +14,7 @@ from anee.evaluation.verify import (
     Reference,
     Rule,
     compare_files,
+    kind_of,
     main,
     reference_spreads,
 )
@@ -111,6 +112,21 @@ def test_a_std_reference_skips_means_without_a_spread_column():
 def test_every_rule_names_a_known_kind_and_downstream_rules_say_why():
     assert all(r.kind in ("exact", "eval", "decision", "trained", "bound", "skip") for r in RULES)
     assert all(r.why for r in RULES if r.kind == "decision" and r.columns == ("*",))
+
+
+def test_generation_files_are_decisions_and_the_api_must_match_06():
+    """01 and 09 hold the shipped controllers' greedy generations: numbers there are decisions (floored by
+    the controllers' seed spread), text is reported; the API's perplexity stays within 1e-5 of 06's."""
+    assert kind_of(RULES, "09_generations_prefill_full", "text", False).kind == "decision"
+    for file, column in (("09_quickstart_summary", "matching_prefix"), ("09_prefill_full_summary", "layer_fraction"),
+                         ("01_budget_generations", "matching_prefix"), ("09_api_vs_06", "ppl")):
+        rule = kind_of(RULES, file, column, True)
+        assert rule.kind == "decision" and rule.reference == "controllers", (file, column)
+    assert kind_of(RULES, "09_api_vs_06", "rel_diff", True).bound == 1e-5
+    assert kind_of(RULES, "01_exactness", "max_abs_logit_diff", True).kind == "bound"
+    assert kind_of(RULES, "09_generations", "controller", False).kind == "exact"
+    api = csv(pd.DataFrame({"method": ["rl"], "ppl": [27.5], "rel_diff": [5e-7]}))
+    assert failures({"09_api_vs_06.csv": api}, {"09_api_vs_06.csv": perturbed(api, "rel_diff", 0, 2e-5)}, RULES) == [("09_api_vs_06", "rel_diff")]
 
 
 def test_command_line_fails_on_a_perturbed_number(tmp_path, monkeypatch, capsys):
