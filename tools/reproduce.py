@@ -14,7 +14,8 @@ results cannot be traced to a commit); `make verify` warns when code changed aft
 Wall times per notebook go to results/timings_reproduce.json (merged per notebook: a partial run
 replaces the entries of the notebooks it ran), the only file here allowed to differ between runs.
 `--record-make-since EPOCH` (called by `make reproduce` after its benchmarks) writes the wall time of
-the whole target, set-up included, to results/timings_reproduce_make.json.
+the whole target, set-up included, to results/timings_reproduce_make.json, beside a probe of how fast
+the instance is (`machine_probe`).
 """
 
 from __future__ import annotations
@@ -83,14 +84,42 @@ def record_full_run(origin: dict, notebook: str, seconds: float, fresh: bool) ->
     time_path.write_text(json.dumps(timed, indent=2) + "\n")
 
 
-def record_make_wall(since: float, now: float | None = None) -> Path:
-    """Wall time of `make reproduce` from `since` (seconds since the epoch, taken before its set-up)."""
+PROBE = "seconds of a fixed fp32 workload (40 matmuls 1024x1024 at 2 threads, median of 5): how fast this instance is"
+
+
+def machine_probe(size: int = 1024, reps: int = 40, rounds: int = 5, threads: int = 2) -> float:
+    """Median seconds of `reps` fp32 matmuls of `size` x `size` at `threads` threads. Instances of the same
+    kind differ by several per cent (make reproduce of one commit took 62 to 74 min), so a wall time is
+    only comparable with the probe of its run beside it. Restores the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+        times = []
+        for _ in range(rounds + 1):  # the first round warms up
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ a
+            times.append(time.perf_counter() - t0)
+        return sorted(times[1:])[rounds // 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def record_make_wall(since: float, now: float | None = None, probe: float | None = None) -> Path:
+    """Wall time of `make reproduce` from `since` (seconds since the epoch, taken before its set-up),
+    with the instance's `machine_probe` taken at the end of the run."""
     now = time.time() if now is None else now
     if not 0 <= now - since < 86400:
         raise ValueError(f"--record-make-since {since} is not a start time within the last day (now {now:.0f})")
     path = ROOT / "results" / "timings_reproduce_make.json"
-    path.write_text(json.dumps({"seconds": round(now - since, 1), "covers": "make reproduce: set-up, notebooks, "
-                                "shipped defaults, bench, int8_bench (not the README or verify)"}, indent=2) + "\n")
+    record = {"seconds": round(now - since, 1), "covers": "make reproduce: set-up, notebooks, "
+              "shipped defaults, bench, int8_bench (not the README or verify)"}
+    if probe is not None:
+        record |= {"machine_probe_seconds": round(probe, 3), "machine_probe": PROBE}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 
@@ -102,7 +131,8 @@ def main() -> int:
                         help="only record the wall time of make reproduce since EPOCH (see the module docstring)")
     args = parser.parse_args()
     if args.record_make_since is not None:
-        print(f"make reproduce: {record_make_wall(args.record_make_since).read_text()}", end="")
+        now = time.time()  # the probe's own seconds are not the run's
+        print(f"make reproduce: {record_make_wall(args.record_make_since, now, machine_probe()).read_text()}", end="")
         return 0
     out_dir = ROOT / "results" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)

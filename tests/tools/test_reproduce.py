@@ -34,6 +34,16 @@ def test_the_wall_time_of_make_reproduce_is_recorded_apart(tool, tmp_path, monke
     assert json.loads(path.read_text())["seconds"] == 3600.5
     with pytest.raises(ValueError, match="not a start time"):
         tool.record_make_wall(5000.0, now=4600.5)  # a start after now
+    probed = json.loads(tool.record_make_wall(1000.0, now=4600.5, probe=1.25).read_text())
+    assert probed["machine_probe_seconds"] == 1.25 and probed["seconds"] == 3600.5
+
+
+def test_the_machine_probe_times_a_fixed_workload_and_restores_the_threads(tool):
+    import torch
+
+    before = torch.get_num_threads()
+    assert 0 < tool.machine_probe(size=64, reps=2, rounds=3, threads=1 if before != 1 else 2) < 60
+    assert torch.get_num_threads() == before  # set for the probe, then restored
 
 
 def test_each_finished_notebook_is_recorded_at_once(tool, tmp_path, monkeypatch):
