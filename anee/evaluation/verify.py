@@ -288,6 +288,7 @@ def reference_spreads(files: dict[str, str]) -> dict[str, float]:
     return out
 
 
+_GENERATIONS = "greedy generations and teacher-forced top-1 of the shipped (seed-0) controllers; their seed spread is in 06"
 _DOWNSTREAM = "run with the one deployed bypass (seed 0), whose own seed spread is measured in 02_bypass_families"
 RULES: tuple[Rule, ...] = (
     # wall-clock, the run's provenance: reported, never compared
@@ -301,8 +302,8 @@ RULES: tuple[Rule, ...] = (
     Rule("01_exactness", "bound", ("max_abs_logit_diff",), bound=1e-4),
     Rule("0[19]_*generations*", "decision", ("text",), why="greedy tokens: a near-tie between two logits can flip"),
     Rule("09_api_vs_06", "bound", ("rel_diff",), bound=1e-5),  # the public API and notebook 06 score the same windows
-    Rule("0[19]_*", "decision", reference="controllers",
-         why="greedy generations and teacher-forced top-1 of the shipped (seed-0) controllers; their seed spread is in 06"),
+    Rule("01_budget_generations", "decision", reference="controllers", why=_GENERATIONS),
+    Rule("09_*", "decision", reference="controllers", why=_GENERATIONS),
     # 02: the bypass over its tuning seeds; everything after it runs with the deployed one
     Rule("02_bypass_families", "trained", ("ppl_*",), keys=("bypass", "split")),
     Rule("02_bypass_training", "trained", ("kl",), keys=("bypass", "step")),

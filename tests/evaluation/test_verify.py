@@ -124,6 +124,9 @@ def test_generation_files_are_decisions_and_the_api_must_match_06():
         assert rule.kind == "decision" and rule.reference == "controllers", (file, column)
     assert kind_of(RULES, "09_api_vs_06", "rel_diff", True).bound == 1e-5
     assert kind_of(RULES, "01_exactness", "max_abs_logit_diff", True).kind == "bound"
+    # the budget-1.0 exactness check stays as tight as before: evaluation-only numbers, exact flags
+    assert kind_of(RULES, "01_exactness", "tokens_compared", True).kind == "eval"
+    assert kind_of(RULES, "01_exactness", "greedy_tokens_identical", False).kind == "exact"
     assert kind_of(RULES, "09_generations", "controller", False).kind == "exact"
     api = csv(pd.DataFrame({"method": ["rl"], "ppl": [27.5], "rel_diff": [5e-7]}))
     assert failures({"09_api_vs_06.csv": api}, {"09_api_vs_06.csv": perturbed(api, "rel_diff", 0, 2e-5)}, RULES) == [("09_api_vs_06", "rel_diff")]
