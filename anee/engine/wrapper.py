@@ -30,6 +30,7 @@ from .arguments import check_budget, check_prefill, check_prompts, check_seed
 from .config import ANEEConfig
 from .controllers.base import Controller, FullController
 from .controllers.budget import BudgetController
+from .controllers.learned import LearnedController
 from .defaults import Defaults, load_defaults, missing_defaults
 from .executor import AdaptiveExecutor, Weights, check_input_ids
 from .sampling import SamplingConfig, next_token
@@ -47,18 +48,36 @@ class GenerationResult:
     decode_cost: CostReport | None = None
     prefill: str = "adaptive"  # how the prompt ran (`ANEEConfig.prefill`)
 
+    @classmethod
+    def from_trace(cls, sequences: torch.Tensor, new_tokens: torch.Tensor, trace: Trace, padding_mask: torch.Tensor,
+                   prefill: str, cost_model) -> GenerationResult:
+        """The result with its costs counted from `trace`: `cost` over the real tokens, `decode_cost`
+        over the generated ones fed back."""
+        result = cls(sequences, new_tokens, trace, None, padding_mask, None, prefill)
+        generated = result.generated()
+        result.cost = trace.cost(cost_model, result.real())  # MACs are integers in float64: sums are exact in any order
+        result.decode_cost = trace.cost(cost_model, generated) if generated.any() else None
+        return result
+
     @property
     def prompt_length(self) -> int:
         return self.sequences.shape[1] - self.new_tokens.shape[1]
+
+    def real(self) -> torch.Tensor:
+        """[B, T] bool over the trace's positions (the last generated token was never fed back): not padding."""
+        return self.padding_mask[:, : self.trace.decisions.shape[1]]
+
+    def generated(self) -> torch.Tensor:
+        """[B, T] bool over the trace's positions: the generated tokens fed back (from the prompt's length on)."""
+        mask = torch.zeros_like(self.real())
+        mask[:, self.prompt_length :] = True
+        return mask
 
     def governed(self) -> torch.Tensor:
         """[B, T] bool over the trace's positions: those the controller and the budget governed. Every
         real token under prefill="adaptive"; the generated tokens fed back under "full" (the prompt
         ran every layer)."""
-        mask = self.padding_mask[:, : self.trace.decisions.shape[1]].clone()
-        if self.prefill == "full":
-            mask[:, : self.prompt_length] = False
-        return mask
+        return self.generated() if self.prefill == "full" else self.real()
 
     @property
     def budget_cost(self) -> CostReport | None:
@@ -161,6 +180,8 @@ class ANEEWrapper(nn.Module):
         prefill = check_prefill(self.config.prefill if prefill is None else prefill)
         if not callable(getattr(controller, "decide", None)):
             raise TypeError(f"controller must have a decide(view) method (see anee.engine.controllers.base), got {type(controller).__name__}")
+        if prefill == "full" and isinstance(controller, LearnedController):
+            controller = controller.for_full_prompt()  # its SKIP offsets for tokens after a full-depth prompt
         mask = self._check_ids(input_ids, padding_mask, max_new_tokens)
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         B = input_ids.shape[0]
@@ -183,14 +204,8 @@ class ANEEWrapper(nn.Module):
                 traces.append(step.trace)
                 logits = step.logits[:, -1]
         new = sequences[:, input_ids.shape[1] :]
-        trace = Trace.cat(traces)
-        full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)
-        real = full_mask[:, : trace.decisions.shape[1]] if padding_mask is not None else None
-        cost = trace.cost(self.cost_model, real)
-        decoded = torch.zeros_like(full_mask[:, : trace.decisions.shape[1]])
-        decoded[:, input_ids.shape[1] :] = True
-        decode_cost = trace.cost(self.cost_model, decoded) if decoded.any() else None
-        result = GenerationResult(sequences, new, trace, cost, full_mask, decode_cost, prefill)
+        result = GenerationResult.from_trace(sequences, new, Trace.cat(traces), torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1),
+                                             prefill, self.cost_model)
         if result.budget_cost is not None:  # nothing governed (a full-depth prompt, one new token): nothing to warn about
             self._warn_if_min_layers_override(budget, result.budget_cost)
         return result

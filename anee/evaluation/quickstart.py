@@ -75,7 +75,7 @@ def prompt_generations(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapp
     for name, wrapper in wrappers.items():
         for budget in budgets:
             out = run(wrapper, budget, prefill)
-            real, governed = out.padding_mask[:, : out.trace.decisions.shape[1]], out.governed()
+            real, governed = out.real(), out.governed()
             for p, prompt in enumerate(prompts):
                 row = torch.zeros_like(real)
                 row[p] = True

@@ -312,12 +312,12 @@ RULES: tuple[Rule, ...] = (
     # 03-04: the learned controllers over their seeds (and the bypass they were trained with)
     Rule("03_warmstart_history", "trained", keys=("policy", "epoch"), reference="bypass"),
     Rule("03_warmstart_runs", "trained", keys=("policy",), reference="bypass"),
-    Rule("03_skip_calibration", "trained", keys=("policy", "round", "budget"), reference="bypass"),
+    Rule("03_skip_calibration*", "trained", keys=("policy", "round", "budget"), reference="bypass"),
     Rule("03_confusion", "trained", keys=("policy", "hindsight"), reference="bypass"),
     Rule("0[34]_budget_adherence", "trained", keys=("controller", "budget"), reference="bypass"),
     Rule("03_warmstart_summary", "trained", ("val_accuracy*",), reference="bypass"),
     Rule("03_warmstart_summary", "decision", reference="bypass", why=_DOWNSTREAM + " (the labels)"),
-    Rule("04_skip_calibration", "trained", keys=("round", "budget"), reference="bypass"),
+    Rule("04_skip_calibration*", "trained", keys=("round", "budget"), reference="bypass"),
     Rule("04_rl_history", "trained", keys=("step",), reference="bypass"),
     # 05: the hierarchical model over its seeds; exits and per-layer usage are of the seed-0 model
     Rule("05_causality", "bound", ("first_half_max_logit_diff",), bound=1e-4),  # float rounding of gathered rows

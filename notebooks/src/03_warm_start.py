@@ -51,6 +51,8 @@ setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
 EPOCHS = pick(PROFILE, quick=8, full=20)
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
+# generation after a full-depth prompt (prefill="full"): windows shaped like notebook 09's prompts and continuations
+GEN_WINDOWS, GEN_PROMPT, GEN_NEW = pick(PROFILE, quick=(4, 8, 16), full=(16, 12, 32))
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_text())
@@ -68,15 +70,19 @@ print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label
 # %%
 trace_budgets = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv").budget.tolist()
 calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
-policies, runs, histories, confusions, calibrations = {}, [], [], [], []
+gen_windows = sample_windows(valid, GEN_PROMPT + GEN_NEW, GEN_WINDOWS, seed=SEED + 3)
+policies, runs, histories, confusions, calibrations, gen_calibrations = {}, [], [], [], [], []
 for seed in SEEDS:
     for kind, rank in (("warmstart", RANK), ("warmstart_profiler_only", 0)):
         policy, info = train_warmstart(X, labels.label.to_numpy(), labels.window.to_numpy(),
                                        WarmStartConfig(epochs=EPOCHS, rank=rank, seed=seed), H if rank else None)
         # the plan meets a budget on average only if half of the marginal decisions are SKIPs:
         # an offset on the SKIP logit per trace budget, set on fresh valid windows
-        calibration = calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN),
-                                             calib_windows, trace_budgets)
+        controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
+        calibration = calibrate_skip_offsets(executor, controller, calib_windows, trace_budgets)
+        if kind == "warmstart":  # the shipped kind: also the offsets for tokens generated after a full-depth prompt
+            gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, trace_budgets, full_prompt=GEN_PROMPT)
+                                    .assign(policy=kind, seed=seed))
         path = save_policy(CKPT / policy_file(kind, seed), policy, "warmstart", adapter.num_layers, plan=PLAN,
                            pacing=PACING, bypass=meta["bypass"], seed=seed)
         policies[(kind, seed)] = load_policy(path, adapter.num_layers)  # round-trip through the checked loader
@@ -88,6 +94,7 @@ for seed in SEEDS:
 history, calibration, confusion, runs = (pd.concat(x, ignore_index=True) for x in (histories, calibrations, confusions, [pd.DataFrame(runs)]))
 save_table(history, "03_warmstart_history", PROFILE)
 save_table(calibration, "03_skip_calibration", PROFILE)
+save_table(pd.concat(gen_calibrations, ignore_index=True), "03_skip_calibration_full_prompt", PROFILE)
 save_table(confusion, "03_confusion", PROFILE)
 save_table(runs, "03_warmstart_runs", PROFILE)
 policy = policies[("warmstart", SEED)]

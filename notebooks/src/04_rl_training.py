@@ -46,6 +46,7 @@ SEEDS = seeds(PROFILE, SEEDS)
 RL_STEPS = pick(PROFILE, quick=6, full=32)
 RL_MIN_BUDGET = 0.6  # train at the trace budgets from here up (notebook 06 compares 10-30 % savings); calibrate at all
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
+GEN_WINDOWS, GEN_PROMPT, GEN_NEW = pick(PROFILE, quick=(4, 8, 16), full=(16, 12, 32))  # as notebook 03's, for prefill="full"
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
 ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 CKPT = output_dir("results", PROFILE) / "checkpoints"
@@ -68,19 +69,23 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 # %%
 train_windows = sample_windows(valid, RL.seq_len, 64, seed=SEED + 1)
 calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
-policies, histories, calibrations = {}, [], []
+gen_windows = sample_windows(valid, GEN_PROMPT + GEN_NEW, GEN_WINDOWS, seed=SEED + 3)
+policies, histories, calibrations, gen_calibrations = {}, [], [], []
 for seed in SEEDS:
     policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows, RLConfig(**{**RL.__dict__, "seed": seed}),
                                    pacing=PACING, plan=PLAN)
     # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03 does)
-    calibrations.append(calibrate_skip_offsets(executor, LearnedController(policy, profiler, pacing=PACING, plan=PLAN),
-                                               calib_windows, prices.budget.tolist()).assign(seed=seed))
+    controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
+    calibrations.append(calibrate_skip_offsets(executor, controller, calib_windows, prices.budget.tolist()).assign(seed=seed))
+    gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, prices.budget.tolist(), full_prompt=GEN_PROMPT)
+                            .assign(seed=seed))  # for tokens generated after a full-depth prompt (prefill="full")
     save_policy(CKPT / policy_file("rl", seed), policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)},
                 plan=PLAN, pacing=PACING, bypass=BYPASS, seed=seed)
     policies[seed] = policy
     histories.append(pd.DataFrame(hist).assign(seed=seed))
 calibration, history = pd.concat(calibrations, ignore_index=True), pd.concat(histories, ignore_index=True)
 save_table(calibration, "04_skip_calibration", PROFILE)
+save_table(pd.concat(gen_calibrations, ignore_index=True), "04_skip_calibration_full_prompt", PROFILE)
 save_table(history, "04_rl_history", PROFILE)
 save_figure(rl_curves(history[history.seed == SEED], PLAN.skip_share), "04_rl_curves", PROFILE)
 

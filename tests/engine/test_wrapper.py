@@ -284,6 +284,30 @@ def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decod
         ANEEConfig(model_name="tiny", prefill=None)
 
 
+def test_full_prefill_decodes_with_the_policys_full_prompt_offsets():
+    """Under prefill="full" a learned controller reads its SKIP offsets for tokens after a full-depth
+    prompt; under "adaptive" that table changes nothing."""
+    from anee.engine.controllers.learned import LearnedController
+
+    model, _, prof, ids = tiny_setup(layers=6)
+    torch.manual_seed(0)
+    policy = PolicyNet(len(FEATURES))
+    controller = LearnedController(policy, prof, pacing=PacingConfig(0.3), plan=PlanConfig(marginal=3))
+    wrapper = ANEEWrapper(ANEEConfig(model_name="tiny", min_layers=0), model=model, controller=controller)
+    prompt, P = ids[:, :10], 10
+    adaptive = wrapper.generate_ids(prompt, 8, energy_budget=0.6)
+    runs = {}
+    for offset in (-50.0, 50.0):  # PROCESS / SKIP at every free decision after the prompt
+        policy.set_skip_offsets(torch.tensor([0.6]), torch.tensor([offset]), after_full_prompt=True)
+        runs[offset] = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full")
+        assert torch.equal(wrapper.generate_ids(prompt, 8, energy_budget=0.6).trace.decisions, adaptive.trace.decisions)
+    processing, skipping = (runs[o].decode_cost.layer_fraction for o in (-50.0, 50.0))
+    assert skipping < processing  # the table moved the generated tokens' compute (inside the band)
+    explicit = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full", controller=controller.for_full_prompt())
+    assert torch.equal(explicit.trace.decisions, runs[50.0].trace.decisions)
+    assert (runs[50.0].trace.decisions[:, :P] == PROCESS).all()
+
+
 # -- one wrapper and one controller shared by threads ---------------------------------------------------
 @pytest.fixture(scope="module")
 def shared_controllers(tmp_path_factory):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -20,16 +21,26 @@ class LearnedController(PacedController):
     it, the residual stream), inside the pacing band (PROCESS / SKIP only with a `PlanConfig`).
     `sample=True` draws actions from softmax(logits / `temperature`) with `generator` (REINFORCE
     rollouts; like `record=True`, a training-time mode that is not for concurrent use, as threads
-    would share the generator's stream); otherwise argmax."""
+    would share the generator's stream); otherwise argmax. `after_full_prompt=True` reads the policy's
+    SKIP offsets for tokens generated after a full-depth prompt (see `for_full_prompt`)."""
 
     def __init__(self, policy: PolicyNet, profiler, pacing: PacingConfig | None = None, sample: bool = False,
                  generator: torch.Generator | None = None, record: bool = False, plan: PlanConfig | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, after_full_prompt: bool = False):
         super().__init__(profiler, pacing, record, plan, record_hidden=policy.rank > 0)
         self.policy = policy
         self.sample = flag("sample", sample)
         self.generator = generator
         self.temperature = real("temperature", temperature, 0.0, open_low=True)
+        self.after_full_prompt = flag("after_full_prompt", after_full_prompt)
+
+    def for_full_prompt(self) -> LearnedController:
+        """This controller for the tokens generated after a prompt that ran every layer
+        (prefill="full"): same policy, plan and band, the SKIP offsets calibrated for that context."""
+        twin = copy.copy(self)
+        twin.after_full_prompt = True
+        twin.records = []
+        return twin
 
     @property
     def overhead_macs(self) -> int:
@@ -39,7 +50,7 @@ class LearnedController(PacedController):
         """Policy logits plus its calibrated SKIP offset at the token's budget, EXIT masked out for a
         planned controller, divided by the temperature."""
         logits = self.policy(feats, hidden)
-        offset = self.policy.skip_offset(feats[..., self.profiler.budget_index])
+        offset = self.policy.skip_offset(feats[..., self.profiler.budget_index], self.after_full_prompt)
         logits = torch.cat([logits[..., :SKIP], logits[..., SKIP : SKIP + 1] + offset.unsqueeze(-1), logits[..., SKIP + 1 :]], -1)
         if self.plan_config is not None:
             logits = logits.masked_fill(_exit_mask(logits), float("-inf"))

@@ -37,6 +37,7 @@ class PolicyNet(Checkpointable, torch.nn.Module):
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
         self.set_skip_offsets(torch.zeros(0), torch.zeros(0))
+        self.set_skip_offsets(torch.zeros(0), torch.zeros(0), after_full_prompt=True)
         if rank:
             self.register_buffer("h_mean", torch.zeros(hidden_size))
             self.register_buffer("h_std", torch.ones(hidden_size))
@@ -53,19 +54,28 @@ class PolicyNet(Checkpointable, torch.nn.Module):
         mlp = sum(m.in_features * m.out_features for m in self.net if isinstance(m, torch.nn.Linear))
         return mlp + (self.hidden_size * self.rank + 3 * self.hidden_size if self.rank else 0)
 
-    def set_skip_offsets(self, budgets: torch.Tensor, offsets: torch.Tensor) -> None:
-        """Calibrated offsets added to the SKIP logit at these (increasing) budgets; see `skip_offset`."""
+    def set_skip_offsets(self, budgets: torch.Tensor, offsets: torch.Tensor, after_full_prompt: bool = False) -> None:
+        """Calibrated offsets added to the SKIP logit at these (increasing) budgets; see `skip_offset`.
+        Two tables: one for tokens whose whole context ran under the controller (teacher-forced
+        windows, generation with prefill="adaptive"), and, with `after_full_prompt`, one for tokens
+        generated after a prompt that ran every layer (prefill="full"): their margins differ, so one
+        offset cannot hold the budget in both."""
         if budgets.shape != offsets.shape or budgets.ndim != 1 or (budgets.diff() <= 0).any():
             raise ValueError("skip offsets need increasing budgets [K] and offsets [K]")
-        self.register_buffer("offset_budgets", budgets.float().clone())
-        self.register_buffer("skip_offsets", offsets.float().clone())
+        prefix = FULL_PROMPT if after_full_prompt else ""
+        self.register_buffer(prefix + "offset_budgets", budgets.float().clone())
+        self.register_buffer(prefix + "skip_offsets", offsets.float().clone())
 
-    def skip_offset(self, budget: torch.Tensor) -> torch.Tensor:
+    def skip_offset(self, budget: torch.Tensor, after_full_prompt: bool = False) -> torch.Tensor:
         """Offset of the SKIP logit at `budget` [...]: linear between calibrated budgets, the nearest
-        one's outside them, 0 when uncalibrated."""
-        if self.skip_offsets.numel() == 0:
+        one's outside them, 0 when uncalibrated. `after_full_prompt` reads the table for generation
+        after a full-depth prompt, or the other one when that was never calibrated."""
+        xs, ys = self.offset_budgets, self.skip_offsets
+        if after_full_prompt and self.full_prompt_skip_offsets.numel():
+            xs, ys = self.full_prompt_offset_budgets, self.full_prompt_skip_offsets
+        if ys.numel() == 0:
             return torch.zeros_like(budget, dtype=torch.float32)
-        b, xs, ys = budget.float().clamp(float(self.offset_budgets[0]), float(self.offset_budgets[-1])), self.offset_budgets, self.skip_offsets
+        b = budget.float().clamp(float(xs[0]), float(xs[-1]))
         i = torch.searchsorted(xs, b.contiguous()).clamp(1, max(len(xs) - 1, 1))
         if len(xs) == 1:
             return ys[0].expand_as(b).clone()
@@ -88,23 +98,37 @@ class PolicyNet(Checkpointable, torch.nn.Module):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
-        return {"num_features": self.num_features, "hidden": self.hidden, "hidden_size": self.hidden_size,
-                "rank": self.rank, "skip_offsets": int(self.skip_offsets.numel()), **self.trained_for}
+        config = {"num_features": self.num_features, "hidden": self.hidden, "hidden_size": self.hidden_size,
+                  "rank": self.rank, "skip_offsets": int(self.skip_offsets.numel()), **self.trained_for}
+        if self.full_prompt_skip_offsets.numel():  # as `checkpoint_tensors`: a policy without the table saves what it always did
+            config["full_prompt_skip_offsets"] = int(self.full_prompt_skip_offsets.numel())
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> PolicyNet:
         policy = cls(config["num_features"], config["hidden"], config["hidden_size"], config["rank"])
         k = integer("skip_offsets", config["skip_offsets"], 0, 4096)
         policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))  # shapes; values come from the file
+        k = integer("full_prompt_skip_offsets", config.get("full_prompt_skip_offsets", 0), 0, 4096)  # absent before the table existed
+        policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k), after_full_prompt=True)
         policy.trained_for = {**{key: config[key] for key in TRAINED_FOR}, **{key: config.get(key) for key in TRAINED_FOR_OPTIONAL}}
         check_trained_for(policy.trained_for)
         policy.plan_config()  # validates the stored plan and pacing
         policy.pacing_config()
         return policy
 
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = dict(self.state_dict())
+        if not self.full_prompt_skip_offsets.numel():  # no such table: the file is what it was before the table existed
+            for key in FULL_PROMPT_KEYS:
+                del tensors[key]
+        return tensors
+
     def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(tensors, strict=True)
+        empty = {key: torch.zeros(0) for key in FULL_PROMPT_KEYS}
+        self.load_state_dict({**empty, **tensors}, strict=True)
         self.set_skip_offsets(self.offset_budgets, self.skip_offsets)  # increasing budgets
+        self.set_skip_offsets(self.full_prompt_offset_budgets, self.full_prompt_skip_offsets, after_full_prompt=True)
         if (self.std <= 0).any() or (self.rank and (self.h_std <= 0).any()):
             raise ValueError("feature scales (std) must be positive")
         self.eval()
@@ -119,6 +143,8 @@ class PolicyNet(Checkpointable, torch.nn.Module):
         return PacingConfig(**self.trained_for.get("pacing", {}))
 
 
+FULL_PROMPT = "full_prompt_"  # buffer prefix of the SKIP-offset table for generation after a full-depth prompt
+FULL_PROMPT_KEYS = (FULL_PROMPT + "offset_budgets", FULL_PROMPT + "skip_offsets")
 TRAINED_FOR = ("kind", "num_layers", "features", "plan", "pacing", "extra")  # required in a checkpoint's config
 TRAINED_FOR_OPTIONAL = ("bypass", "seed")
 

@@ -7,6 +7,10 @@ pacing band. `calibrate_skip_offsets` runs the greedy controller on valid window
 sets the offset added to the SKIP logit to the quantile of the SKIP-minus-PROCESS margins that makes
 `skip_share` of the free decisions SKIPs. Later marginal layers see states that earlier decisions
 changed, so it repeats for a few damped rounds. Between calibrated budgets the offset is interpolated.
+
+Tokens generated after a prompt that ran every layer (`ANEEWrapper.generate(prefill="full")`) see
+full-depth context and give other margins, so a policy carries a second table for them, calibrated
+with `full_prompt` > 0: each window's first tokens run every layer, the rest is governed.
 """
 
 from __future__ import annotations
@@ -15,17 +19,26 @@ import pandas as pd
 import torch
 
 from ...core.actions import ASK, PROCESS, SKIP
+from ..controllers.base import FullController
 from ..controllers.learned import LearnedController
 from ..controllers.plan import skip_share
 from ..executor import AdaptiveExecutor
 
 
 @torch.no_grad()
-def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budget: float):
-    """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions."""
+def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budget: float,
+                       full_prompt: int = 0):
+    """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions
+    (of the governed tokens: after the first `full_prompt` of each window, which run every layer)."""
     controller.record = True
     controller.reset_records()
-    decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget, with_logits=False).trace.decisions for ids in windows])
+    if full_prompt:  # one batch: the prompt through every layer, then the rest as one chunk on its cache
+        prompt = executor.forward(windows[:, :full_prompt], controller=FullController(), with_logits=False)
+        decisions = executor.forward(windows[:, full_prompt:], cache=prompt.cache, controller=controller, budget=budget,
+                                     with_logits=False).trace.decisions
+    else:
+        decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget, with_logits=False).trace.decisions
+                               for ids in windows])
     margins = []
     for r in controller.records:
         logits = controller.policy(r["features"], r.get("hidden"))
@@ -36,21 +49,28 @@ def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController
 
 
 def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budgets: list[float],
-                           rounds: int = 3) -> pd.DataFrame:
+                           rounds: int = 3, full_prompt: int = 0) -> pd.DataFrame:
     """Set `controller.policy`'s SKIP offsets at `budgets` from runs on `windows` [N, T] (valid split);
-    returns the share of SKIPs at each budget and round (the last round after the final offsets)."""
+    returns the share of SKIPs at each budget and round (the last round after the final offsets).
+    With `full_prompt` > 0 the first `full_prompt` tokens of every window run every layer and the
+    offsets go to the policy's table for tokens after a full-depth prompt (a teacher-forced chunk on
+    the prompt's cache decides what decoding its tokens one by one decides)."""
     if controller.plan_config is None:
         raise ValueError("skip calibration is for planned controllers (the share is the plan's skip_share)")
+    if not isinstance(full_prompt, int) or not 0 <= full_prompt < windows.shape[1]:
+        raise ValueError(f"full_prompt must be an int in [0, {windows.shape[1]}) (tokens per window), got {full_prompt!r}")
     L = executor.adapter.num_layers
     budgets = sorted(b for b in budgets if (controller.plan(b, L) == ASK).any())  # a budget that asks nothing needs none
     if not budgets:
         raise ValueError("none of the budgets asks the controller anything: nothing to calibrate")
+    after = full_prompt > 0
+    runner = controller.for_full_prompt() if after else controller
     share, policy = controller.plan_config.skip_share, controller.policy
     offsets, rows = torch.zeros(len(budgets)), []
     for r in range(rounds + 1):
-        policy.set_skip_offsets(torch.tensor(budgets), offsets)
+        policy.set_skip_offsets(torch.tensor(budgets), offsets, after_full_prompt=after)
         for i, b in enumerate(budgets):
-            margins, realized = _margins_and_share(executor, controller, windows, b)
+            margins, realized = _margins_and_share(executor, runner, windows, b, full_prompt)
             rows.append({"round": r, "budget": b, "skip_share": realized, "offset": float(offsets[i])})
             if r < rounds and margins.numel():
                 target = -torch.quantile(margins.float(), 1.0 - share)

@@ -36,26 +36,26 @@ def test_policy_size_and_checkpoint(tmp_path):
 
     from anee.core.checkpoints import save_checkpoint
     config = p.checkpoint_config()
-    sd = dict(p.state_dict())
+    sd = p.checkpoint_tensors()
     sd["net.0.weight"] = torch.zeros(32, 5)
     save_checkpoint(tmp_path / "p.safetensors", sd, PolicyNet.FORMAT, config)
     with pytest.raises(ValueError, match=r"tensor 'net.0.weight' has shape \(32, 5\)"):
         load_policy(tmp_path / "p.safetensors", 30)
-    save_checkpoint(tmp_path / "v1.safetensors", dict(p.state_dict()), "anee-policy", config)
+    save_checkpoint(tmp_path / "v1.safetensors", p.checkpoint_tensors(), "anee-policy", config)
     with pytest.raises(ValueError, match="format 'anee-policy'.*notebook 03"):
         load_policy(tmp_path / "v1.safetensors", 30)
-    save_checkpoint(tmp_path / "rank.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, {**config, "rank": "x"})
+    save_checkpoint(tmp_path / "rank.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, {**config, "rank": "x"})
     with pytest.raises(ValueError, match="does not describe a valid PolicyNet.*rank"):
         load_policy(tmp_path / "rank.safetensors", 30)
-    nan = dict(p.state_dict(), **{"net.0.bias": torch.full((32,), float("nan"))})
+    nan = dict(p.checkpoint_tensors(), **{"net.0.bias": torch.full((32,), float("nan"))})
     save_checkpoint(tmp_path / "nan.safetensors", nan, PolicyNet.FORMAT, config)
     with pytest.raises(ValueError, match="non-finite"):
         load_policy(tmp_path / "nan.safetensors", 30)
-    zero_std = dict(p.state_dict(), std=torch.zeros(len(FEATURES)))
+    zero_std = dict(p.checkpoint_tensors(), std=torch.zeros(len(FEATURES)))
     save_checkpoint(tmp_path / "std.safetensors", zero_std, PolicyNet.FORMAT, config)
     with pytest.raises(ValueError, match="std"):
         load_policy(tmp_path / "std.safetensors", 30)
-    save_checkpoint(tmp_path / "slack.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, {**config, "pacing": {"slack": -0.1}})
+    save_checkpoint(tmp_path / "slack.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, {**config, "pacing": {"slack": -0.1}})
     with pytest.raises(ValueError, match="slack"):
         load_policy(tmp_path / "slack.safetensors", 30)
     assert json.loads(json.dumps(config)) == config  # the config is plain JSON
@@ -95,6 +95,27 @@ def test_skip_offsets_interpolate_and_shift_only_skip(tmp_path):
     assert torch.equal(load_policy(path, 30).skip_offset(b), p.skip_offset(b))
 
 
+def test_full_prompt_offsets_are_a_second_table_saved_only_when_set(tmp_path):
+    """The table for tokens after a full-depth prompt is read with after_full_prompt=True, falls back to
+    the first table while uncalibrated, and a policy without it saves the tensors it always had."""
+    from anee.core.checkpoints import load_checkpoint
+    from anee.engine.controllers.policy import FULL_PROMPT_KEYS
+
+    p = PolicyNet(len(FEATURES))
+    b = torch.tensor([0.5, 0.6, 0.7])
+    p.set_skip_offsets(torch.tensor([0.5, 0.7]), torch.tensor([1.0, 3.0]))
+    assert torch.equal(p.skip_offset(b, after_full_prompt=True), p.skip_offset(b))  # uncalibrated: the first table
+    old = save_policy(tmp_path / "old.safetensors", p, "rl", 30)
+    assert not set(FULL_PROMPT_KEYS) & set(load_checkpoint(old, PolicyNet.FORMAT, "")[0])
+    assert torch.equal(load_policy(old, 30).skip_offset(b, after_full_prompt=True), p.skip_offset(b))
+    p.set_skip_offsets(torch.tensor([0.6]), torch.tensor([-2.0]), after_full_prompt=True)
+    assert torch.equal(p.skip_offset(b, after_full_prompt=True), torch.full((3,), -2.0))
+    assert torch.allclose(p.skip_offset(b), torch.tensor([1.0, 2.0, 3.0]))  # the first table is untouched
+    q = load_policy(save_policy(tmp_path / "new.safetensors", p, "rl", 30), 30)
+    assert torch.equal(q.skip_offset(b, after_full_prompt=True), p.skip_offset(b, after_full_prompt=True))
+    assert torch.equal(q.skip_offset(b), p.skip_offset(b))
+
+
 def test_plan_saved_with_policy(tmp_path):
     p = PolicyNet(len(FEATURES))
     path = save_policy(tmp_path / "p.safetensors", p, "rl", 30, plan=PlanConfig(marginal=3, skip_share=0.25))
@@ -113,7 +134,7 @@ def _bad_policy_file(tmp_path, case: str):
     p = PolicyNet(len(FEATURES))
     good = save_policy(tmp_path / "good.safetensors", p, "rl", 30)
     assert load_policy(good, 30).trained_for == p.trained_for  # untampered, the file loads
-    config, tensors = p.checkpoint_config(), dict(p.state_dict())
+    config, tensors = p.checkpoint_config(), p.checkpoint_tensors()
     path = tmp_path / f"{case}.safetensors"
     if case == "nan_weight":
         tensors["net.2.weight"] = torch.full_like(tensors["net.2.weight"], float("nan"))
@@ -188,7 +209,7 @@ def test_type_confused_policy_configs_give_a_value_error(tmp_path_factory, key, 
     p = PolicyNet(len(FEATURES))
     save_policy(tmp_path_factory.mktemp("ok") / "p.safetensors", p, "rl", 30)
     config = {**p.checkpoint_config(), key: value}
-    path = save_checkpoint(tmp_path_factory.mktemp("confused") / "p.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    path = save_checkpoint(tmp_path_factory.mktemp("confused") / "p.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, config)
     try:
         loaded = load_policy(path, 30)
     except ValueError as err:
@@ -208,13 +229,13 @@ def test_policy_remembers_its_bypass_and_seed(tmp_path):
     assert plain.trained_for["bypass"] is None and plain.trained_for["seed"] is None  # the identity, no seed given
     # a checkpoint written before the optional keys existed still loads (as the identity, no seed)
     config = {k: v for k, v in p.checkpoint_config().items() if k not in ("bypass", "seed")}
-    save_checkpoint(tmp_path / "old.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    save_checkpoint(tmp_path / "old.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, config)
     old = load_policy(tmp_path / "old.safetensors", 30, kind="warmstart")
     assert old.trained_for["bypass"] is None and old.trained_for["seed"] is None
     x = torch.randn(3, len(FEATURES))
     assert torch.equal(old(x), p(x))
     # the required keys stay required
     del config["plan"]
-    save_checkpoint(tmp_path / "broken.safetensors", dict(p.state_dict()), PolicyNet.FORMAT, config)
+    save_checkpoint(tmp_path / "broken.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, config)
     with pytest.raises(ValueError, match="does not describe a valid PolicyNet.*'plan'.*notebook 03"):
         load_policy(tmp_path / "broken.safetensors", 30)

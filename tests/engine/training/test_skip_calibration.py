@@ -36,3 +36,30 @@ def test_calibration_brings_the_share_to_the_plan(tiny):
     assert abs(skip_share(between.trace.decisions, c.plan(0.55, 10)) - 0.5) < 0.2
     with pytest.raises(ValueError, match="planned"):
         calibrate_skip_offsets(ex, LearnedController(p, prof), windows, [0.5])
+
+
+def test_full_prompt_calibration_fills_the_second_table_from_governed_tokens_only(tiny):
+    """With full_prompt, the prompt runs every layer, the share is of the governed tokens, and only
+    the policy's table for tokens after a full-depth prompt changes."""
+    from anee.engine.controllers.plan import PlanConfig, skip_share
+    from anee.engine.training.skip_calibration import calibrate_skip_offsets
+
+    _, ex, prof, ids = tiny
+    torch.manual_seed(0)
+    p = PolicyNet(len(FEATURES), 32, hidden_size=32, rank=4)
+    with torch.no_grad():
+        p.net[-1].bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # SKIP-leaning
+    p.set_skip_offsets(torch.tensor([0.4, 0.7]), torch.tensor([0.5, 0.25]))
+    c = LearnedController(p, prof, pacing=PacingConfig(slack=0.5), plan=PlanConfig(marginal=4))
+    windows = ids[0, :160].reshape(4, 40)
+    table = calibrate_skip_offsets(ex, c, windows, [0.4, 0.7], full_prompt=8)
+    assert torch.equal(p.skip_offsets, torch.tensor([0.5, 0.25]))  # the teacher-forced table stays
+    assert p.full_prompt_skip_offsets.shape == (2,) and not torch.equal(p.full_prompt_skip_offsets, torch.zeros(2))
+    last = table[table["round"] == table["round"].max()]
+    assert ((last.skip_share - 0.5).abs() < 0.1).all()
+    prompt = ex.forward(windows[:, :8])
+    rest = ex.forward(windows[:, 8:], cache=prompt.cache, controller=c.for_full_prompt(), budget=0.7)
+    assert skip_share(rest.trace.decisions, c.plan(0.7, 10)) == pytest.approx(float(last[last.budget == 0.7].skip_share.iloc[0]))
+    for bad in (-1, 40, 2.5):
+        with pytest.raises(ValueError, match="full_prompt must be"):
+            calibrate_skip_offsets(ex, c, windows, [0.4], full_prompt=bad)
