@@ -84,10 +84,16 @@ def record_full_run(origin: dict, notebook: str, seconds: float, fresh: bool) ->
     time_path.write_text(json.dumps(timed, indent=2) + "\n")
 
 
-PROBE = "seconds of a fixed fp32 workload (40 matmuls 1024x1024 at 2 threads, median of 5): how fast this instance is"
+PROBE = {"size": 1024, "reps": 40, "rounds": 5, "threads": 2}  # the fixed workload `make reproduce` times
 
 
-def machine_probe(size: int = 1024, reps: int = 40, rounds: int = 5, threads: int = 2) -> float:
+def probe_description(size: int, reps: int, rounds: int, threads: int) -> str:
+    return (f"seconds of a fixed fp32 workload ({reps} matmuls {size}x{size} at {threads} threads, median of {rounds}): "
+            "how fast this instance is")
+
+
+def machine_probe(size: int = PROBE["size"], reps: int = PROBE["reps"], rounds: int = PROBE["rounds"],
+                  threads: int = PROBE["threads"]) -> float:
     """Median seconds of `reps` fp32 matmuls of `size` x `size` at `threads` threads. Instances of the same
     kind differ by several per cent (make reproduce of one commit took 62 to 74 min), so a wall time is
     only comparable with the probe of its run beside it. Restores the thread count."""
@@ -118,7 +124,7 @@ def record_make_wall(since: float, now: float | None = None, probe: float | None
     record = {"seconds": round(now - since, 1), "covers": "make reproduce: set-up, notebooks, "
               "shipped defaults, bench, int8_bench (not the README or verify)"}
     if probe is not None:
-        record |= {"machine_probe_seconds": round(probe, 3), "machine_probe": PROBE}
+        record |= {"machine_probe_seconds": round(probe, 3), "machine_probe": probe_description(**PROBE)}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

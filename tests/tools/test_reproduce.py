@@ -36,6 +36,7 @@ def test_the_wall_time_of_make_reproduce_is_recorded_apart(tool, tmp_path, monke
         tool.record_make_wall(5000.0, now=4600.5)  # a start after now
     probed = json.loads(tool.record_make_wall(1000.0, now=4600.5, probe=1.25).read_text())
     assert probed["machine_probe_seconds"] == 1.25 and probed["seconds"] == 3600.5
+    assert "(40 matmuls 1024x1024 at 2 threads, median of 5)" in probed["machine_probe"]  # said from the probe's own sizes
 
 
 def test_the_machine_probe_times_a_fixed_workload_and_restores_the_threads(tool):
