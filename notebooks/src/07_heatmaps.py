@@ -57,7 +57,7 @@ parts = []
 fig, axes = plt.subplots(len(TEXTS), 1, figsize=(9, 4.5 * len(TEXTS)))
 for i, text in enumerate(TEXTS):
     ids = tokenizer(text, return_tensors="pt").input_ids
-    d = executor.forward(ids, controller=controller, budget=BUDGET).trace.decisions[0]
+    d = executor.forward(ids, controller=controller, budget=BUDGET, with_logits=False).trace.decisions[0]
     tokens = tokenizer.convert_ids_to_tokens(ids[0])
     execution_map(d, tokens, f"{NAME} controller, budget {BUDGET}", ax=axes[i])
     parts.append(per_token_depth(d, tokens, i))
@@ -75,7 +75,7 @@ usage, depth_rows = {}, []
 for b in (0.5, 0.7, 0.9):
     decisions = []
     for s in range(0, TEST_TOKENS, 256):
-        decisions.append(executor.forward(test[:, s : s + 256], controller=controller, budget=b).trace.decisions)
+        decisions.append(executor.forward(test[:, s : s + 256], controller=controller, budget=b, with_logits=False).trace.decisions)
     dec = torch.cat(decisions, 1)
     usage[f"budget {b}"] = layer_usage(dec)
     depth_rows.append(effective_depth(dec, b))
