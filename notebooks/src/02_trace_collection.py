@@ -88,6 +88,8 @@ FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
 TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=40), batch=2, seq_len=192, lr=3e-4, max_removed=12)
 SELECT_WINDOWS, TABLE_TEST_WINDOWS = pick(PROFILE, quick=(2, 1), full=(4, 2))  # held-out valid x 256, test x 512
 REMOVED = pick(PROFILE, quick=(3, 7), full=(3, 6, 9, 12))
+# closed-form families scored; quick: the identity, the candidates and the linear map notebook 06 scores
+FAMILIES = pick(PROFILE, quick=[f for f in BYPASS_FAMILIES if f[0] in ("identity", "linear") or f in CANDIDATES], full=BYPASS_FAMILIES)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 PLAN, PACING = PlanConfig(marginal=PLAN_MARGINAL), PacingConfig(slack=PACING_SLACK)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
@@ -117,7 +119,7 @@ stats = layer_bypass_stats(identity, fit_windows)
 LEVELS = (0.1, CHOICE_SAVING, 0.3)
 full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
 rows, banks, curves, closed_form = [], {}, [], {}
-for family, rank in BYPASS_FAMILIES:  # closed form
+for family, rank in FAMILIES:  # closed form
     bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
     rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, order, REMOVED, LEVELS, full,
                         tuned=False, seed=-1)
