@@ -50,6 +50,7 @@ def test_reading_controller_is_causal_and_records_the_stream(tiny):
 
 
 def test_learned_controller_adds_the_offset_to_skip_only(tiny):
+    """The calibrated offset shifts the SKIP logit alone; `for_full_prompt` reads the second table."""
     _, _, prof, _ = tiny
     torch.manual_seed(0)
     p = PolicyNet(len(FEATURES))
@@ -60,18 +61,8 @@ def test_learned_controller_adds_the_offset_to_skip_only(tiny):
     p.set_skip_offsets(torch.tensor([0.5, 0.7]), torch.tensor([1.0, 3.0]))
     diff = c.logits(f) - before
     assert torch.allclose(diff[..., SKIP], torch.full((2, 3), 2.0)) and diff[..., PROCESS].abs().max() == 0 and diff[..., EXIT].abs().max() == 0
-
-
-def test_for_full_prompt_reads_the_second_offset_table(tiny):
-    _, _, prof, _ = tiny
-    torch.manual_seed(0)
-    p = PolicyNet(len(FEATURES))
-    c = LearnedController(p, prof)
-    f = torch.randn(2, 3, len(FEATURES))
-    f[..., prof.budget_index] = 0.6
-    p.set_skip_offsets(torch.tensor([0.6]), torch.tensor([1.0]))
-    p.set_skip_offsets(torch.tensor([0.6]), torch.tensor([4.0]), after_full_prompt=True)
+    p.set_skip_offsets(torch.tensor([0.6]), torch.tensor([5.0]), after_full_prompt=True)
     twin = c.for_full_prompt()
     diff = twin.logits(f) - c.logits(f)
     assert torch.allclose(diff[..., SKIP], torch.full((2, 3), 3.0)) and diff[..., PROCESS].abs().max() == 0
-    assert not c.after_full_prompt and twin.policy is p and twin.plan_config is c.plan_config
+    assert not c.after_full_prompt and twin.after_full_prompt and twin.policy is p and twin.plan_config is c.plan_config
