@@ -46,6 +46,15 @@ class KVCache:
         """Record that `layer` holds no K/V for this sequence."""
         self._mark(layer, True)
 
+    def copy(self) -> KVCache:
+        """A cache that continues from this one's positions without changing it: it shares the K/V
+        tensors (`update` never writes into a tensor, it concatenates), so several continuations
+        of one prompt (a calibration's passes) need its forward only once."""
+        new = KVCache(len(self.keys))
+        new.keys, new.values, new.dropped = list(self.keys), list(self.values), list(self.dropped)
+        new.padding_mask, new._length = self.padding_mask, self._length
+        return new
+
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this chunk's K/V at `layer` and return the full K/V for attention."""
         self._mark(layer, False)

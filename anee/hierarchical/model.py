@@ -41,7 +41,7 @@ from ..core.adapters import adapter_for
 from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..core.checkpoints import Checkpointable
 from ..core.cost import CostModel, CostReport
-from ..core.divergence import token_kl
+from ..core.divergence import KLReference, log_probs
 from ..core.outputs import HierarchicalOutput
 from ..core.scalars import integer
 from .gates import AffineLens, ExitGate, default_exit_layers
@@ -109,13 +109,13 @@ class HierarchicalModel(Checkpointable, nn.Module):
         """KL(full || FFN of layer l skipped for every token), per layer, on ids [B, T] (validation
         split); stored in `self.sensitivity`. Costs one forward per layer."""
         L = self.num_layers
-        full_logits = self.base(ids).logits
+        full = KLReference(self.base(ids).logits)
         sens = torch.empty(L, dtype=torch.float64)
         for layer in range(L):
             thr = torch.full((L,), float("-inf"), dtype=torch.float64)
             thr[layer] = float("inf")
             logits = self.dense_forward(ids, "threshold", thresholds=thr).logits
-            sens[layer] = float(token_kl(full_logits, logits).mean())
+            sens[layer] = float(full.kl(log_probs(logits)).mean())
         self.sensitivity.copy_(sens)
         return sens
 

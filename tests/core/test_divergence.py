@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anee.core.divergence import entropy, kl_from_logprobs, token_kl
+from anee.core.divergence import (
+    KLReference,
+    entropy,
+    kl_from_logprobs,
+    kl_log_probs,
+    log_probs,
+    nll_log_probs,
+    token_kl,
+)
 
 
 def test_token_kl_exact():
@@ -51,3 +59,17 @@ def test_entropy_closed_forms():
     assert entropy(torch.tensor([0.5, 0.25, 0.25]).log()).item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
     peaked = torch.tensor([100.0] + [0.0] * (V - 1))
     assert entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reference_and_nll_from_log_probs_equal_token_kl_and_cross_entropy_bit_for_bit():
+    """The cached forms the trace and oracle loops use give exactly the numbers of the direct ones."""
+    g = torch.Generator().manual_seed(2)
+    reference, logits = 4 * torch.randn(1, 9, 37, generator=g), 4 * torch.randn(1, 9, 37, generator=g)
+    targets = torch.randint(0, 37, (9,), generator=g)
+    logp = log_probs(logits)
+    assert torch.equal(KLReference(reference).kl(logp), token_kl(reference, logits))
+    assert torch.equal(kl_log_probs(log_probs(reference), logp), token_kl(reference, logits))
+    # rows scored from a longer window's log-probabilities equal cross-entropy on the sliced logits
+    assert torch.equal(nll_log_probs(logp[0, :-1], targets[1:]), F.cross_entropy(logits[0, :-1], targets[1:], reduction="none"))
+    assert nll_log_probs(logp, targets.unsqueeze(0)).shape == (1, 9)
+    assert log_probs(logits.half()).dtype == torch.float32

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...core.actions import PROCESS, SKIP, pattern_decisions
-from ...core.divergence import token_kl
+from ...core.divergence import KLReference, log_probs, nll_log_probs
 from ..executor import AdaptiveExecutor
 
 
@@ -38,15 +37,15 @@ def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order
     """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2."""
     L = executor.adapter.num_layers
     kl_rows, nll_rows = [], []
-    full = [executor.forward(w).logits[0, :-1] for w in windows]
+    full = [KLReference(executor.forward(w).logits[0, :-1]) for w in windows]
     for k in skips:
         skipped = set(order[:k])
         pattern = [SKIP if i in skipped else PROCESS for i in range(L)]
         kl, nll = [], []
-        for w, full_logits in zip(windows, full):
-            logits = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1])).logits[0, :-1]
-            kl.append(token_kl(full_logits, logits))
-            nll.append(F.cross_entropy(logits.float(), w[0, 1:], reduction="none"))
+        for w, reference in zip(windows, full):
+            logp = log_probs(executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1])).logits[0, :-1])
+            kl.append(reference.kl(logp))
+            nll.append(nll_log_probs(logp, w[0, 1:]))
         kl_rows.append(torch.cat(kl).double().cpu().numpy())
         nll_rows.append(torch.cat(nll).double().cpu().numpy())
     return SkipProfiles(np.array(skips), np.stack(kl_rows), np.stack(nll_rows))

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ...core.actions import ASK, PROCESS, SKIP
+from ...core.kv_cache import KVCache
 from ..controllers.base import FullController
 from ..controllers.learned import LearnedController
 from ..controllers.plan import skip_share
@@ -27,14 +28,14 @@ from ..executor import AdaptiveExecutor
 
 @torch.no_grad()
 def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budget: float,
-                       full_prompt: int = 0):
-    """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions
-    (of the governed tokens: after the first `full_prompt` of each window, which run every layer)."""
+                       prompt: KVCache | None = None):
+    """Raw SKIP - PROCESS margins at the free decisions, and the share of SKIPs among all asked decisions.
+    With `prompt` (the cache of a full-depth prompt per window) `windows` are the governed tokens after
+    it, run as one chunk on a copy of that cache."""
     controller.record = True
     controller.reset_records()
-    if full_prompt:  # one batch: the prompt through every layer, then the rest as one chunk on its cache
-        prompt = executor.forward(windows[:, :full_prompt], controller=FullController(), with_logits=False)
-        decisions = executor.forward(windows[:, full_prompt:], cache=prompt.cache, controller=controller, budget=budget,
+    if prompt is not None:
+        decisions = executor.forward(windows, cache=prompt.copy(), controller=controller, budget=budget,
                                      with_logits=False).trace.decisions
     else:
         decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget, with_logits=False).trace.decisions
@@ -63,14 +64,17 @@ def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedContro
     budgets = sorted(b for b in budgets if (controller.plan(b, L) == ASK).any())  # a budget that asks nothing needs none
     if not budgets:
         raise ValueError("none of the budgets asks the controller anything: nothing to calibrate")
-    after = full_prompt > 0
+    after, prompt = full_prompt > 0, None
+    if after:  # the prompts through every layer once, as one batch; every pass continues a copy of their cache
+        prompt = executor.forward(windows[:, :full_prompt], controller=FullController(), with_logits=False).cache
+        windows = windows[:, full_prompt:]
     runner = controller.for_full_prompt() if after else controller
     share, policy = controller.plan_config.skip_share, controller.policy
     offsets, rows = torch.zeros(len(budgets)), []
     for r in range(rounds + 1):
         policy.set_skip_offsets(torch.tensor(budgets), offsets, after_full_prompt=after)
         for i, b in enumerate(budgets):
-            margins, realized = _margins_and_share(executor, runner, windows, b, full_prompt)
+            margins, realized = _margins_and_share(executor, runner, windows, b, prompt)
             rows.append({"round": r, "budget": b, "skip_share": realized, "offset": float(offsets[i])})
             if r < rounds and margins.numel():
                 target = -torch.quantile(margins.float(), 1.0 - share)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ...core.actions import DROP, EXIT, PROCESS, SKIP
-from ...core.divergence import token_kl
+from ...core.divergence import KLReference, log_probs, nll_log_probs
 from ..controllers.base import LayerView
 from ..controllers.pacing import PacedController, PacingConfig
 from ..controllers.plan import PlanConfig, marginal_order
@@ -28,13 +27,13 @@ from ..profiler import FEATURES
 from .oracle import lagrangian_price
 
 
-def _record_rows(executor: AdaptiveExecutor, controller: PacedController, ids: torch.Tensor, full_logits: torch.Tensor,
+def _record_rows(executor: AdaptiveExecutor, controller: PacedController, ids: torch.Tensor, full: KLReference,
                  budget: float, window: int) -> dict[str, np.ndarray]:
     """Run `controller` (recording) on ids [1, T]; one row per controller call on a live token."""
     controller.record = True
     controller.reset_records()
     out = executor.forward(ids, controller=controller, budget=budget)
-    kl = token_kl(full_logits, out.logits)[0]
+    kl = full.kl(log_probs(out.logits))[0]
     rep = out.trace.cost(executor.cost)
     frac = (rep.layer_macs / rep.full_layer_macs)[0]
     cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction", "window", "token", "f", "hidden")}
@@ -75,7 +74,7 @@ def collect_traces(executor: AdaptiveExecutor, controller: PacedController, wind
     parts = []
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
-        full = executor.forward(ids).logits
+        full = KLReference(executor.forward(ids).logits)
         parts += [_record_rows(executor, controller, ids, full, b, w) for b in budgets]
     return _join(parts)
 
@@ -144,15 +143,15 @@ def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wind
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
         done = _PassesDone(executor, ids)
-        full = done.forward(torch.full((1, ids.shape[1], L), PROCESS, dtype=torch.int8))
+        full = KLReference(done.forward(torch.full((1, ids.shape[1], L), PROCESS, dtype=torch.int8)))
         for b in budgets:
             layer_plan = controller.plan(b, L)
             order = marginal_order(layer_plan, profiler.rank)
             for j in range(len(order) + 1):
-                logits = done.forward(nested_decisions(layer_plan, order[:j], ids.shape[1]))
-                nll = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none")
+                logp = log_probs(done.forward(nested_decisions(layer_plan, order[:j], ids.shape[1])))
+                nll = nll_log_probs(logp[0, :-1], ids[0, 1:])
                 rows.append(pd.DataFrame({"window": w, "budget": b, "token": np.arange(ids.shape[1]), "skips": j,
-                                          "token_kl": token_kl(full, logits)[0].cpu().numpy(),
+                                          "token_kl": full.kl(logp)[0].cpu().numpy(),
                                           "token_nll": np.append(nll.cpu().numpy(), np.nan)}))
     return pd.concat(rows, ignore_index=True)
 
@@ -200,7 +199,7 @@ def allocation_traces(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wi
     parts = []
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
-        full = executor.forward(ids).logits
+        full = KLReference(executor.forward(ids).logits)
         for b, g in allocation[allocation.window == w].groupby("budget"):
             controller.skips = torch.tensor(g.sort_values("token").skips.to_numpy()).unsqueeze(0)
             parts.append(_record_rows(executor, controller, ids, full, float(b), w))
