@@ -19,7 +19,7 @@ from .options import add_model_arguments, checked, positive_int
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--new-tokens", type=positive_int, default=128, help="(default %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="(default %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="(default %(default)s)")
     parser.add_argument("--skip-fraction", type=float, default=0.3, help="layer compute the skip pattern saves (default %(default)s)")
     parser.add_argument("--write", action="store_true", help="also write results/bench_decode.json (what `make reproduce` does)")
     group = parser.add_argument_group("hierarchical model (notebook 05's checkpoint)")

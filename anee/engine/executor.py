@@ -37,6 +37,7 @@ from ..core.outputs import ExecutorOutput, Trace
 from ..core.scalars import flag, integer
 from .arguments import check_budget
 from .controllers.base import Controller, FullController, LayerView, layer_overhead
+from .prefix_memo import Prefix, PrefixMemo
 
 
 class Weights(Protocol):
@@ -68,6 +69,7 @@ class AdaptiveExecutor:
         self.bypass = None if bypass is None or bypass.is_identity else bypass
         self.cost = CostModel(adapter.dims, self.bypass.macs if self.bypass is not None else 0)
         self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers, what=" (the model's number of layers)")
+        self.prefix_memo: PrefixMemo | None = None  # set by `anee.engine.prefix_memo.shared_prefixes`
 
     @torch.no_grad()
     def forward(
@@ -139,6 +141,11 @@ class AdaptiveExecutor:
         h = adapter.embed(input_ids, position_ids) if resume is None else resume[1]
         pos = adapter.position_state(h, position_ids)
         hidden_states = [] if collect_hidden else None
+        # a fresh, unpadded chunk inside `shared_prefixes`: fully processed leading layers come from the memo
+        prefix = None
+        if self.prefix_memo is not None and resume is None and past == 0 and attn_mask is not None and padding_mask is None \
+                and cache.padding_mask is None and all(k is None for k in cache.keys):
+            prefix = self.prefix_memo.prefix(adapter.model, self.weights, input_ids, h)
         if decisions is None and hasattr(controller, "static_decisions"):
             decisions = controller.static_decisions(B, T, L)
             decisions[..., : self.min_layers] = PROCESS
@@ -149,24 +156,32 @@ class AdaptiveExecutor:
             dropped = _dropped_layers(record)
             by = bypassed(record) if self.bypass is not None else None
             overhead = torch.zeros(B, T, dtype=torch.float64, device=dev)
+            shared = _leading(torch.tensor([c == B * T for c in process_counts]))  # layers every token processes
+            if prefix is not None:
+                start = prefix.restore(shared, cache, hidden_states)
+                h = prefix.states[start]
             for layer in range(start, L):
                 if hidden_states is not None:
                     hidden_states.append(h)
                 process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
                 h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer], layer in dropped,
                                self.bypass, None if by is None else by[:, :, layer])
+                if prefix is not None and layer < shared:
+                    prefix.extend(layer, h, cache)
         else:
-            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states)
+            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states, prefix)
         if hidden_states is not None:
             hidden_states.append(h)
         cache.advance(T)
         logits = adapter.logits(h) if with_logits else None
         return ExecutorOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
 
-    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states):
+    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states, prefix: Prefix | None = None):
         """The dynamic loop: before each layer the controller sees every token's state and budget.
         A controller with a `plan(budget, num_layers)` fixes some layers in advance (PROCESS, SKIP
-        or DROP for every token) and is asked, and charged, only at the layers its plan marks ASK."""
+        or DROP for every token) and is asked, and charged, only at the layers its plan marks ASK.
+        With a `prefix` (see `shared_prefixes`) the plan's leading PROCESS layers are restored from
+        it where an earlier pass on the same chunk ran them."""
         adapter, L = self.adapter, self.adapter.num_layers
         B, T = h.shape[:2]
         plan = _plan(controller, budget, L, self.min_layers, h.device)
@@ -176,8 +191,14 @@ class AdaptiveExecutor:
         overhead = torch.zeros_like(spent)
         exited = torch.zeros(B, T, dtype=torch.bool, device=h.device)
         record = torch.empty(B, T, L, dtype=torch.int8, device=h.device)
-        prev = h
-        for layer in range(L):
+        prev, start, shared = h, 0, _leading(plan == PROCESS)
+        if prefix is not None:  # as the loop below would run them: every token PROCESSES, none has exited
+            start = prefix.restore(shared, cache, hidden_states)
+            prev, h = prefix.states[max(start - 1, 0)], prefix.states[start]
+            record[:, :, :start] = PROCESS
+            for _ in range(start):
+                spent += layer_cost
+        for layer in range(start, L):
             if hidden_states is not None:
                 hidden_states.append(h)
             fixed = int(plan[layer])
@@ -201,6 +222,8 @@ class AdaptiveExecutor:
             exited = exited | (action == EXIT)
             prev, h = h, layer_step(adapter, layer, h, pos, cache, attn_mask, process if 0 < n_process < B * T else None,
                                     n_process, fixed == DROP, self.bypass, by)
+            if prefix is not None and layer < shared:
+                prefix.extend(layer, h, cache)
         return h, record, overhead
 
     def _positions_and_mask(self, cache, B, T, past, padding_mask, device):
@@ -230,6 +253,11 @@ class AdaptiveExecutor:
         eye[rows, past + rows] = True
         mask = mask | (eye.unsqueeze(0) & ~new.unsqueeze(-1))
         return position_ids, mask.unsqueeze(1)
+
+
+def _leading(flags: torch.Tensor) -> int:
+    """How many leading entries of the bool vector `flags` are True."""
+    return int(flags.long().cumprod(0).sum())
 
 
 def _check_resume(resume, decisions, past: int, shape: tuple[int, int, int], L: int) -> int:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..engine.executor import AdaptiveExecutor
+from ..engine.prefix_memo import shared_prefixes
 from ..engine.training.bypass import BypassTuneConfig, fit_layer_bypass, removal_decisions, tune_bypass_
 
 
@@ -55,7 +56,8 @@ def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits
     removal count and at each net-saving level (`full`: the full model's perplexity per split)."""
     rows = []
     for split, windows in splits.items():
-        ppls = [removal_ppl(executor, windows, order, k) for k in ks]
+        with shared_prefixes(executor):  # the layers before each count's first removed one run once per window
+            ppls = [removal_ppl(executor, windows, order, k) for k in ks]
         row = {"bypass": label, "family": bank.family, "rank": bank.config.rank, "macs": bank.macs,
                "macs_fraction_of_layer": executor.cost.drop_fraction(), "split": split, **extra}
         row.update({f"ppl_k{k}": p for k, p in zip(ks, ppls)})

@@ -19,6 +19,7 @@ from ..core.outputs import MethodOutput
 from ..engine.defaults import BYPASS_FILE, PROFILER_FILE  # notebook 02's files, named as in the shipped defaults
 from ..engine.executor import AdaptiveExecutor
 from ..engine.importance import removal_order
+from ..engine.prefix_memo import shared_prefixes
 from ..engine.profiler import Profiler
 from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
 from .context import EvalContext
@@ -94,11 +95,12 @@ def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Ten
     """Evaluate every (method name, setting) pair on the same windows: one row per pair, with the
     method's label (`method_label`) and its training seed (-1 for a method that trains nothing)."""
     rows = []
-    for name, setting in specs:
-        method = build_method(name, ctx, **setting)
-        text = ",".join(f"{k}={v}" for k, v in setting.items() if k not in ("seed", "bypass"))
-        result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text, progress=progress)
-        rows.append({**result.row(), "seed": int(setting.get("seed", -1))})
+    with shared_prefixes(ctx.executor, ctx.bypass_executor):  # the layers every setting processes run once per window
+        for name, setting in specs:
+            method = build_method(name, ctx, **setting)
+            text = ",".join(f"{k}={v}" for k, v in setting.items() if k not in ("seed", "bypass"))
+            result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text, progress=progress)
+            rows.append({**result.row(), "seed": int(setting.get("seed", -1))})
     table = pd.DataFrame(rows)
     return table[["method", "setting", "seed"] + [c for c in table.columns if c not in ("method", "setting", "seed")]]
 

@@ -1,6 +1,6 @@
 """The real INT8 path against fp32: quality, and measured decode speed against the cost model.
 
-    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 128] [--rounds 3]
+    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 128] [--rounds 2]
 
 Quality (`results/int8_quality.json`, deterministic): WikiText-2 test perplexity on notebook 06's
 full-profile windows (the first `eval_tokens` tokens, non-overlapping windows of 512) of fp32, of INT8
@@ -39,7 +39,7 @@ from .results import save_json
 EVAL_TOKENS, WINDOW, STRIDE = frontier_windows("full")  # notebook 06's full-profile windows
 
 
-def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_tokens: int = 128, rounds: int = 3,
+def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_tokens: int = 128, rounds: int = 2,
         calib_windows: int = 4, segs: int = 6, write: bool = True, loaded: tuple | None = None) -> tuple[dict, dict]:
     """(quality, timings) of the INT8 path; written to results/ when `write`. `loaded`: an already
     loaded (model, tokenizer) of `model_name`."""
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the reference decode setting)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -22,6 +22,7 @@ import torch
 
 from ..core.data import load_wikitext
 from ..engine.arguments import check_prefill
+from ..engine.prefix_memo import shared_prefixes
 from ..engine.wrapper import ANEEWrapper
 from .methods.controllers import executor_method
 from .perplexity import evaluate
@@ -96,18 +97,20 @@ def top1_agreement(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapper, 
     if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < window:
         raise ValueError(f"ids must be [1, N] with N >= window ({window}), got {tuple(ids.shape)}")
     chunks = [ids[:, i : i + window] for i in range(0, ids.shape[1] - window + 1, window)]
-    full = [reference(c, energy_budget=1.0).logits.argmax(-1) for c in chunks]
     rows = []
-    for name, wrapper in wrappers.items():
-        for budget in budgets:
-            agree, reports = 0, []
-            for chunk, top in zip(chunks, full):
-                out = wrapper(chunk, energy_budget=budget)
-                agree += int((out.logits.argmax(-1) == top).sum())
-                reports.append(out.trace.cost(wrapper.cost_model).as_dict())
-            costs = pd.DataFrame(reports).mean().to_dict()  # equal-length windows: the mean is the pooled value
-            rows.append({"controller": name, "method": wrapper.method, "budget": budget, **costs,
-                         "top1_agreement": agree / (len(chunks) * window), "positions": len(chunks) * window})
+    # the layers each budget's plan runs in full are computed once per window (the numbers do not change)
+    with shared_prefixes(reference.executor, *(w.executor for w in wrappers.values())):
+        full = [reference(c, energy_budget=1.0).logits.argmax(-1) for c in chunks]
+        for name, wrapper in wrappers.items():
+            for budget in budgets:
+                agree, reports = 0, []
+                for chunk, top in zip(chunks, full):
+                    out = wrapper(chunk, energy_budget=budget)
+                    agree += int((out.logits.argmax(-1) == top).sum())
+                    reports.append(out.trace.cost(wrapper.cost_model).as_dict())
+                costs = pd.DataFrame(reports).mean().to_dict()  # equal-length windows: the mean is the pooled value
+                rows.append({"controller": name, "method": wrapper.method, "budget": budget, **costs,
+                             "top1_agreement": agree / (len(chunks) * window), "positions": len(chunks) * window})
     return pd.DataFrame(rows)
 
 
@@ -115,10 +118,11 @@ def api_perplexity(wrapper: ANEEWrapper, ids: torch.Tensor, budgets: Sequence[fl
     """Sliding-window perplexity of the wrapper's own executor and controller at each budget (what
     `anee eval` prints): one row per budget."""
     rows = []
-    for budget in budgets:
-        r = evaluate(executor_method(wrapper.executor, wrapper.controller, budget), ids, window, stride, name=wrapper.method)
-        rows.append({"method": wrapper.method, "budget": budget, "ppl": r.ppl, "tokens": r.tokens,
-                     "layer_fraction": r.layer_fraction, "layer_saved_net": r.layer_saved_net, "total_saved_net": r.total_saved_net})
+    with shared_prefixes(wrapper.executor):  # as in notebook 06's frontier, whose rows these must equal
+        for budget in budgets:
+            r = evaluate(executor_method(wrapper.executor, wrapper.controller, budget), ids, window, stride, name=wrapper.method)
+            rows.append({"method": wrapper.method, "budget": budget, "ppl": r.ppl, "tokens": r.tokens,
+                         "layer_fraction": r.layer_fraction, "layer_saved_net": r.layer_saved_net, "total_saved_net": r.total_saved_net})
     return pd.DataFrame(rows)
 
 

@@ -31,7 +31,7 @@ from anee.evaluation.results import save_figure, save_table
 from anee.viz.plots import by_budget
 
 setup(PROFILE, SEED)
-MAX_NEW_TOKENS = pick(PROFILE, quick=20, full=48)
+MAX_NEW_TOKENS = pick(PROFILE, quick=20, full=32)
 PROMPTS = pick(PROFILE, quick=PROMPTS[:1], full=PROMPTS)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 wrappers = {c: ANEEWrapper(ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1,

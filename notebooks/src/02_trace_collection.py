@@ -82,6 +82,7 @@ from anee.viz.training import bypass_curves
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
 N_WINDOWS, SEQ_LEN = pick(PROFILE, quick=(4, 128), full=(16, 256))
+HEURISTIC_WINDOWS = 4  # of those, for the heuristic's own traces: only summarised (02_trace_summary), and ~1.5 min less
 TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3])
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
@@ -179,7 +180,7 @@ print("profiler + heuristic overhead per call per token:", profiler.overhead_mac
 
 # %%
 windows = sample_windows(valid, SEQ_LEN, N_WINDOWS, seed=SEED)
-traces = collect_traces(executor, HeuristicController(profiler, plan=PLAN), windows, TRACE_BUDGETS)
+traces = collect_traces(executor, HeuristicController(profiler, plan=PLAN), windows[:HEURISTIC_WINDOWS], TRACE_BUDGETS)
 dataset = to_dataset(traces)
 trace_path = output_dir("results", PROFILE) / "traces" / "02_heuristic_traces.parquet"
 trace_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ to_dataset({k: v.to_numpy() for k, v in outcomes.items()}).to_parquet(str(trace_
 to_dataset(labelled).to_parquet(str(trace_path.parent / "02_hindsight_traces.parquet"))
 hindsight = hindsight_summary(outcomes, allocation).merge(prices, on="budget")
 save_table(hindsight, "02_hindsight_allocation", PROFILE)
-save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS,
+save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS, "heuristic_windows": HEURISTIC_WINDOWS,
            "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL, "pacing_slack": PACING_SLACK,
            "hidden_size": int(labelled["hidden"].shape[1]), "bypass": CHOSEN, "bypass_macs": bypass.macs,
            "seeds": SEEDS}, "02_trace_meta", PROFILE)

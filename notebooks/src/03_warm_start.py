@@ -77,11 +77,13 @@ for seed in SEEDS:
         policy, info = train_warmstart(X, labels.label.to_numpy(), labels.window.to_numpy(),
                                        WarmStartConfig(epochs=EPOCHS, rank=rank, seed=seed), H if rank else None)
         # the plan meets a budget on average only if half of the marginal decisions are SKIPs:
-        # an offset on the SKIP logit per trace budget, set on fresh valid windows
+        # an offset on the SKIP logit per trace budget, set on fresh valid windows (verify=False: the
+        # final offsets are measured by the budget adherence on test below, not by a fourth valid pass)
         controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
-        calibration = calibrate_skip_offsets(executor, controller, calib_windows, trace_budgets)
+        calibration = calibrate_skip_offsets(executor, controller, calib_windows, trace_budgets, verify=False)
         if kind == "warmstart":  # the shipped kind: also the offsets for tokens generated after a full-depth prompt
-            gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, trace_budgets, full_prompt=GEN_PROMPT)
+            gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, trace_budgets, full_prompt=GEN_PROMPT,
+                                                           verify=False)
                                     .assign(policy=kind, seed=seed))
         path = save_policy(CKPT / policy_file(kind, seed), policy, "warmstart", adapter.num_layers, plan=PLAN,
                            pacing=PACING, bypass=meta["bypass"], seed=seed)
@@ -130,7 +132,7 @@ assert set(np.unique(labels.label)) <= {PROCESS, SKIP} and H.shape == (len(label
 for (_, seed), g in history.groupby(["policy", "seed"]):
     assert g.train_loss.iloc[-1] < g.train_loss.iloc[0]
 assert (adherence.abs_error <= 0.05).all()
-last = calibration[calibration["round"] == calibration["round"].max()]
+last = calibration[calibration["round"] == calibration["round"].max()]  # the last measured round (one damped step before the final offsets)
 assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max() < 0.1
 
 # %% [markdown]
@@ -141,7 +143,9 @@ assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max
 # measures what the policies are worth where it counts: perplexity at equal net compute, with the
 # profiler-only policy as an ablation of the read.
 #
-# The calibration table (`03_skip_calibration`, both policies, every seed) shows a second difference.
+# The calibration table (`03_skip_calibration`, both policies, every seed; each round's share is
+# measured with that round's offsets, and the last damped step is measured by the adherence table)
+# shows a second difference.
 # The reading policy's skip share moves smoothly with the SKIP offset and settles on the plan's
 # share. The profiler-only policy's SKIP margins move together across tokens (its decision is close
 # to one per budget and layer), so its share can jump between near 0 and near 1 as the offset

@@ -74,11 +74,12 @@ policies, histories, calibrations, gen_calibrations = {}, [], [], []
 for seed in SEEDS:
     policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows, RLConfig(**{**RL.__dict__, "seed": seed}),
                                    pacing=PACING, plan=PLAN)
-    # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03 does)
+    # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03
+    # does; the final offsets are measured by the budget adherence on test below)
     controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
-    calibrations.append(calibrate_skip_offsets(executor, controller, calib_windows, prices.budget.tolist()).assign(seed=seed))
-    gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, prices.budget.tolist(), full_prompt=GEN_PROMPT)
-                            .assign(seed=seed))  # for tokens generated after a full-depth prompt (prefill="full")
+    calibrations.append(calibrate_skip_offsets(executor, controller, calib_windows, prices.budget.tolist(), verify=False).assign(seed=seed))
+    gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, prices.budget.tolist(), full_prompt=GEN_PROMPT,
+                                                   verify=False).assign(seed=seed))  # for tokens generated after a full-depth prompt (prefill="full")
     save_policy(CKPT / policy_file("rl", seed), policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)},
                 plan=PLAN, pacing=PACING, bypass=BYPASS, seed=seed)
     policies[seed] = policy

@@ -59,7 +59,7 @@ TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_s
                     exit_steps=pick(PROFILE, quick=5, full=16), sensitivity_windows=1,
                     lens_fit_windows=pick(PROFILE, quick=2, full=4), seed=SEED)
 CALIB_WINDOWS = pick(PROFILE, quick=4, full=12)
-TEST_TOKENS = pick(PROFILE, quick=512, full=2048)
+TEST_TOKENS = pick(PROFILE, quick=512, full=1024)
 TIMING_ROUNDS = pick(PROFILE, quick=2, full=5)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 valid = wikitext_tokens(tokenizer, "valid", 20_000)  # training + calibration

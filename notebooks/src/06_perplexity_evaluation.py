@@ -51,7 +51,7 @@ from anee.viz.plots import frontier
 
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
-CODE_TOKENS = pick(PROFILE, quick=512, full=1024)  # out-of-domain text (Python source)
+CODE_TOKENS = pick(PROFILE, quick=256, full=512)  # out-of-domain text (Python source)
 FRACTIONS = pick(PROFILE, quick=(0.1, 0.3), full=(0.1, 0.2, 0.3))  # of layers exited early (logit lens)
 # static removal at every layer count: its curve is as dense as the planned controllers' (which
 # drop a whole number of layers), so no method wins at a level by interpolating across a bump
@@ -65,7 +65,7 @@ PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7),
 # the first test tokens, in windows every method is scored on; full profile: non-overlapping windows
 # of 512 (stride = window halves the time of a sliding stride of 256: make reproduce's time limit)
 EVAL_TOKENS, WINDOW, STRIDE = frontier_windows(PROFILE)
-HEADROOM_TOKENS = pick(PROFILE, quick=512, full=1024)  # hindsight-bound section
+HEADROOM_TOKENS = 512  # hindsight-bound section (both profiles)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
 ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))

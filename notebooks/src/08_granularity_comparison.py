@@ -30,7 +30,7 @@ DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1] full)
-THREADS = 1  # the shared 2-core runner: one thread avoids contention
+THREADS = None  # torch threads (None: the profile's, 1 quick: the shared CI runner; 2 full: make reproduce's idle machine)
 DIGITS_SOURCE = "sklearn"  # "sklearn" (offline, 8x8) or "mnist" (HF Hub via `datasets`, online only)
 
 # %% [colab]
@@ -71,14 +71,14 @@ from anee.granularity.quantize import FP32, WeightBank
 from anee.granularity.selection import ComplexityFeatures
 from anee.viz.granularity import granularity_figure
 
-setup(PROFILE, SEED, threads=THREADS)
+setup(PROFILE, SEED, threads=THREADS or pick(PROFILE, quick=1, full=2))
 SEEDS = seeds(PROFILE, SEEDS)
 WINDOW = pick(PROFILE, quick=64, full=128)
 N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every reported number)
 N_CAL = pick(PROFILE, quick=4, full=8)  # valid windows (calibration, selectors' training)
 N_SENS = pick(PROFILE, quick=1, full=2)  # valid windows for the segment-sensitivity probe
 BN_EPOCHS = pick(PROFILE, quick=25, full=60)
-DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(16, 1), full=(64, 2))  # measured decode speed
+DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(16, 1), full=(32, 2))  # measured decode speed
 
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)

@@ -34,6 +34,7 @@ from ..controllers.pacing import PacingConfig
 from ..controllers.plan import PlanConfig, skip_share
 from ..controllers.policy import PolicyNet
 from ..executor import AdaptiveExecutor
+from ..prefix_memo import shared_prefixes
 
 
 @dataclass
@@ -113,7 +114,7 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
         budgets = _draw_budgets(cfg, g)
         key = round(float(budgets[0]), 6) if plan is not None else -1.0
         lam = math.exp(log_lam.setdefault(key, math.log(max(cfg.lam_by_budget.get(key, cfg.lam), 1e-8))))
-        with torch.no_grad():
+        with torch.no_grad(), shared_prefixes(executor):  # the rollouts restore the layers their plan runs in full
             full = executor.forward(ids).logits
             reward, stats, trace = rollout(executor, controller, ids, budgets, full, cfg, lam)
             layer_plan = controller.plan(budgets[0], executor.adapter.num_layers)

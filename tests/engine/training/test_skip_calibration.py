@@ -63,3 +63,26 @@ def test_full_prompt_calibration_fills_the_second_table_from_governed_tokens_onl
     for bad in (-1, 40, 2.5):
         with pytest.raises(ValueError, match="full_prompt must be"):
             calibrate_skip_offsets(ex, c, windows, [0.4], full_prompt=bad)
+
+
+@pytest.mark.parametrize("full_prompt", [0, 8])
+def test_calibration_without_the_verifying_round_sets_the_same_offsets(tiny, full_prompt):
+    """verify=False skips only the last, measuring round: the offsets it leaves on the policy are
+    bit for bit those of a verified calibration, and the table's rounds are the first `rounds`."""
+    from anee.engine.controllers.plan import PlanConfig
+    from anee.engine.training.skip_calibration import calibrate_skip_offsets
+
+    _, ex, prof, ids = tiny
+    windows = ids[0, :160].reshape(4, 40)
+    offsets, tables = [], []
+    for verify in (True, False):
+        torch.manual_seed(0)
+        p = PolicyNet(len(FEATURES), 32, hidden_size=32, rank=4)
+        with torch.no_grad():
+            p.net[-1].bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # SKIP-leaning
+        c = LearnedController(p, prof, pacing=PacingConfig(slack=0.5), plan=PlanConfig(marginal=4))
+        tables.append(calibrate_skip_offsets(ex, c, windows, [0.4, 0.7], rounds=2, full_prompt=full_prompt, verify=verify))
+        offsets.append(p.full_prompt_skip_offsets if full_prompt else p.skip_offsets)
+    assert not torch.equal(offsets[0], torch.zeros(2)) and torch.equal(offsets[0], offsets[1])
+    assert sorted(tables[0]["round"].unique()) == [0, 1, 2] and sorted(tables[1]["round"].unique()) == [0, 1]
+    assert tables[1].equals(tables[0][tables[0]["round"] < 2].reset_index(drop=True))
