@@ -36,7 +36,7 @@ from anee.evaluation.results import output_dir, save_figure, save_table
 from anee.viz.plots import by_budget
 
 setup(PROFILE, SEED)
-N_PROMPTS, PROMPT_WORDS = pick(PROFILE, quick=3, full=12), 8
+N_PROMPTS, PROMPT_WORDS = pick(PROFILE, quick=3, full=20), 8  # issue 15: the default against the budget policy on 20 held-out prompts
 MAX_NEW_TOKENS = pick(PROFILE, quick=12, full=32)
 AGREEMENT_TOKENS, AGREEMENT_WINDOW = pick(PROFILE, quick=(256, 256), full=(1024, 512))
 # notebook 06's windows (its full profile: the first 2,048 test tokens in non-overlapping windows of 512),
