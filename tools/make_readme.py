@@ -108,8 +108,19 @@ def colab(nb: str) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
+def reruns(name: str) -> str:
+    """"; notebook NN rerun alone at `commit`" for each notebook that `results/{name}.json` (the
+    provenance) records at another commit than the full run's (a later `reproduce.py --only`)."""
+    path = ROOT / "results" / f"{name}.json"
+    if not path.is_file():
+        return ""
+    record = json.loads(path.read_text())
+    later = {nb[:2]: r["code_commit"][:7] for nb, r in record.get("notebooks", {}).items() if r["code_commit"] != record["code_commit"]}
+    return "".join(f"; notebook {nb} rerun alone at `{commit}`" for nb, commit in sorted(later.items()))
+
+
 def render(text: str) -> str:
-    kinds = {"table": table, "figure": figure, "value": value, "cell": cell, "colab": colab}
+    kinds = {"table": table, "figure": figure, "value": value, "cell": cell, "colab": colab, "reruns": reruns}
     return PLACEHOLDER.sub(lambda m: kinds[m[1]](m[2].strip()), text)
 
 

@@ -47,3 +47,14 @@ def test_repository_address_is_set_once_in_pyproject():
     assert make_readme.citation('repository-code: "https://old"\nauthors: []\n') == f'repository-code: "{url}"\nauthors: []\n'
     committed = (make_readme.ROOT / "CITATION.cff").read_text()
     assert f'repository-code: "{url}"' in committed  # the committed file agrees
+
+
+def test_reruns_name_the_notebooks_run_at_another_commit(readme):
+    prov = readme.ROOT / "results" / "provenance.json"
+    record = {"code_commit": "a" * 40, "notebooks": {"02_x": {"code_commit": "a" * 40}, "09_y": {"code_commit": "b" * 40}}}
+    prov.write_text(json.dumps(record))
+    assert readme.render("at `x`{{reruns:provenance}} (") == "at `x`; notebook 09 rerun alone at `bbbbbbb` ("
+    record["notebooks"]["09_y"]["code_commit"] = "a" * 40
+    prov.write_text(json.dumps(record))
+    assert readme.render("at `x`{{reruns:provenance}} (") == "at `x` ("
+    assert readme.render("{{reruns:missing}}") == ""
