@@ -2,7 +2,7 @@
 and without the layer bypass), interleaved, median of repeats (`anee.evaluation.bench`); or, with
 --hierarchical, the hierarchical model's sparse path at given capacities against the HF forward.
 
-    anee bench --new-tokens 64 --repeats 3
+    anee bench --new-tokens 128 --repeats 5
     anee bench --hierarchical --capacities 0.9 0.7 0.5
 """
 
@@ -18,7 +18,7 @@ from .options import add_model_arguments, checked, positive_int
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--new-tokens", type=positive_int, default=128, help="(default %(default)s)")
+    parser.add_argument("--new-tokens", type=positive_int, default=64, help="(default %(default)s)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="(default %(default)s)")
     parser.add_argument("--skip-fraction", type=float, default=0.3, help="layer compute the skip pattern saves (default %(default)s)")
     parser.add_argument("--write", action="store_true", help="also write results/bench_decode.json (what `make reproduce` does)")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
 
 from .devices import synchronize
 
@@ -33,6 +36,21 @@ def interleaved_seconds(fns: Mapping[object, Callable[[], object]], rounds: int 
             times[k].append(time.perf_counter() - t0)
     pick = min if reduce == "min" else statistics.median
     return {k: pick(v) for k, v in times.items()}
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` for the block (None: unchanged), restored on exit,
+    also after an exception. Decode timings take a fixed count; work around them need not."""
+    if n is not None and n < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def seconds(fn: Callable[[], object], rounds: int = 3, warmup: int = 1, reduce: str = "min") -> float:

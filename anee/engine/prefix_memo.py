@@ -66,11 +66,12 @@ class PrefixMemo:
 
 
 @contextmanager
-def shared_prefixes(*executors) -> Iterator[PrefixMemo]:
-    """One `PrefixMemo` on every given executor (None entries are ignored) for the block; each
-    executor's own memo (normally none) is put back on exit, also after an exception."""
+def shared_prefixes(*executors, memo: PrefixMemo | None = None) -> Iterator[PrefixMemo]:
+    """One `PrefixMemo` on every given executor (None entries are ignored) for the block: `memo`, to
+    share prefixes with blocks that ran earlier (e.g. executors created one after another), or a new
+    one. Each executor's own memo (normally none) is put back on exit, also after an exception."""
     executors = [e for e in executors if e is not None]
-    memo, saved = PrefixMemo(), [e.prefix_memo for e in executors]
+    memo, saved = memo if memo is not None else PrefixMemo(), [e.prefix_memo for e in executors]
     for e in executors:
         e.prefix_memo = memo
     try:

@@ -1,6 +1,6 @@
 """Decode benchmark: tokens/s of HF `generate`, ANEE at budget 1.0, and ANEE with a fixed skip pattern.
 
-    python -m anee.evaluation.bench [--model smollm2-135m] [--new-tokens 128] [--repeats 3] [--skip-fraction 0.3]
+    python -m anee.evaluation.bench [--model smollm2-135m] [--new-tokens 64] [--repeats 3] [--skip-fraction 0.3]
 
 Batch 1, greedy, exactly `new_tokens` tokens per run. The three methods are interleaved within each
 repeat (so drift in machine load hits them alike) and the median is reported. The skip pattern's
@@ -47,7 +47,7 @@ def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int,
     return layer_saved, float(full.sum() / skipped.sum())
 
 
-def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 3, skip_fraction: float = 0.3, write: bool = True,
+def run(model_name: str = "smollm2-135m", new_tokens: int = 64, repeats: int = 3, skip_fraction: float = 0.3, write: bool = True,
         bypass: BypassBank | None = None, device: str = "auto", dtype: str = "float32") -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype)
@@ -105,7 +105,7 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 128, repeats: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-fraction", type=float, default=0.3)
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..engine.executor import AdaptiveExecutor
-from ..engine.prefix_memo import shared_prefixes
+from ..engine.prefix_memo import PrefixMemo, shared_prefixes
 from ..engine.training.bypass import BypassTuneConfig, fit_layer_bypass, removal_decisions, tune_bypass_
 
 
@@ -51,12 +51,15 @@ def ppl_at_net_saving(executor: AdaptiveExecutor, ks: Sequence[int], ppls: Seque
 
 
 def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits: dict[str, torch.Tensor], order: list[int],
-                ks: Sequence[int], levels: Sequence[float], full: dict[str, float], **extra) -> list[dict]:
+                ks: Sequence[int], levels: Sequence[float], full: dict[str, float], memo: PrefixMemo | None = None,
+                **extra) -> list[dict]:
     """One row per split: the family, its MACs (and as a fraction of a layer), perplexity at each
-    removal count and at each net-saving level (`full`: the full model's perplexity per split)."""
+    removal count and at each net-saving level (`full`: the full model's perplexity per split).
+    `memo`: a prefix memo shared with other families' rows on the same windows (same numbers, less work)."""
     rows = []
+    memo = memo if memo is not None else PrefixMemo()
     for split, windows in splits.items():
-        with shared_prefixes(executor):  # the layers before each count's first removed one run once per window
+        with shared_prefixes(executor, memo=memo):  # the layers before each count's first removed one run once per window
             ppls = [removal_ppl(executor, windows, order, k) for k in ks]
         row = {"bypass": label, "family": bank.family, "rank": bank.config.rank, "macs": bank.macs,
                "macs_fraction_of_layer": executor.cost.drop_fraction(), "split": split, **extra}
@@ -76,15 +79,16 @@ def choose_family(table: pd.DataFrame, level: float, split: str = "valid") -> st
 def tune_and_score(identity: AdaptiveExecutor, stats: list[BypassStats], config: BypassConfig, tune_ids: torch.Tensor,
                    order: list[int], tune: BypassTuneConfig, splits: dict[str, torch.Tensor], ks: Sequence[int],
                    levels: Sequence[float], full: dict[str, float],
-                   closed_form: BypassBank | None = None) -> tuple[BypassBank, list[dict], list[dict]]:
+                   closed_form: BypassBank | None = None, memo: PrefixMemo | None = None) -> tuple[BypassBank, list[dict], list[dict]]:
     """Fit `config` in closed form, tune it end to end with `tune` (its seed included) and score it
     like `family_rows`: (bank, per-step tuning log, rows labelled "<family> tuned"). `closed_form`:
     that fit already made from the same `stats` (a copy is tuned; the fit is deterministic, so this
-    only saves its time, about 20 s for diag_lowrank-64 on the embedded model)."""
+    only saves its time, about 20 s for diag_lowrank-64 on the embedded model). `memo`: as in `family_rows`
+    (the tuning itself never uses it)."""
     if closed_form is not None and closed_form.config != config:
         raise ValueError(f"closed_form is a {closed_form.config.label} bypass, config asks for {config.label}")
     bank = fit_layer_bypass(identity, None, config, stats) if closed_form is None else copy.deepcopy(closed_form)
     executor = AdaptiveExecutor(identity.adapter, bypass=bank)
     label = f"{bank.config.label} tuned"
     history = [dict(r, bypass=label, seed=tune.seed) for r in tune_bypass_(executor, tune_ids, order, tune)]
-    return bank, history, family_rows(label, bank, executor, splits, order, ks, levels, full, tuned=True, seed=tune.seed)
+    return bank, history, family_rows(label, bank, executor, splits, order, ks, levels, full, memo, tuned=True, seed=tune.seed)

@@ -1,6 +1,6 @@
 """The real INT8 path against fp32: quality, and measured decode speed against the cost model.
 
-    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 128] [--rounds 2]
+    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 64] [--rounds 2] [--threads 1]
 
 Quality (`results/int8_quality.json`, deterministic): WikiText-2 test perplexity on notebook 06's
 full-profile windows (the first `eval_tokens` tokens, non-overlapping windows of 512) of fp32, of INT8
@@ -8,7 +8,7 @@ kernels on smoothed blocks (`anee.granularity.int8`, calibrated on the valid spl
 kernels without smoothing; KL to fp32 and top-1 agreement on the first window.
 
 Speed (`results/int8_timings.json`, a timings file): batch 1, greedy, exactly `new_tokens` tokens with
-ANEE's decode loop, all contenders interleaved in one run (minimum over rounds): fp32, every layer at
+ANEE's decode loop on `threads` torch threads (quality runs on the process's own count), all contenders interleaved in one run (minimum over rounds): fp32, every layer at
 INT8, and half of six segments at INT8 (the INT8-sensitive half stays fp32). Each is set against the
 cost model's prediction, the ratio of weight bytes read per token (LM head fp32 in every variant).
 """
@@ -24,6 +24,7 @@ from ..core.adapters import adapter_for
 from ..core.data import wikitext_tokens
 from ..core.divergence import token_kl
 from ..core.loading import load_model
+from ..core.timing import torch_threads
 from ..engine.executor import AdaptiveExecutor
 from ..granularity.int8 import calibrate_smoothing
 from ..granularity.precision import segment_budget, segment_schedule, segment_sensitivity, segments
@@ -39,10 +40,12 @@ from .results import save_json
 EVAL_TOKENS, WINDOW, STRIDE = frontier_windows("full")  # notebook 06's full-profile windows
 
 
-def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_tokens: int = 128, rounds: int = 2,
-        calib_windows: int = 4, segs: int = 6, write: bool = True, loaded: tuple | None = None) -> tuple[dict, dict]:
+def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_tokens: int = 64, rounds: int = 2,
+        calib_windows: int = 4, segs: int = 6, write: bool = True, loaded: tuple | None = None,
+        threads: int | None = 1) -> tuple[dict, dict]:
     """(quality, timings) of the INT8 path; written to results/ when `write`. `loaded`: an already
-    loaded (model, tokenizer) of `model_name`."""
+    loaded (model, tokenizer) of `model_name`. `threads`: torch threads of the decode timings (1: the
+    reference decode setting; None: the process's count); quality does not depend on it beyond float noise."""
     torch.manual_seed(0)
     model, tokenizer = loaded or load_model(model_name)
     adapter = adapter_for(model)
@@ -81,11 +84,13 @@ def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_to
         budget = segment_budget(smoothed_bank, parts, segs // 2, cheap_bits=8, order=order)
         half = segment_schedule(smoothed_bank, parts, budget, levels=(FP32, 8), order=order)
     contenders = {"fp32": FP32_DECODE, "int8": Decode(weights=smoothed_bank.at(8)), "int8_half_segments": Decode(weights=smoothed_bank.at(half))}
-    seconds = dict(zip(contenders, decode_seconds(model, tokenizer, list(contenders.values()), new_tokens, rounds, warmup=1)))
+    with torch_threads(threads):
+        seconds = dict(zip(contenders, decode_seconds(model, tokenizer, list(contenders.values()), new_tokens, rounds, warmup=1)))
+        used_threads = torch.get_num_threads()
     predicted = {"fp32": 1.0, "int8": smoothed_bank.full_bytes / smoothed_bank.token_bytes([8] * L),
                  "int8_half_segments": smoothed_bank.full_bytes / smoothed_bank.token_bytes(half)}
     timings = {"model": model_name, "new_tokens": new_tokens, "rounds": rounds, "batch": 1, "reduce": "min",
-               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+               "torch_threads": used_threads, "machine": platform.machine(),
                "half_segments_bits": [half[s[0]] for s in parts], "half_segments_budget": budget,
                "tokens_per_s": {k: 1 / s for k, s in seconds.items()},
                "speed_rel_fp32": {k: seconds["fp32"] / s for k, s in seconds.items()},
@@ -101,12 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the reference decode setting)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the decode timings (1: the reference decode setting)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    quality, timings = run(args.model, args.eval_tokens, args.new_tokens, args.rounds)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    quality, timings = run(args.model, args.eval_tokens, args.new_tokens, args.rounds, threads=args.threads)
     print(f"fp32 ppl {quality['fp32_ppl']:.3f}")
     for name in ("int8_smoothed", "int8_unsmoothed"):
         q = quality[name]

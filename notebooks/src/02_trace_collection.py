@@ -61,6 +61,7 @@ from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.importance import block_influence, removal_order
+from anee.engine.prefix_memo import PrefixMemo, shared_prefixes
 from anee.engine.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
 from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
 from anee.engine.training.traces import (
@@ -118,12 +119,14 @@ print(f"{MODEL}: {adapter.num_layers} layers; removal order (Block Influence, va
 # %%
 stats = layer_bypass_stats(identity, fit_windows)
 LEVELS = (0.1, CHOICE_SAVING, 0.3)
-full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
+memo = PrefixMemo()  # every family's rows share the layers before their first removed one (same numbers, less work)
+with shared_prefixes(identity, memo=memo):
+    full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
 rows, banks, curves, closed_form = [], {}, [], {}
 for family, rank in FAMILIES:  # closed form
     bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
     rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, order, REMOVED, LEVELS, full,
-                        tuned=False, seed=-1)
+                        memo=memo, tuned=False, seed=-1)
     if family == "linear":  # notebook 06 scores the closed-form linear map on its own test windows
         bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
 
@@ -131,14 +134,14 @@ candidates = {BypassConfig(f, r).label + " tuned": BypassConfig(f, r) for f, r i
 for label in candidates:  # the candidates (and the compared families) tune with SEED; the choice looks at valid only
     banks[(label, SEED)], history, scored = tune_and_score(identity, stats, candidates[label], tune_ids, order,
                                                            BypassTuneConfig(**{**TUNE.__dict__, "seed": SEED}),
-                                                           splits, REMOVED, LEVELS, full, closed_form.get(candidates[label].label))
+                                                           splits, REMOVED, LEVELS, full, closed_form.get(candidates[label].label), memo)
     curves, rows = curves + history, rows + scored
 deployable = {BypassConfig(f, r).label + " tuned" for f, r in CANDIDATES}
 CHOSEN = choose_family(pd.DataFrame(rows).query("tuned and bypass in @deployable"), CHOICE_SAVING)
 for seed in [s for s in SEEDS if s != SEED]:  # the chosen family's spread over tuning seeds
     banks[(CHOSEN, seed)], history, scored = tune_and_score(identity, stats, candidates[CHOSEN], tune_ids, order,
                                                             BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
-                                                            splits, REMOVED, LEVELS, full, closed_form.get(candidates[CHOSEN].label))
+                                                            splits, REMOVED, LEVELS, full, closed_form.get(candidates[CHOSEN].label), memo)
     curves, rows = curves + history, rows + scored
 family_table = pd.DataFrame(rows)
 save_table(family_table, "02_bypass_families", PROFILE)

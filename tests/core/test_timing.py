@@ -6,9 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import anee.core.timing as timing
-from anee.core.timing import interleaved_seconds, seconds
+from anee.core.timing import interleaved_seconds, seconds, torch_threads
 
 
 @pytest.fixture()
@@ -65,3 +66,18 @@ def test_seconds_of_one_callable(clock):
 def test_seconds_on_the_real_clock():
     s = seconds(lambda: sum(range(1000)), rounds=2, warmup=0)
     assert isinstance(s, float) and 0.0 <= s < 5.0
+
+
+def test_torch_threads_sets_and_restores_the_count():
+    old = torch.get_num_threads()
+    other = 2 if old == 1 else 1
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == old
+    with pytest.raises(RuntimeError), torch_threads(other):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == old  # restored after an exception too
+    with torch_threads(None):
+        assert torch.get_num_threads() == old
+    with pytest.raises(ValueError, match="positive integer"), torch_threads(0):
+        pass

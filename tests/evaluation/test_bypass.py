@@ -15,6 +15,7 @@ from conftest import VOCAB, tiny_llama
 from anee import AdaptiveExecutor, adapter_for
 from anee.core.actions import DROP, PROCESS
 from anee.core.bypass import BypassBank, BypassConfig
+from anee.engine.prefix_memo import PrefixMemo, shared_prefixes
 from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
 from anee.evaluation.bypass import (
     choose_family,
@@ -96,6 +97,24 @@ def test_family_rows_one_row_per_split(setup):
     plain = family_rows("identity", identity, AdaptiveExecutor(bx.adapter, bypass=identity), {"valid": windows}, ORDER, [1], [0.2],
                         {"valid": 10.0})
     assert plain[0]["macs"] == 0 and plain[0]["macs_fraction_of_layer"] == 0.0
+
+
+def test_family_rows_share_one_memo_across_families(setup, monkeypatch):
+    """Rows of several families on one memo are the same numbers; a family after the first runs no
+    layer before its first removed one (ORDER[:1] = [2]: layers 0-1 come from the memo)."""
+    _, ex, bx, bank, windows = setup
+    splits = {"valid": windows[:2], "test": windows[2:]}
+    full = {split: removal_ppl(ex, w, ORDER, 0) for split, w in splits.items()}
+    plain = family_rows("linear fit", bank, bx, splits, ORDER, [1, 2], [0.1], full)
+    memo, calls = PrefixMemo(), []
+    with shared_prefixes(ex, memo=memo):
+        assert {split: removal_ppl(ex, w, ORDER, 0) for split, w in splits.items()} == full
+    mlp = ex.adapter.mlp
+    monkeypatch.setattr(ex.adapter, "mlp", lambda layer, x: calls.append(layer) or mlp(layer, x))
+    shared = family_rows("linear fit", bank, AdaptiveExecutor(ex.adapter, bypass=bank), splits, ORDER, [1, 2], [0.1], full, memo=memo)
+    assert shared == plain
+    assert calls and min(calls) == 3  # k=1 drops layer 2, k=2 layers 2 and 1: only layer 3 runs its FFN
+    assert bx.prefix_memo is None and ex.prefix_memo is None  # the memo is released after the rows
 
 
 def test_tune_and_score_fits_tunes_and_labels(setup):
