@@ -58,14 +58,14 @@ def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits
     `memo`: a prefix memo shared with other families' rows on the same windows (same numbers, less work)."""
     rows = []
     memo = memo if memo is not None else PrefixMemo()
-    for split, windows in splits.items():
-        with shared_prefixes(executor, memo=memo):  # the layers before each count's first removed one run once per window
+    with shared_prefixes(executor, memo=memo):  # the layers before each count's first removed one run once per window
+        for split, windows in splits.items():
             ppls = [removal_ppl(executor, windows, order, k) for k in ks]
-        row = {"bypass": label, "family": bank.family, "rank": bank.config.rank, "macs": bank.macs,
-               "macs_fraction_of_layer": executor.cost.drop_fraction(), "split": split, **extra}
-        row.update({f"ppl_k{k}": p for k, p in zip(ks, ppls)})
-        row.update({f"ppl_at_{s:g}": ppl_at_net_saving(executor, [0, *ks], [full[split], *ppls], s) for s in levels})
-        rows.append(row)
+            row = {"bypass": label, "family": bank.family, "rank": bank.config.rank, "macs": bank.macs,
+                   "macs_fraction_of_layer": executor.cost.drop_fraction(), "split": split, **extra}
+            row.update({f"ppl_k{k}": p for k, p in zip(ks, ppls)})
+            row.update({f"ppl_at_{s:g}": ppl_at_net_saving(executor, [0, *ks], [full[split], *ppls], s) for s in levels})
+            rows.append(row)
     return rows
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...core.divergence import token_kl
+from ...core.divergence import KLReference, log_probs
 from ..controllers.learned import LearnedController
 from ..controllers.pacing import PacingConfig
 from ..controllers.plan import PlanConfig, skip_share
@@ -57,10 +57,10 @@ class RLConfig:
     seed: int = 0
 
 
-def token_reward(executor: AdaptiveExecutor, out, full_logits: torch.Tensor, budgets: torch.Tensor, lam: float,
+def token_reward(executor: AdaptiveExecutor, out, full: KLReference, budgets: torch.Tensor, lam: float,
                  mu: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token reward, KL and layer fraction [B, T] of an executor output."""
-    kl = token_kl(full_logits, out.logits)
+    """Per-token reward, KL to the full model's pass `full` and layer fraction [B, T] of an executor output."""
+    kl = full.kl(log_probs(out.logits))
     rep = out.trace.cost(executor.cost)
     frac = (rep.layer_macs / rep.full_layer_macs).float()
     reward = -kl - lam * frac - mu * (frac - budgets.float().unsqueeze(1)).abs()
@@ -68,13 +68,14 @@ def token_reward(executor: AdaptiveExecutor, out, full_logits: torch.Tensor, bud
 
 
 def rollout(executor: AdaptiveExecutor, controller: LearnedController, ids: torch.Tensor, budgets: torch.Tensor,
-            full_logits: torch.Tensor, cfg: RLConfig, lam: float | None = None) -> tuple[torch.Tensor, dict, object]:
-    """Sampled pass over ids [B, T]; returns per-token reward [B, T], stats and the trace (records kept)."""
+            full: KLReference, cfg: RLConfig, lam: float | None = None) -> tuple[torch.Tensor, dict, object]:
+    """Sampled pass over ids [B, T] scored against the full model's pass `full` (its softmax computed
+    once per step, shared with the greedy baseline); returns per-token reward [B, T], stats and the trace (records kept)."""
     controller.record, controller.sample = True, True
     controller.reset_records()
     out = executor.forward(ids, controller=controller, budget=_budget_arg(budgets, cfg))
     controller.record, controller.sample = False, False
-    reward, kl, frac = token_reward(executor, out, full_logits, budgets, cfg.lam if lam is None else lam, cfg.mu)
+    reward, kl, frac = token_reward(executor, out, full, budgets, cfg.lam if lam is None else lam, cfg.mu)
     return reward, {"kl": float(kl.mean()), "layer_fraction": float(frac.mean()), "reward": float(reward.mean())}, out.trace
 
 
@@ -115,7 +116,7 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
         key = round(float(budgets[0]), 6) if plan is not None else -1.0
         lam = math.exp(log_lam.setdefault(key, math.log(max(cfg.lam_by_budget.get(key, cfg.lam), 1e-8))))
         with torch.no_grad(), shared_prefixes(executor):  # the rollouts restore the layers their plan runs in full
-            full = executor.forward(ids).logits
+            full = KLReference(executor.forward(ids).logits)
             reward, stats, trace = rollout(executor, controller, ids, budgets, full, cfg, lam)
             layer_plan = controller.plan(budgets[0], executor.adapter.num_layers)
             deployed = {"fraction": stats["layer_fraction"], "share": skip_share(trace.decisions, layer_plan)}
