@@ -89,7 +89,7 @@ save_figure(fig, "01_layers_per_budget", PROFILE)
 # each token around the budget, so it lands within a few hundredths of it (the K/V-only path of
 # skipped layers and the controllers' own work are charged in both). Whether its text stays with
 # the full model's for longer is what notebook 09 measures, over 20 held-out prompts and on
-# WikiText-2 test: on one prompt, a single changed first token sends both down another path.
+# WikiText-2 test: on a few prompts, a single changed first token sends both down another path.
 
 # %%
 assert exactness.greedy_tokens_identical.all() and (exactness.max_abs_logit_diff <= 1e-4).all()

@@ -10,8 +10,8 @@
 # layers: the policy has to learn *which* tokens can skip, not how many. Rollouts see each token's
 # interaction with the others (a skipped token's later keys and values change what its neighbours
 # attend to), which the hindsight labels, measured with every token making the same choice, do not.
-# Evaluation on the **test** split: budget adherence at 0.2 … 1.0 and perplexity at equal net compute
-# saved (10/20/30 %) against the heuristic, the warm-start and static Block-Influence removal.
+# Evaluation on the **test** split: budget adherence at 0.2 … 1.0 here; perplexity at equal net compute
+# saved (10/20/30 %) against the heuristic, the warm-start and static Block-Influence removal in notebook 06.
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)

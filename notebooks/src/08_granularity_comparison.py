@@ -71,7 +71,7 @@ from anee.granularity.quantize import FP32, WeightBank
 from anee.granularity.selection import ComplexityFeatures
 from anee.viz.granularity import granularity_figure
 
-setup(PROFILE, SEED, threads=THREADS or pick(PROFILE, quick=1, full=2))
+setup(PROFILE, SEED, threads=pick(PROFILE, quick=1, full=2) if THREADS is None else THREADS)
 SEEDS = seeds(PROFILE, SEEDS)
 WINDOW = pick(PROFILE, quick=64, full=128)
 N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every reported number)
@@ -266,7 +266,7 @@ print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:"
 save_table(table, "08_granularity", PROFILE)
 
 # %% [markdown]
-# Measured decode speed of every row (batch 1, greedy, one thread, `DECODE_TOKENS` new tokens, all
+# Measured decode speed of every row (batch 1, greedy, on the notebook's threads, `DECODE_TOKENS` new tokens, all
 # rows interleaved in one run, minimum over `DECODE_ROUNDS` rounds), beside the cost model's
 # prediction (1 / the row's counted energy). Selectors and progressive refinement are *composed* from
 # the measured runs of what they execute.
@@ -302,7 +302,8 @@ print("\n".join(describe_best(summary["cheapest_within_5pct_of_fp32_by_bytes"]))
 #   and at batch 1 a 576-wide matmul is not purely weight-bandwidth-bound on this CPU.
 # * **On this model the lever is weight precision, not depth.** INT8 weights cost almost nothing in
 #   perplexity; INT4 and removing layers without a bypass cost a lot. Quantisation saves no multiply:
-#   on the MAC axis every quantised strategy sits at 1.0, which is why each row states its unit.
+#   on the MAC axis a purely quantised strategy sits at 1.0 (progressive refinement, which reruns
+#   segments, above it), which is why each row states its unit.
 # * **Coarse selectors** honour their budgets by construction (`BudgetGuard`, asserted below); with one
 #   variant per window they can only interpolate between INT4 and INT8 by mixing windows, and the
 #   model-free complexity features are weak predictors of which window tolerates INT4.
@@ -313,7 +314,9 @@ print("\n".join(describe_best(summary["cheapest_within_5pct_of_fp32_by_bytes"]))
 #   the segments calibration found most sensitive, below INT8's bytes at nearly its quality. With INT8
 #   kernels it is also measurably faster (its `measured_over_predicted` says how close to its bytes).
 # * **Depth and precision combine**: the ANEE row (the REINFORCE controller with the layer bypass of
-#   notebook 02, when present) on INT8 kernels adds the two savings, measured in the same run.
+#   notebook 02, when present) on INT8 kernels adds the two savings in counted bytes and MACs; in
+#   measured decode speed it has gained little or nothing over the INT8 kernels alone in our runs on
+#   this machine (the decode table above; we have not measured where the skipped layers' time goes).
 
 # %%
 # every selector honours its budget over the evaluation set (running mean, hence the total);
