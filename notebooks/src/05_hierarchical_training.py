@@ -53,10 +53,13 @@ setup(PROFILE, SEED, threads=THREADS)
 SEEDS = seeds(PROFILE, SEEDS)
 WINDOW = 256  # evaluation and calibration window (tokens); stride = window
 # routers: closed-form warm start only (straight-through top-k training made them worse with the
-# bypass in our runs); the FFN bypass: closed form, then tuned end to end under the routers
-TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_steps=0, router_init_windows=8,
-                    bypass_fit_windows=pick(PROFILE, quick=16, full=64), bypass_steps=pick(PROFILE, quick=2, full=40),
-                    exit_steps=pick(PROFILE, quick=5, full=16), sensitivity_windows=1,
+# bypass in our runs); the FFN bypass: closed form, then tuned end to end under the routers. The full
+# profile measures the per-layer sensitivities on 8 windows and fits the routers on 32 (one window and
+# 8 left a 40-point gap between two seeds at capacity 0.7), and tunes the bypass for 80 steps.
+TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_steps=0,
+                    router_init_windows=pick(PROFILE, quick=8, full=32), bypass_fit_windows=pick(PROFILE, quick=16, full=64),
+                    bypass_steps=pick(PROFILE, quick=2, full=80), exit_steps=pick(PROFILE, quick=5, full=16),
+                    sensitivity_windows=pick(PROFILE, quick=1, full=8),
                     lens_fit_windows=pick(PROFILE, quick=2, full=4), seed=SEED)
 CALIB_WINDOWS = pick(PROFILE, quick=4, full=12)
 TEST_TOKENS = pick(PROFILE, quick=512, full=1024)
