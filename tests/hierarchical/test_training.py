@@ -11,6 +11,7 @@ from _anee_tiny import hier_llama as tiny_llama
 from _anee_tiny import token_ids as ids
 
 from anee.core.bypass import BypassConfig
+from anee.core.data import sample_windows
 from anee.hierarchical.model import HierarchicalModel
 from anee.hierarchical.routers import score
 from anee.hierarchical.training import TrainConfig, train
@@ -98,3 +99,27 @@ def test_bypass_tuning_changes_only_the_ffn_bypass():
     # with the identity there is nothing to tune
     plain = train(HierarchicalModel(base), data, "routers", cfg)
     assert [h["phase"] for h in plain] == ["routers"]
+
+
+def test_routers_are_refitted_to_the_tuned_bypass():
+    """With a closed-form warm start and no router steps, the routers after bypass tuning are the
+    warm start fitted on the tuned bypass (the same windows), not the one fitted before tuning."""
+    base = tiny_llama()
+    data = ids(1, 600, 7)
+    cfg = TrainConfig(seq_len=32, batch=2, router_steps=0, exit_steps=0, sensitivity_windows=0, bypass_fit_windows=4,
+                      router_init_windows=2, bypass_steps=3, bypass_lr=1e-2)
+    untuned = HierarchicalModel(base, ffn_bypass=BypassConfig("linear", target="ffn"))
+    train(untuned, data, "routers", dataclasses.replace(cfg, bypass_steps=0))
+    tuned = HierarchicalModel(base, ffn_bypass=BypassConfig("linear", target="ffn"))
+    train(tuned, data, "routers", cfg)
+    refit = HierarchicalModel(base, ffn_bypass=BypassConfig("linear", target="ffn"))
+    refit.load_state_dict(tuned.state_dict())
+    refit.init_routers(sample_windows(data, cfg.seq_len, cfg.router_init_windows, seed=cfg.seed + 5))
+    for a, b, c in zip(tuned.routers.parameters(), refit.routers.parameters(), untuned.routers.parameters()):
+        assert torch.equal(a, b) and not torch.allclose(a, c, atol=1e-5)
+    # trained routers (router_steps > 0) stay as trained: the same as with no bypass tuning at all
+    kept = [HierarchicalModel(base, ffn_bypass=BypassConfig("linear", target="ffn")) for _ in range(2)]
+    for m, steps in zip(kept, (0, 3)):
+        torch.manual_seed(0)
+        train(m, data, "routers", dataclasses.replace(cfg, router_steps=1, bypass_steps=steps))
+    assert all(torch.equal(a, b) for a, b in zip(kept[0].routers.parameters(), kept[1].routers.parameters()))
