@@ -84,8 +84,9 @@ print(f"{MODEL}: {model.config.num_hidden_layers} layers; train windows {TRAIN.b
 # routers in closed form (they predict how far the bypass would leave each token from the real FFN),
 # tunes the bypasses end to end under the routers and fits the routers again to the tuned bypasses
 # (whose errors lie elsewhere than those of their closed-form start). The sensitivity decides how a requested
-# capacity is spread over layers: skip fractions `f_l = min(0.9, mu / s_l)` with mean capacity as
-# requested. Phase 1 runs with every seed in `SEEDS`. Phase 2 (seed `SEED` only) fits and trains the
+# capacity is spread over layers: skip fractions `f_l = min(0.9, mu * s_l^-2)` with mean capacity as
+# requested: exponent 2 (`ALLOCATION_EXPONENT` in `anee.hierarchical.model`, where its selection on
+# held-out valid text is described) skips more of the least sensitive layers than `mu / s_l` did. Phase 1 runs with every seed in `SEEDS`. Phase 2 (seed `SEED` only) fits and trains the
 # exits twice on the same routers: with a tuned lens and with the plain logit lens.
 
 # %%
@@ -213,7 +214,7 @@ exit_kl.round(1)
 #   every token costs the KL printed above, a few layers far more than the rest (`05_layer_allocation`),
 #   and the allocation gives those layers most of their tokens. The routers are a closed-form warm start
 #   (a ridge regression of the bypass's error on the router input; straight-through top-k training made
-#   them worse with the bypass in our runs) and the bypasses are tuned end to end for a few dozen CPU
+#   them worse with the bypass in our runs) and the bypasses are tuned end to end for 80 CPU
 #   steps. The perplexity increases in the capacity table are what we measure; set them beside the
 #   seed's claims. Whether much longer training closes the gap is untested here.
 # - **Wall-clock.** Gathering the routed tokens turns FFN savings into real time in parallel

@@ -70,6 +70,26 @@ def test_realized_capacity_on_held_out_tokens(capacity):
     assert abs(out.realized_capacity - capacity) <= 0.05
 
 
+def test_allocation_exponent_spends_the_capacity_more_greedily():
+    """f_l = min(0.9, mu * s_l^-a): the mean capacity holds for every exponent, a larger exponent takes
+    more of the FFN of the least sensitive layer and less of the most sensitive one, and the skip
+    fractions of two uncapped layers are in the ratio (s_i / s_j)^-a."""
+    sens = torch.tensor([5.0, 1.0, 0.5, 0.2, 0.3, 2.0], dtype=torch.float64)
+    caps = {}
+    for a in (1.0, 2.0, 3.0):
+        model = HierarchicalModel(tiny_llama(), allocation_exponent=a)
+        model.sensitivity.copy_(sens)
+        caps[a] = model.layer_capacities(0.8)
+        assert abs(float(caps[a].mean()) - 0.8) < 1e-9 and caps[a].min() >= 0.1 - 1e-9
+        skip = 1 - caps[a]
+        assert float(skip[0] / skip[5]) == pytest.approx((5.0 / 2.0) ** -a, rel=1e-6)
+    assert caps[1.0][3] > caps[2.0][3] > caps[3.0][3]  # the least sensitive layer (s = 0.2) skips more
+    assert caps[1.0][0] < caps[2.0][0] < caps[3.0][0]  # the most sensitive one (s = 5) skips less
+    for bad in (0, -1.0, float("inf"), 11):
+        with pytest.raises(ValueError, match="allocation_exponent"):
+            HierarchicalModel(tiny_llama(), allocation_exponent=bad)
+
+
 def test_capacity_is_validated():
     model = HierarchicalModel(tiny_llama())
     for bad in (0.05, 0.95, 1.5):
@@ -112,6 +132,9 @@ def test_checkpoint_roundtrip_and_checks(tmp_path):
     assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte length, then a JSON header (no pickle)
     loaded = HierarchicalModel.load(path, base)
     assert loaded.exit_layers == model.exit_layers and loaded.checkpoint_extra == {"steps": 3}
+    assert loaded.allocation_exponent == model.allocation_exponent
+    greedy = HierarchicalModel.load(HierarchicalModel(base, allocation_exponent=3.5).save(tmp_path / "g.safetensors"), base)
+    assert greedy.allocation_exponent == 3.5  # inference allocates capacity as training did
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     with pytest.raises(ValueError, match="num_layers"):
@@ -160,6 +183,8 @@ def test_corrupt_checkpoint_is_a_value_error_naming_notebook_05(tmp_path):
     ("num_layers", 4.0, "num_layers=4.0 does not match"),
     ("tuned_lens", 1, "tuned_lens must be true or false"),
     ("extra", "notes", "extra has the wrong type"),
+    ("allocation_exponent", 0, r"allocation_exponent must be a finite number in \(0, 10\], got 0"),
+    ("allocation_exponent", "2", "allocation_exponent must be a finite number"),
 ])
 def test_type_confused_hierarchical_config(tmp_path, key, value, error):
     from anee.core.checkpoints import load_checkpoint, save_checkpoint
