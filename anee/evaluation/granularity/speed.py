@@ -104,12 +104,18 @@ def decode_speeds(model, tokenizer, plan: Plan, new_tokens: int = 128, rounds: i
 
 def with_predictions(speeds: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """`speeds` with the cost model's predicted speed-up (1 / the row's `rel_energy`) and the ratio of
-    measured to predicted, matched on (strategy, setting)."""
+    measured to predicted, matched on (strategy, setting). A trained method has one table row per seed
+    under the same key: its unit is the same in each, but a timed row must match exactly one."""
     rows = table.set_index(["strategy", "setting"])
     keys = list(zip(speeds.strategy, speeds.setting))
     out = speeds.copy()
-    out["energy_unit"] = [rows.energy_unit.get(k, "") for k in keys]
+    units = table.groupby(["strategy", "setting"], sort=False).energy_unit.agg(lambda u: "; ".join(dict.fromkeys(u)))
+    out["energy_unit"] = [units.get(k, "") for k in keys]
     timed = [k in rows.index and src != "none" for k, src in zip(keys, out.source)]
+    shared = rows.index[rows.index.duplicated()]
+    if bad := [k for k, ok in zip(keys, timed) if ok and k in shared]:
+        raise ValueError(f"timed rows {bad} match several rows of the table (one per seed?): time one seed's "
+                         "setting under a key of its own")
     out["predicted_speed_rel_fp32"] = [1 / rows.rel_energy[k] if ok else np.nan for k, ok in zip(keys, timed)]
     out["measured_over_predicted"] = out.speed_rel_fp32 / out.predicted_speed_rel_fp32
     return out

@@ -93,3 +93,23 @@ def test_predictions_and_display_join():
                                    "speed_source"]
     assert list(shown.speed_source) == ["measured", "measured", "none"] and math.isnan(shown.speed_rel_fp32.iloc[2])
     assert list(with_speed(table, speeds[:2]).speed_source) == ["measured", "measured", "none"]
+
+
+def test_a_key_with_one_row_per_seed_gets_its_unit_and_no_prediction():
+    """A trained method has one table row per seed under one (strategy, setting): its unit used to be
+    written as the repr of a pandas Series; a timed row under such a key is refused."""
+    table = pd.DataFrame([
+        {"strategy": "variant fp32", "setting": "fp32", "energy_unit": "weight bytes", "rel_energy": 1.0},
+        {"strategy": "06 rl", "setting": "budget=0.8", "energy_unit": "MACs", "rel_energy": 0.80},
+        {"strategy": "06 rl", "setting": "budget=0.8", "energy_unit": "MACs", "rel_energy": 0.82},
+    ])
+    speeds = pd.DataFrame([
+        {"strategy": "variant fp32", "setting": "fp32", "speed_rel_fp32": 1.0, "source": "measured"},
+        {"strategy": "06 rl", "setting": "budget=0.8", "speed_rel_fp32": float("nan"), "source": "none"},
+    ])
+    pred = with_predictions(speeds, table).set_index("strategy")
+    assert pred.loc["06 rl", "energy_unit"] == "MACs"
+    assert math.isnan(pred.loc["06 rl", "predicted_speed_rel_fp32"])
+    timed = speeds.assign(source=["measured", "measured"], speed_rel_fp32=[1.0, 1.2])
+    with pytest.raises(ValueError, match=r"match several rows of the table"):
+        with_predictions(timed, table)
