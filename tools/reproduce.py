@@ -15,7 +15,8 @@ Wall times per notebook go to results/timings_reproduce.json (merged per noteboo
 replaces the entries of the notebooks it ran), the only file here allowed to differ between runs.
 `--record-make-since EPOCH` (called by `make reproduce` after its benchmarks) writes the wall time of
 the whole target, set-up included, to results/timings_reproduce_make.json, beside a probe of how fast
-the instance is (`machine_probe`).
+the instance is (`machine_probe`). The wall time of every code cell of a full-profile run goes to
+results/timings_reproduce_cells.json (merged per notebook as well), to show where a notebook spends its time.
 """
 
 from __future__ import annotations
@@ -65,6 +66,25 @@ def read_json(path: Path) -> dict:
 def ship_defaults() -> None:
     print("== tools/ship_defaults.py (full)", flush=True)
     subprocess.run([sys.executable, str(ROOT / "tools" / "ship_defaults.py")], check=True)
+
+
+def cell_seconds(executed) -> list[dict]:
+    """Wall time of every code cell of a papermill-executed notebook (its metadata.papermill.duration),
+    with the cell's first source line to say which one it is."""
+    rows = []
+    for index, cell in enumerate(executed.cells):
+        duration = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if cell.cell_type == "code" and duration is not None:
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            rows.append({"cell": index, "seconds": round(float(duration), 1), "first_line": first[:100]})
+    return rows
+
+
+def record_cells(notebook: str, cells: list[dict], fresh: bool) -> None:
+    """Per-cell wall times of one full-profile notebook, merged into timings_reproduce_cells.json."""
+    path = ROOT / "results" / "timings_reproduce_cells.json"
+    timed = ({} if fresh else read_json(path)) | {notebook: cells}
+    path.write_text(json.dumps({k: timed[k] for k in sorted(timed)}, indent=1) + "\n")
 
 
 def record_full_run(origin: dict, notebook: str, seconds: float, fresh: bool) -> None:
@@ -156,13 +176,14 @@ def main() -> int:
     def execute(nb: Path) -> None:
         t0 = time.perf_counter()
         print(f"== {nb.name} ({args.profile})", flush=True)
-        pm.execute_notebook(
+        executed = pm.execute_notebook(
             str(nb), str(out_dir / nb.name), parameters={"PROFILE": args.profile},
             cwd=str(nb.parent), kernel_name="python3", progress_bar=True,
         )
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         if args.profile == "full":  # per notebook: the commit it ran at, its wall time
             record_full_run(origin, nb.stem, timings[nb.stem], fresh=not args.only and not ran)
+            record_cells(nb.stem, cell_seconds(executed), fresh=not args.only and not ran)
         ran.append(nb)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
 

@@ -49,9 +49,3 @@ def kl_log_probs(reference_logp: torch.Tensor, logp: torch.Tensor, reference_p: 
     p = reference_logp.exp() if reference_p is None else reference_p
     return (p * (reference_logp - logp)).sum(-1)
 
-
-def kl_from_logprobs(reference_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference || model) per position from the reference's log-probabilities (computed once
-    per batch when many students are scored against one teacher, as in distillation)."""
-    q = torch.log_softmax(logits.float(), -1)
-    return F.kl_div(q, reference_logp, log_target=True, reduction="none").sum(-1)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.bisection import bisect, grow_upper
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -227,13 +229,10 @@ class GatingSelector(_Selector):
 
         if mean_cost(0.0) <= budget:
             return 0.0
-        lo, hi = 0.0, 1.0
-        while mean_cost(hi) > budget and hi < 1e6:
-            hi *= 2
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if mean_cost(mid) <= budget else (mid, hi)
-        return hi
+        def over(mu: float) -> bool:
+            return mean_cost(mu) > budget
+
+        return bisect(over, 0.0, grow_upper(over, 1.0), 40)[1]
 
     def preferred(self, features, budget):
         return self._route(features, self.mu_for(budget)).tolist()

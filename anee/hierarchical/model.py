@@ -38,6 +38,7 @@ from torch import nn
 
 from ..core import layer_step as step
 from ..core.adapters import adapter_for
+from ..core.bisection import bisect
 from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..core.checkpoints import Checkpointable
 from ..core.cost import CostModel, CostReport
@@ -105,14 +106,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
             return torch.ones(L, dtype=torch.float64)
         w = self.sensitivity.double().clamp_min(1e-6) ** -self.allocation_exponent
         f_max, need = 1.0 - MIN_CAPACITY, (1.0 - c) * L
-        lo, hi = 0.0, f_max / float(w.min())
-        for _ in range(100):
-            mu = 0.5 * (lo + hi)
-            if float((mu * w).clamp(max=f_max).sum()) < need:
-                lo = mu
-            else:
-                hi = mu
-        return 1.0 - (hi * w).clamp(max=f_max)
+        _, mu = bisect(lambda m: float((m * w).clamp(max=f_max).sum()) < need, 0.0, f_max / float(w.min()), 100)
+        return 1.0 - (mu * w).clamp(max=f_max)
 
     @torch.no_grad()
     def measure_sensitivity(self, ids: torch.Tensor) -> torch.Tensor:
@@ -372,13 +367,7 @@ class HierarchicalModel(Checkpointable, nn.Module):
             return 1.0
         if self.speedup_at(ids, hi, exits, exit_threshold) >= target_speedup:
             return hi
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            if self.speedup_at(ids, mid, exits, exit_threshold) >= target_speedup:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        return bisect(lambda c: self.speedup_at(ids, c, exits, exit_threshold) >= target_speedup, lo, hi, iters)[0]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:

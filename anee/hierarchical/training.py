@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..core.data import sample_windows
-from ..core.divergence import kl_from_logprobs
+from ..core.divergence import kl_log_probs, log_probs
 from .gates import gumbel_decoupled
 from .model import HierarchicalModel
 from .routers import aux_losses
@@ -109,7 +109,7 @@ def train_routers(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig)
         capacity = 1.0 - min(1.0, (step + 1) / ramp_steps) * (1.0 - target)
         teacher = _teacher(model, x)
         out = model.dense_forward(x, "topk", capacity, straight_through=True)
-        kd = kl_from_logprobs(teacher, out.logits).mean()
+        kd = kl_log_probs(teacher, log_probs(out.logits)).mean()
         zs, ents = zip(*(aux_losses(r) for r in out.router_logits))
         z, ent = torch.stack(zs).mean(), torch.stack(ents).mean()
         loss = kd + cfg.z_loss * z + cfg.entropy * ent
@@ -136,13 +136,13 @@ def train_exits(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -
         teacher = _teacher(model, x)
         with torch.no_grad():
             out = model.dense_forward(x, "topk", cfg.exit_capacity, collect_exit_hidden=True)
-            kl_final = kl_from_logprobs(teacher, out.logits)
+            kl_final = kl_log_probs(teacher, log_probs(out.logits))
         remaining = torch.ones_like(kl_final)
         expected, depth, kls = torch.zeros_like(kl_final), torch.zeros_like(kl_final), []
         exit_rates = []
         for e, d in enumerate(model.exit_layers):
             h = out.exit_hidden[e]
-            kl_e = kl_from_logprobs(teacher, model.adapter.logits(model.decode_hidden(e, h)))
+            kl_e = kl_log_probs(teacher, log_probs(model.adapter.logits(model.decode_hidden(e, h))))
             kls.append(kl_e)
             y = gumbel_decoupled(model.gates[e](h).float(), cfg.tau_forward or 0.1, tau_b,
                                  hard=cfg.tau_forward == 0, generator=gen)[..., 1]
@@ -178,7 +178,7 @@ def tune_ffn_bypass(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfi
     for step, x in _batches(ids, cfg, cfg.bypass_steps, 20_000):
         capacity = rng.uniform(*cfg.capacity_range)
         teacher = _teacher(model, x)
-        kl = kl_from_logprobs(teacher, model.dense_forward(x, "topk", capacity).logits).mean()
+        kl = kl_log_probs(teacher, log_probs(model.dense_forward(x, "topk", capacity).logits)).mean()
         opt.zero_grad(set_to_none=True)
         kl.backward()
         opt.step()

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from anee.core.divergence import (
     KLReference,
     entropy,
-    kl_from_logprobs,
     kl_log_probs,
     log_probs,
     nll_log_probs,
@@ -27,7 +26,7 @@ def test_token_kl_exact():
     assert token_kl(p, q).item() == pytest.approx(0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75), abs=1e-6)
 
 
-def test_token_kl_equals_torch_kl_div_and_kl_from_logprobs():
+def test_token_kl_equals_torch_kl_div():
     g = torch.Generator().manual_seed(0)
     reference, logits = 3 * torch.randn(2, 5, 11, generator=g), 3 * torch.randn(2, 5, 11, generator=g)
     kl = token_kl(reference, logits)
@@ -35,7 +34,14 @@ def test_token_kl_equals_torch_kl_div_and_kl_from_logprobs():
     ref_logp = F.log_softmax(reference, -1)
     torch_kl = F.kl_div(F.log_softmax(logits, -1), ref_logp, log_target=True, reduction="none").sum(-1)
     assert torch.allclose(kl, torch_kl, atol=1e-5)
-    assert torch.allclose(kl_from_logprobs(ref_logp, logits), kl, atol=1e-5)
+    # from log-probabilities (a teacher's, computed once): torch's kl_div, bit for bit, gradient included
+    x = logits.clone().requires_grad_()
+    ours = kl_log_probs(ref_logp, log_probs(x))
+    ours.sum().backward()
+    ours_grad, x.grad = x.grad, None
+    theirs = F.kl_div(F.log_softmax(x, -1), ref_logp, log_target=True, reduction="none").sum(-1)
+    theirs.sum().backward()
+    assert torch.equal(ours, theirs.detach()) and torch.equal(ours_grad, x.grad)
     p, q = reference[1, 3].double().softmax(-1), logits[1, 3].double().softmax(-1)
     assert kl[1, 3].item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)  # KL(reference || model)
     assert (kl > 0).all() and not torch.allclose(token_kl(logits, reference), kl, atol=1e-3)  # not symmetric
@@ -48,7 +54,7 @@ def test_kl_of_identical_distributions_is_zero():
     zero = torch.zeros(3, 4)
     assert torch.allclose(token_kl(x, x), zero, atol=1e-6)
     assert torch.allclose(token_kl(x, x + 2.5), zero, atol=1e-5)  # a constant shift of the logits is the same distribution
-    assert torch.allclose(kl_from_logprobs(F.log_softmax(x, -1), x), zero, atol=1e-6)
+    assert torch.allclose(kl_log_probs(F.log_softmax(x, -1), log_probs(x)), zero, atol=1e-6)
 
 
 def test_entropy_closed_forms():

@@ -119,7 +119,6 @@ def test_routers_are_refitted_to_the_tuned_bypass():
         assert torch.equal(a, b) and not torch.allclose(a, c, atol=1e-5)
     # trained routers (router_steps > 0) stay as trained: the same as with no bypass tuning at all
     kept = [HierarchicalModel(base, ffn_bypass=BypassConfig("linear", target="ffn")) for _ in range(2)]
-    for m, steps in zip(kept, (0, 3)):
-        torch.manual_seed(0)
+    for m, steps in zip(kept, (0, 3)):  # train() seeds torch itself (cfg.seed)
         train(m, data, "routers", dataclasses.replace(cfg, router_steps=1, bypass_steps=steps))
     assert all(torch.equal(a, b) for a, b in zip(kept[0].routers.parameters(), kept[1].routers.parameters()))

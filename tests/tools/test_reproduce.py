@@ -65,3 +65,23 @@ def test_each_finished_notebook_is_recorded_at_once(tool, tmp_path, monkeypatch)
     assert json.loads((tmp_path / "results" / "timings_reproduce.json").read_text()) == {"02_x": 10.0, "03_x": 6.0, "total": 16.0}
     tool.record_full_run(origin, "01_x", 1.0, fresh=True)  # a complete run starts the records afresh
     assert json.loads((tmp_path / "results" / "timings_reproduce.json").read_text()) == {"01_x": 1.0, "total": 1.0}
+
+
+def test_cell_wall_times_are_read_from_papermill_metadata_and_merged_per_notebook(tool, tmp_path, monkeypatch):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# title"),
+        nbformat.v4.new_code_cell("\n# where the time goes\nx = 1", metadata={"papermill": {"duration": 12.345}}),
+        nbformat.v4.new_code_cell("y = 2", metadata={"papermill": {}}),  # not executed: no duration, no row
+    ])
+    assert tool.cell_seconds(nb) == [{"cell": 1, "seconds": 12.3, "first_line": "# where the time goes"}]
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results" / "timings_reproduce_cells.json"
+    tool.record_cells("02_x", [{"cell": 1, "seconds": 1.0, "first_line": "a"}], fresh=True)
+    tool.record_cells("03_x", [{"cell": 2, "seconds": 2.0, "first_line": "b"}], fresh=False)
+    assert sorted(json.loads(path.read_text())) == ["02_x", "03_x"]
+    tool.record_cells("01_x", [], fresh=True)  # a complete run starts afresh
+    assert json.loads(path.read_text()) == {"01_x": []}
+    assert path.name.startswith("timings_reproduce")  # verify skips it, like every wall time

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ...core.actions import PROCESS, SKIP, pattern_decisions
+from ...core.bisection import bisect, grow_upper
 from ...core.divergence import KLReference, log_probs, nll_log_probs
 from ..executor import AdaptiveExecutor
 
@@ -62,16 +63,10 @@ def lagrangian_price(kl: np.ndarray, units: np.ndarray, target: float, iters: in
     units = np.broadcast_to(units if units.ndim == 2 else units[:, None], kl.shape)
     cols = np.arange(kl.shape[1])
 
-    def mean_units(price: float) -> float:
-        return units[(kl - price * units).argmin(0), cols].mean()
+    def below(price: float) -> bool:  # the options picked at this price use fewer units than the target
+        return units[(kl - price * units).argmin(0), cols].mean() < target
 
-    lo, hi = 0.0, 1.0
-    while mean_units(hi) < target and hi < 1e6:
-        hi *= 2
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mean_units(mid) < target else (lo, mid)
-    return hi
+    return bisect(below, 0.0, grow_upper(below, 1.0), iters)[1]
 
 
 def lagrangian_pick(kl: np.ndarray, units: np.ndarray, target: float, iters: int = 60) -> np.ndarray:
