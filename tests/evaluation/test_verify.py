@@ -71,6 +71,44 @@ def test_trained_numbers_get_their_measured_seed_spread():
     assert failures({"t.csv": TRAINED}, {"t.csv": perturbed(TRAINED, "ppl", 3, 40.1)}, rules) == [("t", "ppl")]
 
 
+def test_two_seeds_that_agree_get_the_pooled_spread_of_their_column():
+    """A two-seed standard deviation is noisy: seeds that agree exactly (spread 0) are floored by the
+    column's median relative spread; a one-seed (deterministic) row keeps the tight tolerance."""
+    table = csv(pd.DataFrame({"threshold": [0, 0, 1, 1, 2, 2, 3], "seed": [0, 1, 0, 1, 0, 1, -1],
+                              "accuracy": [0.90, 0.92, 0.80, 0.84, 0.95, 0.95, 0.50]}))
+    rules = (Rule("b", "trained", ("accuracy",), keys=("threshold",)),)
+    rel = pd.Series([pd.Series([0.90, 0.92]).std() / 0.91, pd.Series([0.80, 0.84]).std() / 0.82]).median()
+    inside = perturbed(table, "accuracy", 4, 0.95 - 0.9 * SPREAD_FACTOR * rel * 0.95)
+    outside = perturbed(table, "accuracy", 4, 0.95 - 1.1 * SPREAD_FACTOR * rel * 0.95)
+    assert failures({"b.csv": table}, {"b.csv": inside}, rules) == []
+    assert failures({"b.csv": table}, {"b.csv": outside}, rules) == [("b", "accuracy")]
+    assert failures({"b.csv": table}, {"b.csv": perturbed(table, "accuracy", 6, 0.501)}, rules) == [("b", "accuracy")]
+    # with a `<col>_std` column, `n_seeds` says which rows were measured over seeds
+    summary = csv(pd.DataFrame({"method": ["a", "b", "full"], "ppl": [30.0, 40.0, 20.0], "ppl_std": [0.3, 0.0, 0.0],
+                                "n_seeds": [2, 2, 1]}))
+    rules = (Rule("s", "trained"),)
+    assert failures({"s.csv": summary}, {"s.csv": perturbed(summary, "ppl", 1, 40.0 + 0.9 * SPREAD_FACTOR * 0.01 * 40)}, rules) == []
+    assert failures({"s.csv": summary}, {"s.csv": perturbed(summary, "ppl", 2, 20.01)}, rules) == [("s", "ppl")]
+
+
+def test_a_spread_is_never_checked_tighter_than_its_mean():
+    table = csv(pd.DataFrame({"capacity": [0.4], "realized": [0.4073], "realized_std": [3.5e-5], "n_seeds": [2]}))
+    rules = (Rule("c", "decision", ("realized*",), rtol=0.01),)
+    moved = perturbed(perturbed(table, "realized", 0, 0.4088), "realized_std", 0, 1.6e-4)
+    assert failures({"c.csv": table}, {"c.csv": moved}, rules) == []  # both within 1 % of the mean
+    assert failures({"c.csv": table}, {"c.csv": perturbed(table, "realized_std", 0, 0.01)}, rules) == [("c", "realized_std")]
+
+
+def test_reported_columns_never_fail_and_an_absolute_floor_covers_values_near_zero():
+    table = csv(pd.DataFrame({"budget": [0.5], "abs_error": [0.0008], "matching_prefix": [3]}))
+    rules = (Rule("g", "report", ("matching_prefix",)), Rule("g", "decision", ("abs_error",), atol=0.01))
+    assert failures({"g.csv": table}, {"g.csv": perturbed(table, "matching_prefix", 0, 0)}, rules) == []
+    report = compare_files({"g.csv": table}, {"g.csv": perturbed(table, "matching_prefix", 0, 0)}, rules)
+    assert [(c.kind, c.committed, c.fresh) for c in report.checks if c.column == "matching_prefix"] == [("report", 3, 0)]
+    assert failures({"g.csv": table}, {"g.csv": perturbed(table, "abs_error", 0, 0.0003)}, rules) == []
+    assert failures({"g.csv": table}, {"g.csv": perturbed(table, "abs_error", 0, 0.02)}, rules) == [("g", "abs_error")]
+
+
 def test_a_std_column_sets_the_tolerance_of_its_mean_and_a_reference_floors_it():
     table = csv(pd.DataFrame({"method": ["rl"], "0.2": [30.0], "0.2_std": [0.5]}))
     rules = (Rule("s", "trained"),)
@@ -110,18 +148,23 @@ def test_a_std_reference_skips_means_without_a_spread_column():
 
 
 def test_every_rule_names_a_known_kind_and_downstream_rules_say_why():
-    assert all(r.kind in ("exact", "eval", "decision", "trained", "bound", "skip") for r in RULES)
-    assert all(r.why for r in RULES if r.kind == "decision" and r.columns == ("*",))
+    assert all(r.kind in ("exact", "eval", "decision", "trained", "bound", "report", "skip") for r in RULES)
+    assert all(r.why for r in RULES if (r.kind == "decision" and r.columns == ("*",)) or r.kind == "report" or r.atol)
 
 
 def test_generation_files_are_decisions_and_the_api_must_match_06():
-    """01 and 09 hold the shipped controllers' greedy generations: numbers there are decisions (floored by
-    the controllers' seed spread), text is reported; the API's perplexity stays within 1e-5 of 06's."""
+    """01 and 09 hold the shipped controllers' greedy generations: one prompt's numbers are reported (a
+    flipped token sends the rest elsewhere), their means over prompts are decisions (floored by the
+    controllers' seed spread), text is reported; the API's perplexity stays within 1e-5 of 06's."""
     assert kind_of(RULES, "09_generations_prefill_full", "text", False).kind == "decision"
-    for file, column in (("09_quickstart_summary", "matching_prefix"), ("09_prefill_full_summary", "layer_fraction"),
-                         ("01_budget_generations", "matching_prefix"), ("09_api_vs_06", "ppl")):
+    for file, column in (("09_prefill_full_summary", "layer_fraction"), ("09_quickstart_summary", "top1_agreement"),
+                         ("09_api_vs_06", "ppl")):
         rule = kind_of(RULES, file, column, True)
         assert rule.kind == "decision" and rule.reference == "controllers", (file, column)
+    assert kind_of(RULES, "09_quickstart_summary", "matching_prefix", True).atol == 0.1  # 20 prompts: steps of 0.05
+    for file, column in (("01_budget_generations", "matching_prefix"), ("09_generations", "layer_fraction"),
+                         ("09_generations_prefill_full", "layer_fraction_with_prompt")):
+        assert kind_of(RULES, file, column, True).kind == "report", (file, column)
     assert kind_of(RULES, "09_api_vs_06", "rel_diff", True).bound == 1e-5
     assert kind_of(RULES, "01_exactness", "max_abs_logit_diff", True).kind == "bound"
     # the budget-1.0 exactness check stays as tight as before: evaluation-only numbers, exact flags
