@@ -5,7 +5,7 @@ the compute saved net of every overhead (profiler, controller, bypass) and token
 
     anee generate "The future of AI is" --budget 0.8
     anee generate "The future of AI is" --budget 0.7 --controller budget --sample --temperature 0.8 --seed 1
-    anee generate "The future of AI is" --budget 0.8 --prefill full
+    anee generate "The future of AI is" --budget 0.8 --prefill adaptive
     anee generate "The future of AI is" --hierarchical --target-speedup 1.6
 """
 
@@ -49,7 +49,7 @@ def check_hierarchical(args: argparse.Namespace) -> None:
         args.parser.error("--capacity and --target-speedup are for --hierarchical (ANEE takes --budget)")
     if args.hierarchical and not knob:
         args.parser.error("--hierarchical needs --capacity or --target-speedup")
-    if args.hierarchical and args.prefill != "adaptive":
+    if args.hierarchical and args.prefill is not None:
         args.parser.error("--prefill is for ANEE's controllers (the hierarchical model runs every token, prompt included, at its capacity)")
     if args.target_speedup is not None and not args.target_speedup >= 1.0:
         args.parser.error(f"--target-speedup must be at least 1.0, got {args.target_speedup}")

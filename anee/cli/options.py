@@ -61,9 +61,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, default_budget: fl
                         help="fraction of full layer compute per token, in [0, 1] (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="(default %(default)s)")
     add_controller_arguments(parser)
-    parser.add_argument("--prefill", default="adaptive", choices=PREFILLS,
-                        help="adaptive: the budget governs the prompt too; full: the prompt runs every layer and the "
-                             "budget governs the generated tokens (default %(default)s)")
+    parser.add_argument("--prefill", default=None, choices=PREFILLS,
+                        help="full: the prompt runs every layer and the budget governs the generated tokens; adaptive: "
+                             "the budget governs the prompt too (default: ANEEConfig's, full)")
 
 
 def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,8 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
 def load_wrapper(args: argparse.Namespace) -> ANEEWrapper:
     """The model of `--model` on `--device` in `--dtype`, wrapped with the controller of `--controller`."""
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    prefill = getattr(args, "prefill", None)  # evaluate is teacher-forced: no prefill
     config = ANEEConfig(model_name=args.model, min_layers=args.min_layers, controller=args.controller,
                         defaults_dir=args.defaults_dir, device=args.device, dtype=model.dtype,
-                        prefill=getattr(args, "prefill", "adaptive"))  # evaluate is teacher-forced: no prefill
+                        **({} if prefill is None else {"prefill": prefill}))
     return ANEEWrapper(config, model=model, tokenizer=tokenizer)

@@ -4,7 +4,8 @@
 # Wraps the embedded SmolLM2-135M-Instruct (no weights touched), as the README's quickstart does,
 # and generates at budgets 1.0 to 0.6 with the default controller (the best method on notebook 06's
 # frontier, shipped in `anee/defaults/`) beside the seed's simple budget policy, with the realized
-# layer fraction of each. Budget 1.0 must reproduce the plain HuggingFace model exactly.
+# layer fraction of each (of the generated tokens: the prompt runs at full depth, `prefill="full"`,
+# the default). Budget 1.0 must reproduce the plain HuggingFace model exactly.
 # `make reproduce` runs this notebook after notebooks 02-08 and after rebuilding the shipped
 # defaults from them, so it shows the defaults of the same run (notebook 09 measures them).
 
@@ -89,7 +90,8 @@ save_figure(fig, "01_layers_per_budget", PROFILE)
 # each token around the budget, so it lands within a few hundredths of it (the K/V-only path of
 # skipped layers and the controllers' own work are charged in both). Whether its text stays with
 # the full model's for longer is what notebook 09 measures, over 20 held-out prompts and on
-# WikiText-2 test: on a few prompts, a single changed first token sends both down another path.
+# WikiText-2 test: on a few prompts, a single changed token sends both down another path (the first
+# new token is always the full model's: the prompt ran at full depth).
 
 # %%
 assert exactness.greedy_tokens_identical.all() and (exactness.max_abs_logit_diff <= 1e-4).all()

@@ -8,6 +8,9 @@
 # paragraphs), how many greedy tokens equal the full model's and the realized layer fraction; on
 # WikiText-2 test windows, the teacher-forced top-1 agreement with the full model; and the default's
 # perplexity through the public API beside notebook 06's row for the same method and budget.
+# Generation runs the prompt at full depth by default (`ANEEConfig(prefill="full")`: the budget
+# governs the generated tokens); the last section runs the same prompts with the budget on the
+# prompt too (`prefill="adaptive"`, the seed's meaning), which is what teacher-forced evaluation measures.
 # `make reproduce` runs this notebook after notebooks 02-08 and after rebuilding the shipped
 # defaults from them; in the quick profile it checks the committed defaults against the committed
 # full-profile notebook 06.
@@ -61,13 +64,16 @@ print(f"default controller: {default.method}; prompts: {prompts[:3]} ...")
 
 # %% [markdown]
 # ## Greedy text on held-out prompts
+# With the default `prefill="full"`: `layer_fraction` is that of the generated tokens (the positions
+# the budget governs), `layer_fraction_with_prompt` counts the full-depth prompt too.
 
 # %%
 generations = prompt_generations(wrappers, full, prompts, BUDGETS, MAX_NEW_TOKENS)
 save_table(generations, "09_generations", PROFILE)
 prefix = generations.groupby(["controller", "budget"], sort=False).agg(
-    layer_fraction=("layer_fraction", "mean"), layer_saved_net=("layer_saved_net", "mean"),
-    matching_prefix=("matching_prefix", "mean"), matching_prefix_min=("matching_prefix", "min"))
+    layer_fraction=("layer_fraction", "mean"), layer_fraction_with_prompt=("layer_fraction_with_prompt", "mean"),
+    layer_saved_net=("layer_saved_net", "mean"), matching_prefix=("matching_prefix", "mean"),
+    matching_prefix_min=("matching_prefix", "min"), matching_prefix_median=("matching_prefix", "median"))
 prefix.round(3)
 
 # %% [markdown]
@@ -75,8 +81,9 @@ prefix.round(3)
 
 # %%
 agreement = top1_agreement(wrappers, full, test[:, F06_TOKENS:], BUDGETS, AGREEMENT_WINDOW)
-summary = agreement.merge(prefix.reset_index()[["controller", "budget", "matching_prefix", "matching_prefix_min"]],
-                          on=["controller", "budget"]).rename(columns={"layer_fraction": "layer_fraction_test"})
+generated = prefix.reset_index().rename(columns={"layer_fraction": "layer_fraction_generated"})[
+    ["controller", "budget", "layer_fraction_generated", "layer_fraction_with_prompt", "matching_prefix", "matching_prefix_min"]]
+summary = agreement.merge(generated, on=["controller", "budget"]).rename(columns={"layer_fraction": "layer_fraction_test"})
 summary.insert(1, "default", summary.controller == default.method)
 save_table(summary, "09_quickstart_summary", PROFILE)
 summary.round(3)
@@ -88,19 +95,17 @@ fig = by_budget(summary, {"matching_prefix": f"greedy tokens equal to full (of {
 save_figure(fig, "09_quickstart", PROFILE)
 
 # %% [markdown]
-# ## The prompt at full depth (`prefill="full"`)
-# The same prompts with the prompt run through every layer and the budget governing the generated
-# tokens only (`layer_fraction` is theirs; `layer_fraction_with_prompt` counts the prompt too).
+# ## The prompt under the budget too (`prefill="adaptive"`, the seed's meaning)
+# The same prompts with every position, prompt included, under the controller and the budget.
 
 # %%
-prefill_full = prompt_generations({c: wrappers[c] for c in ("budget", default.method)}, full, prompts, BUDGETS,
-                                  MAX_NEW_TOKENS, prefill="full")
-save_table(prefill_full, "09_generations_prefill_full", PROFILE)
-prefill_summary = prefill_full.groupby(["controller", "budget"], sort=False).agg(
-    layer_fraction=("layer_fraction", "mean"), layer_fraction_with_prompt=("layer_fraction_with_prompt", "mean"),
-    matching_prefix=("matching_prefix", "mean"), matching_prefix_min=("matching_prefix", "min"),
-    matching_prefix_median=("matching_prefix", "median")).reset_index()
-save_table(prefill_summary, "09_prefill_full_summary", PROFILE)
+prefill_adaptive = prompt_generations({c: wrappers[c] for c in ("budget", default.method)}, full, prompts, BUDGETS,
+                                      MAX_NEW_TOKENS, prefill="adaptive")
+save_table(prefill_adaptive, "09_generations_prefill_adaptive", PROFILE)
+prefill_summary = prefill_adaptive.groupby(["controller", "budget"], sort=False).agg(
+    layer_fraction=("layer_fraction", "mean"), matching_prefix=("matching_prefix", "mean"),
+    matching_prefix_min=("matching_prefix", "min"), matching_prefix_median=("matching_prefix", "median")).reset_index()
+save_table(prefill_summary, "09_prefill_adaptive_summary", PROFILE)
 prefill_summary.round(3)
 
 # %% [markdown]
@@ -122,18 +127,19 @@ print(f"public API equals notebook 06 (rel <= {API_RTOL:g}):", bool((api.rel_dif
 # norm and the LM head, so its top-1 agreement with the full model collapses as soon as the budget
 # drops below 1; the planned controllers drop and skip the layers their plan marks, run the learned
 # bypass in their place and keep the last layers, and agree with the full model far more often.
-# Greedy text is a harsher test: one different token sends a continuation elsewhere, and with any
-# controller most held-out prompts leave the full model's text within the first token or two
-# (`matching_prefix_min` is the worst prompt), so the default's longer mean prefix is a real but
-# small gain. With the prompt at full depth every continuation starts with the full model's token
-# (`matching_prefix_min` is 1 or more), at the price of the prompt's full compute. Tokens that attend
-# to a full-depth prompt give the policy other SKIP margins than teacher-forced windows do, so the
-# learned controllers carry a second SKIP-offset table for them, calibrated in notebooks 03-04 on
-# short valid windows with a full-depth prompt; it keeps the generated tokens' `layer_fraction` near
-# the budget. It is an option (`ANEEConfig(prefill="full")`), not the default, which keeps the seed's
-# meaning of the budget (every position, prompt included). The default is the method with the lowest
+# Greedy text is a harsher test: one different token sends a continuation elsewhere. With the prompt
+# at full depth (the default) every continuation starts with the full model's token
+# (`matching_prefix_min` is 1 or more), at the price of the prompt's full compute, which
+# `layer_fraction_with_prompt` shows beside the generated tokens' fraction. Tokens that attend to a
+# full-depth prompt give the policy other SKIP margins than teacher-forced windows do, so the learned
+# controllers carry a second SKIP-offset table for them, calibrated in notebooks 03-04 on short valid
+# windows with a full-depth prompt; it keeps the generated tokens' `layer_fraction` near the budget.
+# With the budget on the prompt too (`prefill="adaptive"`, the seed's meaning, last table) the first
+# new token already comes from a reduced-depth prompt, and with any controller most held-out prompts
+# leave the full model's text at once or after a token: the default's prefix is still longer than the
+# budget policy's, but both are short. The default controller is the method with the lowest
 # perplexity at 20 % net saving in notebook 06; the API check shows that what a user gets from
-# `ANEEWrapper(ANEEConfig(...))` is that row.
+# `ANEEWrapper(ANEEConfig(...))` is that row (teacher-forced, so the prefill does not enter).
 
 # %%
 at_quickstart = summary[summary.budget == QUICKSTART_BUDGET].set_index("controller")
@@ -141,6 +147,8 @@ assert (api.rel_diff <= API_RTOL).all()
 assert abs(at_quickstart.loc[default.method, "layer_fraction_test"] - QUICKSTART_BUDGET) <= 0.05
 assert at_quickstart.loc[default.method, "matching_prefix"] > at_quickstart.loc["budget", "matching_prefix"]
 assert at_quickstart.loc[default.method, "top1_agreement"] > at_quickstart.loc["budget", "top1_agreement"]
-assert (prefill_summary.matching_prefix_min >= 1).all()  # full-depth prompt: the first new token is the full model's
-default_full = prefill_summary.set_index(["controller", "budget"]).loc[(default.method, QUICKSTART_BUDGET)]
-assert abs(default_full.layer_fraction - QUICKSTART_BUDGET) <= 0.05  # the generated tokens, under the second offset table
+assert (prefix.matching_prefix_min >= 1).all()  # full-depth prompt (the default): the first new token is the full model's
+# the generated tokens, under the second offset table
+assert abs(prefix.loc[(default.method, QUICKSTART_BUDGET), "layer_fraction"] - QUICKSTART_BUDGET) <= 0.05
+adaptive = prefill_summary.set_index(["controller", "budget"])
+assert adaptive.loc[(default.method, QUICKSTART_BUDGET), "matching_prefix"] >= adaptive.loc[("budget", QUICKSTART_BUDGET), "matching_prefix"]

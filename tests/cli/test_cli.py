@@ -143,8 +143,8 @@ def test_heatmap_writes_a_png(tiny, capsys, tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "says"), [
-    ([], ": layer fraction 0."),
-    (["--prefill", "full"], " (generated tokens)"),
+    ([], " (generated tokens)"),  # the default: prefill="full"
+    (["--prefill", "adaptive"], ": layer fraction 0."),
     (["--prefill", "full", "--max-new-tokens", "1"], ": layer fraction 1.000 (prompt at full depth, no token under the budget)"),
 ])
 def test_heatmap_title_names_the_tokens_its_fraction_covers(tiny, monkeypatch, tmp_path, extra, says):
@@ -152,7 +152,7 @@ def test_heatmap_title_names_the_tokens_its_fraction_covers(tiny, monkeypatch, t
     real = heatmap.execution_map
     monkeypatch.setattr(heatmap, "execution_map", lambda d, tokens, title: titles.append(title) or real(d, tokens, title))
     assert main(["heatmap", "hello", "--out", str(tmp_path / "m.png"), "--budget", "0.5", "--max-new-tokens", "3", *extra, *tiny]) == 0
-    assert says in titles[0] and titles[0].count("(") == (0 if not extra else 1)
+    assert says in titles[0] and titles[0].count("(") == (0 if "adaptive" in extra else 1)
 
 
 def test_calibrate_writes_a_folder(tiny_folder, monkeypatch, tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_calibrate_writes_a_heuristic_folder_the_wrapper_runs(tiny, folder):
     assert w.method == "heuristic" and isinstance(w.controller, HeuristicController)
     assert w.controller.plan_config == PlanConfig() and w.executor.bypass.config == TINY_BYPASS
     out = w.generate_ids(IDS[:, :12], 6, energy_budget=0.6)
-    assert abs(out.cost.layer_fraction - 0.6) < 0.15
+    assert abs(out.budget_cost.layer_fraction - 0.6) < 0.15  # the generated tokens (prefill="full", the default)
     assert torch.equal(wrapper(tiny, folder, controller="full").generate_ids(IDS[:, :12], 6).sequences,
                        wrapper(tiny, folder).generate_ids(IDS[:, :12], 6, energy_budget=1.0).sequences)
 
@@ -187,4 +187,4 @@ def test_the_embedded_model_runs_its_shipped_default(smollm2):
     w = ANEEWrapper(ANEEConfig(model_name="smollm2-135m", min_layers=2), model=model, tokenizer=tokenizer)
     assert w.method == read_defaults(shipped_root() / "smollm2-135m").method
     _, result = w.generate(prompt="The future of AI is", max_new_tokens=8, energy_budget=0.8, return_result=True)
-    assert abs(result.cost.layer_fraction - 0.8) <= 0.05
+    assert result.prefill == "full" and abs(result.budget_cost.layer_fraction - 0.8) <= 0.05  # the generated tokens

@@ -270,9 +270,10 @@ def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decod
     assert out.decode_cost.layer_fraction < out.cost.layer_fraction < 1.0
     by_config = wrap(model, prefill="full").generate_ids(prompt, new, energy_budget=0.5)
     assert torch.equal(by_config.trace.decisions, out.trace.decisions) and torch.equal(by_config.sequences, out.sequences)
-    adaptive = wrapper.generate_ids(prompt, new, energy_budget=0.5)
+    adaptive = wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="adaptive")
     assert (adaptive.trace.decisions[:, :P] != PROCESS).any()
-    assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="adaptive").trace.decisions,
+    assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5).trace.decisions, out.trace.decisions)  # the default
+    assert torch.equal(wrap(model, prefill="adaptive").generate_ids(prompt, new, energy_budget=0.5).trace.decisions,
                        adaptive.trace.decisions)
     assert torch.equal(out.governed(), decoded) and out.budget_cost is out.decode_cost and out.prefill == "full"
     assert adaptive.governed().all() and adaptive.budget_cost is adaptive.cost and adaptive.prefill == "adaptive"
@@ -295,12 +296,13 @@ def test_full_prefill_decodes_with_the_policys_full_prompt_offsets():
     controller = LearnedController(policy, prof, pacing=PacingConfig(0.3), plan=PlanConfig(marginal=3))
     wrapper = ANEEWrapper(ANEEConfig(model_name="tiny", min_layers=0), model=model, controller=controller)
     prompt, P = ids[:, :10], 10
-    adaptive = wrapper.generate_ids(prompt, 8, energy_budget=0.6)
+    adaptive = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="adaptive")
     runs = {}
     for offset in (-50.0, 50.0):  # PROCESS / SKIP at every free decision after the prompt
         policy.set_skip_offsets(torch.tensor([0.6]), torch.tensor([offset]), after_full_prompt=True)
         runs[offset] = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full")
-        assert torch.equal(wrapper.generate_ids(prompt, 8, energy_budget=0.6).trace.decisions, adaptive.trace.decisions)
+        assert torch.equal(wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="adaptive").trace.decisions,
+                           adaptive.trace.decisions)
     processing, skipping = (runs[o].decode_cost.layer_fraction for o in (-50.0, 50.0))
     assert skipping < processing  # the table moved the generated tokens' compute (inside the band)
     explicit = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full", controller=controller.for_full_prompt())

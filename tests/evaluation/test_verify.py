@@ -156,14 +156,14 @@ def test_generation_files_are_decisions_and_the_api_must_match_06():
     """01 and 09 hold the shipped controllers' greedy generations: one prompt's numbers are reported (a
     flipped token sends the rest elsewhere), their means over prompts are decisions (floored by the
     controllers' seed spread), text is reported; the API's perplexity stays within 1e-5 of 06's."""
-    assert kind_of(RULES, "09_generations_prefill_full", "text", False).kind == "decision"
-    for file, column in (("09_prefill_full_summary", "layer_fraction"), ("09_quickstart_summary", "top1_agreement"),
+    assert kind_of(RULES, "09_generations_prefill_adaptive", "text", False).kind == "decision"
+    for file, column in (("09_prefill_adaptive_summary", "layer_fraction"), ("09_quickstart_summary", "top1_agreement"),
                          ("09_api_vs_06", "ppl")):
         rule = kind_of(RULES, file, column, True)
         assert rule.kind == "decision" and rule.reference == "controllers", (file, column)
     assert kind_of(RULES, "09_quickstart_summary", "matching_prefix", True).atol == 0.1  # 20 prompts: steps of 0.05
     for file, column in (("01_budget_generations", "matching_prefix"), ("09_generations", "layer_fraction"),
-                         ("09_generations_prefill_full", "layer_fraction_with_prompt")):
+                         ("09_generations", "layer_fraction_with_prompt")):
         assert kind_of(RULES, file, column, True).kind == "report", (file, column)
     assert kind_of(RULES, "09_api_vs_06", "rel_diff", True).bound == 1e-5
     assert kind_of(RULES, "01_exactness", "max_abs_logit_diff", True).kind == "bound"
