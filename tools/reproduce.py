@@ -181,9 +181,10 @@ def main() -> int:
             cwd=str(nb.parent), kernel_name="python3", progress_bar=True,
         )
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
-        if args.profile == "full":  # per notebook: the commit it ran at, its wall time
-            record_full_run(origin, nb.stem, timings[nb.stem], fresh=not args.only and not ran)
-            record_cells(nb.stem, cell_seconds(executed), fresh=not args.only and not ran)
+        if args.profile == "full":  # per notebook: the commit it ran at, its wall times
+            fresh = not args.only and not ran  # the first notebook of a complete run replaces the old records
+            record_full_run(origin, nb.stem, timings[nb.stem], fresh=fresh)
+            record_cells(nb.stem, cell_seconds(executed), fresh=fresh)
         ran.append(nb)
         print(f"   {timings[nb.stem]:.0f} s", flush=True)
 

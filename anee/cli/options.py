@@ -76,8 +76,8 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
 def load_wrapper(args: argparse.Namespace) -> ANEEWrapper:
     """The model of `--model` on `--device` in `--dtype`, wrapped with the controller of `--controller`."""
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    prefill = getattr(args, "prefill", None)  # evaluate is teacher-forced: no prefill
     config = ANEEConfig(model_name=args.model, min_layers=args.min_layers, controller=args.controller,
                         defaults_dir=args.defaults_dir, device=args.device, dtype=model.dtype,
-                        **({} if prefill is None else {"prefill": prefill}))
+                        # evaluate is teacher-forced (no --prefill); generate's None means the config's default
+                        prefill=getattr(args, "prefill", None) or ANEEConfig.prefill)
     return ANEEWrapper(config, model=model, tokenizer=tokenizer)
