@@ -89,6 +89,21 @@ def prompt_generations(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapp
     return pd.DataFrame(rows)
 
 
+GENERATION_MEANS = ("layer_fraction", "layer_fraction_with_prompt", "layer_saved_net", "matching_prefix")
+
+
+def generation_summary(generations: pd.DataFrame, by: Sequence[str] = ("controller", "budget")) -> pd.DataFrame:
+    """`prompt_generations`' rows aggregated over prompts per `by`: the mean of each of
+    `GENERATION_MEANS` the table has, and the matching prefix's min and median (a mean of a few
+    prompts hides the one continuation that left the full model's text at its first token)."""
+    means = [c for c in GENERATION_MEANS if c in generations.columns]
+    if "matching_prefix" not in means:
+        raise ValueError("not a prompt_generations table: it has no matching_prefix column")
+    return generations.groupby(list(by), sort=False).agg(
+        **{c: (c, "mean") for c in means}, matching_prefix_min=("matching_prefix", "min"),
+        matching_prefix_median=("matching_prefix", "median")).reset_index()
+
+
 @torch.no_grad()
 def top1_agreement(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapper, ids: torch.Tensor,
                    budgets: Sequence[float], window: int) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import torch
 
 from anee import ANEEConfig, ANEEWrapper, load_model
 from anee.evaluation.notebook import pick, setup
-from anee.evaluation.quickstart import prompt_generations
+from anee.evaluation.quickstart import generation_summary, prompt_generations
 from anee.evaluation.results import save_figure, save_table
 from anee.viz.plots import by_budget
 
@@ -47,7 +47,7 @@ print(f"{MODEL}: {anee.num_layers} layers; default controller: {wrappers['defaul
 # %%
 table = prompt_generations(wrappers, anee, PROMPTS, BUDGETS, MAX_NEW_TOKENS)
 save_table(table, "01_budget_generations", PROFILE)
-summary = table.groupby(["controller", "method", "budget"], sort=False)[["layer_fraction", "layer_saved_net", "matching_prefix"]].mean()
+summary = generation_summary(table, by=("controller", "method", "budget")).set_index(["controller", "method", "budget"])
 summary.round(3)
 
 # %%

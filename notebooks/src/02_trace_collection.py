@@ -87,7 +87,9 @@ HEURISTIC_WINDOWS = 4  # of those, for the heuristic's own traces: only summaris
 TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3])
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
-TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=40), batch=2, seq_len=192, lr=3e-4, max_removed=12)
+# 120 steps, not 40: on 4,096 held-out valid tokens (from 44,000) the seed-0 tuned bypass's perplexity at 20 % net
+# saving went 43.17 -> 42.73 -> 42.57 after 40 / 80 / 120 steps (tuned in three runs of 40; ~75 s each here)
+TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=120), batch=2, seq_len=192, lr=3e-4, max_removed=12)
 SELECT_WINDOWS, TABLE_TEST_WINDOWS = pick(PROFILE, quick=(2, 1), full=(4, 2))  # held-out valid x 256, test x 512
 REMOVED = pick(PROFILE, quick=(3, 7), full=(3, 6, 9, 12))
 # closed-form families scored; quick: the identity, the candidates and the linear map notebook 06 scores

@@ -43,6 +43,8 @@ from anee.viz.training import rl_curves
 
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
+# 32 steps: 64 gave the same perplexity at 20 % net saving on 4,096 held-out valid tokens (seed 0: 41.80 vs 41.82,
+# seed 1: 42.06 vs 42.07), at twice the time
 RL_STEPS = pick(PROFILE, quick=6, full=32)
 RL_MIN_BUDGET = 0.6  # train at the trace budgets from here up (notebook 06 compares 10-30 % savings); calibrate at all
 CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))

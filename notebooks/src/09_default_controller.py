@@ -34,7 +34,8 @@ from anee import ANEEConfig, ANEEWrapper, load_model
 from anee.core.data import wikitext_tokens
 from anee.evaluation.frontier import frontier_windows
 from anee.evaluation.notebook import pick, setup
-from anee.evaluation.quickstart import api_perplexity, frontier_row, held_out_prompts, prompt_generations, top1_agreement
+from anee.evaluation.quickstart import (api_perplexity, frontier_row, generation_summary, held_out_prompts, prompt_generations,
+                                       top1_agreement)
 from anee.evaluation.results import output_dir, save_figure, save_table
 from anee.viz.plots import by_budget
 
@@ -70,10 +71,7 @@ print(f"default controller: {default.method}; prompts: {prompts[:3]} ...")
 # %%
 generations = prompt_generations(wrappers, full, prompts, BUDGETS, MAX_NEW_TOKENS)
 save_table(generations, "09_generations", PROFILE)
-prefix = generations.groupby(["controller", "budget"], sort=False).agg(
-    layer_fraction=("layer_fraction", "mean"), layer_fraction_with_prompt=("layer_fraction_with_prompt", "mean"),
-    layer_saved_net=("layer_saved_net", "mean"), matching_prefix=("matching_prefix", "mean"),
-    matching_prefix_min=("matching_prefix", "min"), matching_prefix_median=("matching_prefix", "median"))
+prefix = generation_summary(generations).set_index(["controller", "budget"])
 prefix.round(3)
 
 # %% [markdown]
@@ -102,9 +100,7 @@ save_figure(fig, "09_quickstart", PROFILE)
 prefill_adaptive = prompt_generations({c: wrappers[c] for c in ("budget", default.method)}, full, prompts, BUDGETS,
                                       MAX_NEW_TOKENS, prefill="adaptive")
 save_table(prefill_adaptive, "09_generations_prefill_adaptive", PROFILE)
-prefill_summary = prefill_adaptive.groupby(["controller", "budget"], sort=False).agg(
-    layer_fraction=("layer_fraction", "mean"), matching_prefix=("matching_prefix", "mean"),
-    matching_prefix_min=("matching_prefix", "min"), matching_prefix_median=("matching_prefix", "median")).reset_index()
+prefill_summary = generation_summary(prefill_adaptive)
 save_table(prefill_summary, "09_prefill_adaptive_summary", PROFILE)
 prefill_summary.round(3)
 

@@ -13,6 +13,7 @@ from conftest import tiny_llama, wrap
 from anee.evaluation.quickstart import (
     api_perplexity,
     frontier_row,
+    generation_summary,
     held_out_prompts,
     matching_prefix,
     prompt_generations,
@@ -122,3 +123,18 @@ def test_frontier_row_picks_the_bypass_variant_of_one_seed():
     assert frontier_row(frontier, "heuristic", 0.8).ppl == 33.0
     with pytest.raises(ValueError, match="PLANNED_BUDGETS"):
         frontier_row(frontier, "rl", 0.7)
+
+
+def test_generation_summary_means_the_columns_it_has_and_keeps_the_worst_prompt():
+    rows = pd.DataFrame({"controller": ["a", "a", "a", "b"], "budget": [0.8, 0.8, 0.8, 0.8],
+                         "layer_fraction": [0.7, 0.8, 0.9, 1.0], "matching_prefix": [1, 4, 10, 32], "text": ["x"] * 4})
+    summary = generation_summary(rows)
+    assert list(summary.columns) == ["controller", "budget", "layer_fraction", "matching_prefix", "matching_prefix_min",
+                                     "matching_prefix_median"]
+    a = summary.set_index("controller").loc["a"]
+    assert a.layer_fraction == pytest.approx(0.8) and a.matching_prefix == 5 and a.matching_prefix_min == 1
+    assert a.matching_prefix_median == 4
+    with_prompt = generation_summary(rows.assign(layer_fraction_with_prompt=[0.9, 0.9, 1.0, 1.0]), by=("controller",))
+    assert with_prompt.layer_fraction_with_prompt.tolist() == pytest.approx([0.9333333333, 1.0])
+    with pytest.raises(ValueError, match="matching_prefix"):
+        generation_summary(rows.drop(columns="matching_prefix"))
