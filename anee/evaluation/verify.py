@@ -376,6 +376,7 @@ RULES: tuple[Rule, ...] = (
     # 06: every method over its seeds, the bypass rows also over the bypass's
     Rule("06_frontier", "trained", keys=("method", "setting"), reference="bypass"),
     Rule("06_code_frontier", "trained", keys=("method", "setting"), reference="bypass"),
+    Rule("06_heldout_frontier", "trained", keys=("method", "setting"), reference="bypass"),
     Rule("06_ppl_at_equal_savings_runs", "trained", keys=("method", "net_saved", "curve"), reference="bypass"),
     Rule("06_*ppl_at_equal_savings*", "trained", reference="bypass"),
     Rule("06_comparisons", "trained", ("a_*", "b_*"), reference="bypass"),

@@ -66,6 +66,7 @@ PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7),
 # of 512 (stride = window halves the time of a sliding stride of 256: make reproduce's time limit)
 EVAL_TOKENS, WINDOW, STRIDE = frontier_windows(PROFILE)
 HEADROOM_TOKENS = 512  # hindsight-bound section (both profiles)
+HELDOUT_TOKENS = pick(PROFILE, quick=512, full=4096)  # the last test tokens, a second test text
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
 ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))
@@ -163,6 +164,25 @@ save_table(code_table, "06_code_frontier", PROFILE)
 save_table(code_at_levels.reset_index(), "06_code_ppl_at_equal_savings", PROFILE)
 print("full model on code", round(code_full, 3))
 code_at_levels
+
+# %% [markdown]
+# ## The same levels on other test text
+# 06's windows are the first test tokens; the levels move with the text scored. The full model,
+# static removal with the bypass and the learned controller (both seeds) on the **last** tokens of
+# the test split (disjoint from every other notebook's test windows), in the same windows.
+
+# %%
+heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
+heldout_specs = [("full", {})] + [("block_influence", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
+heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
+heldout_table = run_frontier(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE)
+heldout_at_levels, _, _ = equal_saving_tables(heldout_table, LEVELS)
+heldout_full = heldout_table.loc[heldout_table.method == "full", "ppl"].item()
+heldout_levels = heldout_at_levels.assign(**{f"{x:g}_ratio": heldout_at_levels[f"{x:g}"] / heldout_full for x in LEVELS})
+save_table(heldout_table, "06_heldout_frontier", PROFILE)
+save_table(heldout_levels.reset_index(), "06_heldout_ppl_at_equal_savings", PROFILE)
+print(f"full model on the last {HELDOUT_TOKENS} test tokens", round(heldout_full, 3))
+heldout_levels
 
 # %%
 fig = frontier(table[table.method != "full"], x="layer_saved_net", ref_ppl=full_ppl)
