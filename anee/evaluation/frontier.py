@@ -105,6 +105,18 @@ def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Ten
     return table[["method", "setting", "seed"] + [c for c in table.columns if c not in ("method", "setting", "seed")]]
 
 
+def levels_on_text(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Tensor, window: int, stride: int,
+                   levels: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """`specs` (which must include ("full", {})) on another text `ids`: (the `run_frontier` table, its
+    interpolated perplexity at `levels` per method as `equal_saving_tables` gives it, the full model's
+    perplexity there)."""
+    if ("full", {}) not in specs:
+        raise ValueError('levels_on_text needs ("full", {}) among the specs: the ratios are to the full model')
+    table = run_frontier(ctx, specs, ids, window, stride)
+    at_levels, _, _ = equal_saving_tables(table, levels)
+    return table, at_levels, float(table.loc[table.method == "full", "ppl"].item())
+
+
 def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Indices (in increasing x) of the lower convex hull of the points (x, y): the best a method can
     do by time-sharing two of its operating points (y = log-perplexity mixes linearly)."""

@@ -42,6 +42,7 @@ from anee.evaluation.frontier import (
     frontier_context,
     frontier_windows,
     headroom_table,
+    levels_on_text,
     load_bypass,
     run_frontier,
 )
@@ -157,9 +158,7 @@ code_specs = [("full", {})]
 code_specs += [("block_influence", {"n_removed": n, **b}) for n in BI_REMOVED for b in ({}, {"bypass": True})]
 code_specs += [("anee_heuristic", {"budget": x, **b}) for x in PLANNED_BUDGETS for b in ({}, {"bypass": True})]
 code_specs += [("anee_rl", {"budget": x, "seed": SEED, "bypass": True}) for x in PLANNED_BUDGETS]
-code_table = run_frontier(ctx, code_specs, code_ids, WINDOW, STRIDE)
-code_at_levels, _, _ = equal_saving_tables(code_table, LEVELS)
-code_full = code_table.loc[code_table.method == "full", "ppl"].item()
+code_table, code_at_levels, code_full = levels_on_text(ctx, code_specs, code_ids, WINDOW, STRIDE, LEVELS)
 save_table(code_table, "06_code_frontier", PROFILE)
 save_table(code_at_levels.reset_index(), "06_code_ppl_at_equal_savings", PROFILE)
 print("full model on code", round(code_full, 3))
@@ -175,9 +174,7 @@ code_at_levels
 heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
 heldout_specs = [("full", {})] + [("block_influence", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
 heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
-heldout_table = run_frontier(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE)
-heldout_at_levels, _, _ = equal_saving_tables(heldout_table, LEVELS)
-heldout_full = heldout_table.loc[heldout_table.method == "full", "ppl"].item()
+heldout_table, heldout_at_levels, heldout_full = levels_on_text(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE, LEVELS)
 heldout_levels = heldout_at_levels.assign(**{f"{x:g}_ratio": heldout_at_levels[f"{x:g}"] / heldout_full for x in LEVELS})
 save_table(heldout_table, "06_heldout_frontier", PROFILE)
 save_table(heldout_levels.reset_index(), "06_heldout_ppl_at_equal_savings", PROFILE)

@@ -24,6 +24,7 @@ from anee.evaluation.frontier import (
     equal_saving_tables,
     extra_specs,
     frontier_windows,
+    levels_on_text,
     load_bypass,
     lower_hull,
     method_label,
@@ -223,6 +224,20 @@ def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):
     assert table.iloc[3].ppl == full.ppl and plain.ppl != bypassed.ppl
     assert plain.layer_fraction == pytest.approx(2 / 4)
     assert bypassed.layer_fraction > plain.layer_fraction  # the bypass is charged
+
+
+def test_levels_on_text_runs_the_specs_and_interpolates_against_the_full_model():
+    model = tiny_llama(n_layer=4)
+    adapter = adapter_for(model)
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(1))
+    ctx = EvalContext(model, None, AdaptiveExecutor(adapter), ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])})
+    specs = [("full", {})] + [("block_influence", {"n_removed": n}) for n in (1, 2, 3)]
+    table, at_levels, full = levels_on_text(ctx, specs, ids, 20, 20, [0.3, 0.5])
+    assert table.equals(run_frontier(ctx, specs, ids, 20, 20))
+    assert at_levels.equals(equal_saving_tables(table, [0.3, 0.5])[0])
+    assert full == table.ppl.iloc[0] and table.method.iloc[0] == "full"
+    with pytest.raises(ValueError, match="full"):
+        levels_on_text(ctx, specs[1:], ids, 20, 20, [0.3])
 
 
 def test_load_bypass(tmp_path):
