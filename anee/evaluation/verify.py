@@ -374,9 +374,7 @@ RULES: tuple[Rule, ...] = (
     Rule("05_layer_allocation", "eval"),
     Rule("05_*", "decision", reference="hierarchical", why="the seed-0 hierarchical model; its seed spread is in 05_capacity_table"),
     # 06: every method over its seeds, the bypass rows also over the bypass's
-    Rule("06_frontier", "trained", keys=("method", "setting"), reference="bypass"),
-    Rule("06_code_frontier", "trained", keys=("method", "setting"), reference="bypass"),
-    Rule("06_heldout_frontier", "trained", keys=("method", "setting"), reference="bypass"),
+    Rule("06_*frontier", "trained", keys=("method", "setting"), reference="bypass"),  # 06's test windows, code, last test tokens
     Rule("06_ppl_at_equal_savings_runs", "trained", keys=("method", "net_saved", "curve"), reference="bypass"),
     Rule("06_*ppl_at_equal_savings*", "trained", reference="bypass"),
     Rule("06_comparisons", "trained", ("a_*", "b_*"), reference="bypass"),
