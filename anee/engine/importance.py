@@ -33,3 +33,15 @@ def block_influence(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, w
 def removal_order(influence: torch.Tensor) -> list[int]:
     """Layers from least to most influential (the order ShortGPT removes them in)."""
     return torch.argsort(influence, stable=True).tolist()
+
+
+def order_importance(order: list[int]) -> torch.Tensor:
+    """Importance per layer [L] from a removal order (least important first): a layer's position in
+    it over L - 1, so ranking by it (lowest first) gives `order` back. Lets an order found by search
+    (not by a per-layer score) rank layers wherever an importance is expected (the profiler's plan)."""
+    L = len(order)
+    if sorted(order) != list(range(L)):
+        raise ValueError(f"order must list every layer 0..{L - 1} once, got {order}")
+    importance = torch.empty(L)
+    importance[torch.tensor(order)] = torch.arange(L, dtype=torch.float32) / max(L - 1, 1)
+    return importance

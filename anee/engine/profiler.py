@@ -35,7 +35,7 @@ FEATURES = (
     "spent",  # fraction of full layer compute spent so far
     "remaining",  # budget - spent
     "required_rate",  # layers still to process to land on budget / layers left
-    "importance",  # static layer importance (Block Influence, scaled to [0, 1])
+    "importance",  # static layer importance (Block Influence or removal-order position, scaled to [0, 1])
     "rank_frac",  # fraction of the remaining asked layers more important than this one
     "log_context",  # log(keys attended to) / log(model context): short contexts tolerate skipping differently
 )
@@ -149,6 +149,11 @@ class Profiler(Checkpointable):
         self.log_vocab = math.log(executor.adapter.dims.vocab)
 
     @property
+    def removal_order(self) -> list[int]:
+        """Layers from least to most important (the order a plan DROPs them in)."""
+        return torch.argsort(self.rank, descending=True, stable=True).tolist()
+
+    @property
     def overhead_macs(self) -> int:
         """MACs per token per call: shortlist product + element-wise statistics."""
         D = self.executor.adapter.dims.hidden
@@ -193,7 +198,8 @@ class Profiler(Checkpointable):
     # -- checkpoints -------------------------------------------------------------------------------
     @property
     def raw_importance(self) -> torch.Tensor:
-        """Block Influence per layer [L] as calibrated (before scaling to [0, 1])."""
+        """Importance per layer [L] as calibrated, before scaling to [0, 1]: Block Influence, or
+        positions in a searched removal order (`anee.engine.importance.order_importance`)."""
         return self._raw_importance
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:

@@ -69,6 +69,27 @@ def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits
     return rows
 
 
+def greedy_removal_order(executor: AdaptiveExecutor, windows: torch.Tensor, steps: int, fallback: Sequence[int],
+                         memo: PrefixMemo | None = None) -> list[int]:
+    """A removal order that looks at how removals interact (greedy forward selection): for each of
+    `steps` steps, the layer whose removal, with the layers already chosen and the executor's
+    bypass, gives the lowest perplexity on `windows` [N, T] (valid split); the other layers follow in
+    `fallback`'s order (e.g. Block Influence's). Ranking layers one at a time ignores that the
+    bypass of one removed layer feeds the next; greedy selection costs steps x L removal passes
+    (`memo`: shared prefixes, same numbers, about half the work)."""
+    L = executor.adapter.num_layers
+    if sorted(fallback) != list(range(L)):
+        raise ValueError(f"fallback must be an order of all {L} layers, got {list(fallback)}")
+    if not 0 <= steps <= L:
+        raise ValueError(f"steps must be in 0..{L} (the layers to choose greedily), got {steps}")
+    chosen: list[int] = []
+    with shared_prefixes(executor, memo=memo):
+        for _ in range(steps):
+            scores = {i: removal_ppl(executor, windows, chosen + [i], len(chosen) + 1) for i in range(L) if i not in chosen}
+            chosen.append(min(scores, key=scores.get))  # ties: the lowest layer index (dict order)
+    return chosen + [i for i in fallback if i not in chosen]
+
+
 def choose_family(table: pd.DataFrame, level: float, split: str = "valid") -> str:
     """The `bypass` label with the lowest mean perplexity at net saving `level` on `split` (valid:
     the choice never looks at test)."""

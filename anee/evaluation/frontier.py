@@ -10,12 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.actions import DROP, PROCESS, pattern_decisions
 from ..core.adapters import adapter_for
 from ..core.bypass import BypassBank
-from ..core.cost import static_cost
 from ..core.data import wikitext_tokens
-from ..core.outputs import MethodOutput
 from ..engine.defaults import BYPASS_FILE, PROFILER_FILE  # notebook 02's files, named as in the shipped defaults
 from ..engine.executor import AdaptiveExecutor
 from ..engine.importance import removal_order
@@ -24,6 +21,7 @@ from ..engine.profiler import Profiler
 from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profiles, static_ppl
 from .context import EvalContext
 from .methods import build_method
+from .methods.baselines import static_removal
 from .notebook import pick
 from .perplexity import evaluate
 from .results import output_dir
@@ -114,7 +112,15 @@ def levels_on_text(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.T
         raise ValueError('levels_on_text needs ("full", {}) among the specs: the ratios are to the full model')
     table = run_frontier(ctx, specs, ids, window, stride)
     at_levels, _, _ = equal_saving_tables(table, levels)
-    return table, at_levels, float(table.loc[table.method == "full", "ppl"].item())
+    return table, at_levels, full_model_ppl(table)
+
+
+def full_model_ppl(table: pd.DataFrame) -> float:
+    """The full model's perplexity in a `run_frontier` table (its one "full" row), the reference of every ratio."""
+    full = table.loc[table.method == "full", "ppl"]
+    if len(full) != 1:
+        raise ValueError(f'the table needs exactly one row of method "full" (the reference), found {len(full)}: add ("full", {{}}) to the specs')
+    return float(full.iloc[0])
 
 
 def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -228,18 +234,11 @@ def bypass_ablation(ctx: EvalContext, banks: dict[str, BypassBank | None], n_rem
     """Static removal of the `n_removed` lowest-Block-Influence layers with each bypass of `banks`
     (label -> bank, None: the identity) on the same windows: perplexity, its ratio to the identity's,
     and the net saving (each bypass charged)."""
-    removed = set(removal_order(ctx.extras["block_influence"])[:n_removed])
-    L = ctx.adapter.num_layers
-    pattern = [DROP if i in removed else PROCESS for i in range(L)]
+    removed = removal_order(ctx.extras["block_influence"])[:n_removed]
     rows = []
     for label, bank in banks.items():
         executor = AdaptiveExecutor(ctx.adapter, bypass=bank)
-
-        def run(chunk, executor=executor):
-            out = executor.forward(chunk, decisions=pattern_decisions(pattern, chunk.shape[1]))
-            return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - n_removed))
-
-        r = evaluate(run, ids, window, stride, name=label)
+        r = evaluate(static_removal(executor, removed), ids, window, stride, name=label)
         rows.append({"bypass": label, "n_removed": n_removed, "macs_per_bypass": executor.cost.bypass, "ppl": r.ppl,
                      "layer_saved_net": r.layer_saved_net})
     table = pd.DataFrame(rows)

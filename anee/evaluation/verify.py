@@ -306,7 +306,7 @@ class Reference:
 
 REFERENCES = {
     # the layer bypass: static removal perplexity over its tuning seeds (notebook 02)
-    "bypass": Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "split"), where=(("tuned", True),)),
+    "bypass": Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"), where=(("tuned", True),)),
     # the learned ANEE controllers: perplexity at equal savings over their training seeds (notebook 06)
     "controllers": Reference("06_ppl_at_equal_savings", ("0.*",), where=(("method", "anee_"),), std_columns=True),
     # the hierarchical model: perplexity per capacity over its training seeds (notebook 05)
@@ -345,7 +345,7 @@ RULES: tuple[Rule, ...] = (
     Rule("01_budget_generations", "decision", reference="controllers", why=_GENERATIONS),
     Rule("09_*", "decision", reference="controllers", why=_GENERATIONS),
     # 02: the bypass over its tuning seeds; everything after it runs with the deployed one
-    Rule("02_bypass_families", "trained", ("ppl_*",), keys=("bypass", "split")),
+    Rule("02_bypass_families", "trained", ("ppl_*",), keys=("bypass", "removal_order", "split")),
     Rule("02_bypass_training", "trained", ("kl",), keys=("bypass", "step")),
     Rule("02_entropy_estimator", "eval"), Rule("02_layer_importance", "eval"),
     Rule("02_*", "decision", reference="bypass", why=_DOWNSTREAM + "; heuristic and hindsight decisions are thresholds"),

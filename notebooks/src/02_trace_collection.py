@@ -12,8 +12,8 @@
 #    the least important layers at **equal net compute** (its MACs are charged), on held-out valid
 #    windows, where the family the later notebooks use is chosen among those small enough to ship
 #    with the package, and on test for reference.
-# 2. **The profiler**: shortlist entropy estimator and Block-Influence layer importance, with its
-#    error against the exact logit-lens entropy and its cost.
+# 2. **The profiler**: shortlist entropy estimator and layer importance (the removal order chosen
+#    in 1.), with its error against the exact logit-lens entropy and its cost.
 # 3. **Traces** for notebook 03, run with the bypass: the heuristic's own decisions, and
 #    hindsight-labelled traces. For those, every token's outcome is first measured for each nested
 #    choice on the marginal layers (skip the j least important of them), each token is given the j
@@ -47,6 +47,10 @@ BYPASS_FAMILIES = [("identity", 0), ("diag_lowrank", 16), ("diag_lowrank", 64), 
 CANDIDATES = [("diag_lowrank", 64)]
 COMPARED = []  # e.g. [("linear", 0)]: also tune it, with SEED (about 3 minutes more; off to fit make reproduce's hour)
 CHOICE_SAVING = 0.2  # the candidate is chosen by its valid perplexity at this net saving
+# removal order: Block Influence, or a greedy search that removes, step by step, the layer whose
+# removal with the first candidate's closed-form bypass costs least on valid (the rest follow Block
+# Influence); the one with the lower valid perplexity at CHOICE_SAVING (closed form) is used from here on
+GREEDY_STEPS = None  # layers chosen by the search (None: the profile's, 2 quick, 9 full: 30 % net saved needs ~9.2)
 
 # %% [colab]
 
@@ -60,7 +64,7 @@ from anee.core.data import sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
-from anee.engine.importance import block_influence, removal_order
+from anee.engine.importance import block_influence, order_importance, removal_order
 from anee.engine.prefix_memo import PrefixMemo, shared_prefixes
 from anee.engine.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
 from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
@@ -74,7 +78,7 @@ from anee.engine.training.traces import (
     trace_summary,
 )
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.bypass import choose_family, family_rows, removal_ppl, tune_and_score
+from anee.evaluation.bypass import choose_family, family_rows, greedy_removal_order, removal_ppl, tune_and_score
 from anee.evaluation.frontier import BYPASS_FILE, LINEAR_CLOSED_FORM_FILE, PROFILER_FILE
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
@@ -87,6 +91,8 @@ HEURISTIC_WINDOWS = 4  # of those, for the heuristic's own traces: only summaris
 TRACE_BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9], full=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3])
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
+GREEDY_STEPS = GREEDY_STEPS if GREEDY_STEPS is not None else pick(PROFILE, quick=2, full=9)
+SEARCH_WINDOWS, SEARCH_LEN = pick(PROFILE, quick=(2, 128), full=(4, 512))  # the greedy search's valid windows
 # 120 steps, not 40: on 4,096 held-out valid tokens (from 44,000) the seed-0 tuned bypass's perplexity at 20 % net
 # saving went 43.17 -> 42.73 -> 42.57 after 40 / 80 / 120 steps (tuned in three runs of 40; ~75 s each here)
 TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=120), batch=2, seq_len=192, lr=3e-4, max_removed=12)
@@ -101,50 +107,67 @@ adapter = adapter_for(model)
 identity = AdaptiveExecutor(adapter)
 valid = wikitext_tokens(tokenizer, "valid", 60000)
 test = wikitext_tokens(tokenizer, "test", max(TEST_TOKENS + 1, TABLE_TEST_WINDOWS * 512))
-# disjoint slices of valid: layer importance + profiler | bypass fit | bypass tuning | bypass choice
+# disjoint slices of valid: layer importance + greedy search + profiler | bypass fit | bypass tuning | bypass choice
 influence = block_influence(identity, valid[:, :4096])
-order = removal_order(influence)
+bi_order = removal_order(influence)
+search_windows = valid[0, : SEARCH_WINDOWS * SEARCH_LEN].view(SEARCH_WINDOWS, SEARCH_LEN)
 fit_windows = valid[0, 4096 : 4096 + FIT_WINDOWS * FIT_LEN].view(FIT_WINDOWS, FIT_LEN)
 tune_ids = valid[:, 20000:40000]
 splits = {"valid": valid[0, 40000 : 40000 + SELECT_WINDOWS * 256].view(SELECT_WINDOWS, 256),
           "test": test[0, : TABLE_TEST_WINDOWS * 512].view(TABLE_TEST_WINDOWS, 512)}
-print(f"{MODEL}: {adapter.num_layers} layers; removal order (Block Influence, valid) {order[:10]}...")
+print(f"{MODEL}: {adapter.num_layers} layers; removal order by Block Influence (valid) {bi_order[:10]}...")
 
 # %% [markdown]
-# ## The layer bypass: families, closed form, tuning
-# Every family is fitted in closed form on the same (input, update) pairs; the tuned families then
-# train for `TUNE.steps` steps, each removing the k least important layers (k drawn up to
-# `TUNE.max_removed`) and minimising the mean KL to the full model. Perplexity with the k least
-# important layers removed (`ppl_k*`) and interpolated at equal net saving (`ppl_at_*`, the bypass
-# charged).
+# ## The layer bypass: families, closed form, removal order, tuning
+# Every family is fitted in closed form on the same (input, update) pairs and scored with the
+# layers removed in Block-Influence order. Then the removal order: Block Influence ranks layers one
+# at a time, by how little each turns the residual stream, but what a removal costs depends on
+# which layers are already replaced by their bypass. The greedy search (`greedy_removal_order`)
+# adds, step by step, the layer whose removal with the first candidate's closed-form bypass gives
+# the lowest perplexity on valid windows of its own; the candidate's closed form is scored in both
+# orders (`order`) and the better one on the choice windows is kept. The tuned families then train
+# in that order for `TUNE.steps` steps, each removing its k least important layers (k drawn up to
+# `TUNE.max_removed`) and minimising the mean KL to the full model. Perplexity with the first k
+# layers of the order removed (`ppl_k*`) and interpolated at equal net saving (`ppl_at_*`, the
+# bypass charged).
 
 # %%
 stats = layer_bypass_stats(identity, fit_windows)
 LEVELS = (0.1, CHOICE_SAVING, 0.3)
 memo = PrefixMemo()  # every family's rows share the layers before their first removed one (same numbers, less work)
 with shared_prefixes(identity, memo=memo):
-    full = {split: removal_ppl(identity, windows, order, 0) for split, windows in splits.items()}
+    full = {split: removal_ppl(identity, windows, bi_order, 0) for split, windows in splits.items()}
 rows, banks, curves, closed_form = [], {}, [], {}
 for family, rank in FAMILIES:  # closed form
     bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
-    rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, order, REMOVED, LEVELS, full,
-                        memo=memo, tuned=False, seed=-1)
+    rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, bi_order, REMOVED, LEVELS, full,
+                        memo=memo, tuned=False, seed=-1, removal_order="block_influence")
     if family == "linear":  # notebook 06 scores the closed-form linear map on its own test windows
         bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
+
+searched = closed_form[BypassConfig(*CANDIDATES[0]).label]
+greedy_order = greedy_removal_order(AdaptiveExecutor(adapter, bypass=searched), search_windows, GREEDY_STEPS, bi_order)
+rows += family_rows(searched.config.label, searched, AdaptiveExecutor(adapter, bypass=searched), splits, greedy_order, REMOVED,
+                    LEVELS, full, memo=memo, tuned=False, seed=-1, removal_order="greedy")
+orders = {"block_influence": bi_order, "greedy": greedy_order}
+by_order = pd.DataFrame(rows).query("bypass == @searched.config.label and split == 'valid'").set_index("removal_order")
+ORDER = str(by_order[f"ppl_at_{CHOICE_SAVING:g}"].idxmin())
+order = orders[ORDER]  # the removal order of everything below and of notebooks 03-07 (through the profiler)
+print(f"greedy order {greedy_order[:GREEDY_STEPS]} (then Block Influence); chosen on valid: {ORDER} {order[:10]}...")
 
 candidates = {BypassConfig(f, r).label + " tuned": BypassConfig(f, r) for f, r in CANDIDATES + COMPARED}
 for label in candidates:  # the candidates (and the compared families) tune with SEED; the choice looks at valid only
     banks[(label, SEED)], history, scored = tune_and_score(identity, stats, candidates[label], tune_ids, order,
                                                            BypassTuneConfig(**{**TUNE.__dict__, "seed": SEED}),
                                                            splits, REMOVED, LEVELS, full, closed_form.get(candidates[label].label), memo)
-    curves, rows = curves + history, rows + scored
+    curves, rows = curves + history, rows + [dict(r, removal_order=ORDER) for r in scored]
 deployable = {BypassConfig(f, r).label + " tuned" for f, r in CANDIDATES}
 CHOSEN = choose_family(pd.DataFrame(rows).query("tuned and bypass in @deployable"), CHOICE_SAVING)
 for seed in [s for s in SEEDS if s != SEED]:  # the chosen family's spread over tuning seeds
     banks[(CHOSEN, seed)], history, scored = tune_and_score(identity, stats, candidates[CHOSEN], tune_ids, order,
                                                             BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
                                                             splits, REMOVED, LEVELS, full, closed_form.get(candidates[CHOSEN].label), memo)
-    curves, rows = curves + history, rows + scored
+    curves, rows = curves + history, rows + [dict(r, removal_order=ORDER) for r in scored]
 family_table = pd.DataFrame(rows)
 save_table(family_table, "02_bypass_families", PROFILE)
 curves = pd.DataFrame(curves)
@@ -155,7 +178,7 @@ bypass.save(CKPT / BYPASS_FILE)
 executor = AdaptiveExecutor(adapter, bypass=bypass)  # the executor of everything below and of notebooks 03-07
 print(f"chosen on valid at {CHOICE_SAVING:.0%} net saving: {CHOSEN} (seed {SEED}), {bypass.macs} MACs per bypassed layer "
       f"= {executor.cost.drop_fraction():.1%} of a layer")
-family_table.groupby(["bypass", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg(["mean", "std"]).round(2)
+family_table.groupby(["bypass", "removal_order", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg(["mean", "std"]).round(2)
 
 # %% [markdown]
 # ## Profiler calibration and the cheap entropy estimator
@@ -165,7 +188,7 @@ family_table.groupby(["bypass", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg
 
 # %%
 profiler = calibrate_profiler(executor, valid[:, :4096], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
-                              importance=influence)
+                              importance=influence if ORDER == "block_influence" else order_importance(order))
 profiler.save(CKPT / PROFILER_FILE)
 fit_states = calibration_hidden(executor, valid[:, :4096], max_windows=1)
 held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
@@ -175,7 +198,8 @@ save_table(est_table, "02_entropy_estimator", PROFILE)
 est_table
 
 # %%
-imp = pd.DataFrame({"layer": range(len(profiler.importance)), "block_influence": profiler.raw_importance.numpy()})
+imp = pd.DataFrame({"layer": range(adapter.num_layers), "block_influence": influence.numpy(),
+                    **{f"position_{name}": np.argsort(o) for name, o in orders.items()}})  # 0 = removed first
 save_table(imp, "02_layer_importance", PROFILE)
 print("profiler + heuristic overhead per call per token:", profiler.overhead_macs, "MACs =",
       f"{profiler.overhead_macs / executor.cost.layer_static:.2%} of a layer")
@@ -230,7 +254,7 @@ adherence
 
 # %%
 assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02  # estimator << one layer (exact head: 8 layers)
-valid_rows = family_table[family_table.split == "valid"].set_index("bypass")
+valid_rows = family_table[family_table.split == "valid"].set_index("bypass")  # identity: Block-Influence order; CHOSEN: ORDER
 assert (valid_rows.loc[CHOSEN, f"ppl_at_{CHOICE_SAVING:g}"].mean() < valid_rows.loc["identity", f"ppl_at_{CHOICE_SAVING:g}"]).all()
 assert (est_table.pearson_r > 0.4).all() and est_table.mae_nats.is_monotonic_decreasing
 assert set(np.unique(df.action)) <= {PROCESS, SKIP} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers

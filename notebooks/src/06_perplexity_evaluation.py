@@ -8,7 +8,9 @@
 #
 # Methods: the full model; static layer removal ranked by Block Influence (ShortGPT), with the
 # removed layers replaced by nothing (`block_influence`) or by notebook 02's learned bypass
-# (`block_influence+bypass`); fixed-depth early exit through the final norm and LM head (logit
+# (`block_influence+bypass`); static removal in the controllers' own removal order (notebook 02's
+# greedy bypass-aware search, stored in the profiler) with the bypass (`profiler_removal+bypass`:
+# the static part of their plans alone); fixed-depth early exit through the final norm and LM head (logit
 # lens); ANEE's simple budget policy; the heuristic controller under a layer plan without and with
 # the bypass; the learned controllers of notebooks 03-04 (trained with the bypass, one row per
 # training seed); and the hierarchical model of notebook 05 (FFN bypass, one row per seed). Trained
@@ -41,6 +43,7 @@ from anee.evaluation.frontier import (
     findings,
     frontier_context,
     frontier_windows,
+    full_model_ppl,
     headroom_table,
     levels_on_text,
     load_bypass,
@@ -79,6 +82,7 @@ print(f"{MODEL}: {L} layers; {test_ids.shape[1]} test tokens, window {WINDOW}, s
 specs = [("full", {})]
 specs += [("block_influence", {"n_removed": n}) for n in BI_REMOVED]
 specs += [("block_influence", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
+specs += [("profiler_removal", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
 specs += [("logit_lens", {"depth": L - round(f * L)}) for f in FRACTIONS]
 specs += [("anee_budget", {"budget": b}) for b in BUDGETS]
 specs += extra_specs(ctx, budgets=BUDGETS, planned_budgets=PLANNED_BUDGETS, seeds=SEEDS)
@@ -114,11 +118,12 @@ at_levels, on_hull, level_runs = equal_saving_tables(table, LEVELS)
 save_table(at_levels.reset_index(), "06_ppl_at_equal_savings", PROFILE)
 save_table(on_hull.reset_index(), "06_ppl_at_equal_savings_hull", PROFILE)
 save_table(level_runs, "06_ppl_at_equal_savings_runs", PROFILE)
-full_ppl = table.loc[table.method == "full", "ppl"].item()
+full_ppl = full_model_ppl(table)
 PAIRS = [("block_influence+bypass", "block_influence"), ("anee_heuristic+bypass", "anee_heuristic"),
          ("anee_rl+bypass", "block_influence+bypass"), ("anee_warmstart+bypass", "block_influence+bypass"),
          ("anee_heuristic+bypass", "block_influence+bypass"), ("anee_rl+bypass", "anee_warmstart+bypass"),
-         ("anee_warmstart+bypass", "anee_warmstart_profiler_only+bypass")]
+         ("anee_warmstart+bypass", "anee_warmstart_profiler_only+bypass"),
+         ("profiler_removal+bypass", "block_influence+bypass"), ("anee_rl+bypass", "profiler_removal+bypass")]
 verdicts = pd.concat([comparisons(at_levels, PAIRS, LEVELS).assign(curve="interpolated"),
                       comparisons(on_hull, PAIRS, LEVELS).assign(curve="hull")], ignore_index=True)
 save_table(verdicts, "06_comparisons", PROFILE)
@@ -156,6 +161,7 @@ headroom
 code_ids = code_tokens(tokenizer, CODE_TOKENS)
 code_specs = [("full", {})]
 code_specs += [("block_influence", {"n_removed": n, **b}) for n in BI_REMOVED for b in ({}, {"bypass": True})]
+code_specs += [("profiler_removal", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
 code_specs += [("anee_heuristic", {"budget": x, **b}) for x in PLANNED_BUDGETS for b in ({}, {"bypass": True})]
 code_specs += [("anee_rl", {"budget": x, "seed": SEED, "bypass": True}) for x in PLANNED_BUDGETS]
 code_table, code_at_levels, code_full = levels_on_text(ctx, code_specs, code_ids, WINDOW, STRIDE, LEVELS)
@@ -172,7 +178,7 @@ code_at_levels
 
 # %%
 heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
-heldout_specs = [("full", {})] + [("block_influence", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
+heldout_specs = [("full", {})] + [(m, {"n_removed": n, "bypass": True}) for m in ("block_influence", "profiler_removal") for n in BI_REMOVED]
 heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
 heldout_table, heldout_at_levels, heldout_full = levels_on_text(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE, LEVELS)
 heldout_levels = heldout_at_levels.assign(**{f"{x:g}_ratio": heldout_at_levels[f"{x:g}"] / heldout_full for x in LEVELS})
@@ -186,8 +192,9 @@ fig = frontier(table[table.method != "full"], x="layer_saved_net", ref_ppl=full_
 save_figure(fig, "06_frontier", PROFILE)
 
 # %% [markdown]
-# Static removal by Block Influence is the bar to clear: it pays nothing for the layers it drops
-# but their bypass. The planned ANEE controllers meet the static part of each budget the same way
+# Static removal is the bar to clear: it pays nothing for the layers it drops but their bypass.
+# Two orders are shown: Block Influence, and the greedy bypass-aware order the controllers' plans
+# use (`profiler_removal+bypass`), so a controller's gain over its own plan's static part is visible. The planned ANEE controllers meet the static part of each budget the same way
 # (DROPped layers run their bypass) and decide per token on the plan's marginal layers, where a SKIP
 # pays the K/V-only path and the bypass and every call pays the profiler and the policy. The tables
 # above give every method's perplexity at equal net saving, its spread over training seeds, and the
@@ -199,7 +206,7 @@ save_figure(fig, "06_frontier", PROFILE)
 assert abs(table.loc[table.method == "full", "layer_saved_net"].item()) < 1e-12
 assert (table.ppl > 1).all() and table.ppl.notna().all()
 assert (table.ppl[table.method != "full"] >= full_ppl * 0.99).all(), "a cheaper method should not beat the full model by much"
-for method in ("block_influence", "block_influence+bypass"):
+for method in ("block_influence", "block_influence+bypass", "profiler_removal+bypass"):
     assert table[table.method == method].sort_values("layer_saved_net").ppl.is_monotonic_increasing
 assert headroom[["oracle_ppl_no_costs", "oracle_ppl_with_costs", "static_block_influence_ppl"]].gt(1).all().all()
 budget_rows = table[table.method == "anee_budget"]

@@ -20,6 +20,7 @@ from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, laye
 from anee.evaluation.bypass import (
     choose_family,
     family_rows,
+    greedy_removal_order,
     net_saving,
     ppl_at_net_saving,
     removal_ppl,
@@ -152,3 +153,22 @@ def test_choose_family_looks_at_the_valid_split_only():
     assert choose_family(table, 0.2) == "mlp-8" and choose_family(table, 0.2, split="test") == "linear"
     table.loc[2, "ppl_at_0.2"] = 27.0
     assert choose_family(table, 0.2) == "linear"
+
+
+@torch.no_grad()
+def test_greedy_removal_order_adds_the_cheapest_layer_given_the_chosen(setup):
+    _, ex, bx, _, windows = setup
+    fallback = [3, 0, 2, 1]
+    order = greedy_removal_order(bx, windows, 2, fallback)
+    chosen = []
+    for _ in range(2):  # by hand: every remaining layer tried on top of the chosen ones
+        scores = {i: removal_ppl(bx, windows, chosen + [i], len(chosen) + 1) for i in range(4) if i not in chosen}
+        chosen.append(min(scores, key=scores.get))
+    assert order == chosen + [i for i in fallback if i not in chosen] and sorted(order) == [0, 1, 2, 3]
+    assert greedy_removal_order(bx, windows, 2, fallback, memo=PrefixMemo()) == order  # the memo changes no number
+    assert greedy_removal_order(bx, windows, 0, fallback) == fallback
+    assert greedy_removal_order(ex, windows, 4, fallback) != greedy_removal_order(bx, windows, 4, fallback)  # the bypass matters
+    with pytest.raises(ValueError, match="steps must be in 0..4"):
+        greedy_removal_order(bx, windows, 5, fallback)
+    with pytest.raises(ValueError, match="order of all 4 layers"):
+        greedy_removal_order(bx, windows, 1, [0, 1, 2])

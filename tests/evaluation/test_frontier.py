@@ -24,6 +24,7 @@ from anee.evaluation.frontier import (
     equal_saving_tables,
     extra_specs,
     frontier_windows,
+    full_model_ppl,
     levels_on_text,
     load_bypass,
     lower_hull,
@@ -238,6 +239,14 @@ def test_levels_on_text_runs_the_specs_and_interpolates_against_the_full_model()
     assert full == table.ppl.iloc[0] and table.method.iloc[0] == "full"
     with pytest.raises(ValueError, match="full"):
         levels_on_text(ctx, specs[1:], ids, 20, 20, [0.3])
+
+
+def test_full_model_ppl_is_the_one_full_row():
+    table = pd.DataFrame({"method": ["block_influence", "full", "logit_lens"], "ppl": [30.0, 22.5, 90.0]})
+    assert full_model_ppl(table) == 22.5
+    for bad in (table[table.method != "full"], pd.concat([table, table])):
+        with pytest.raises(ValueError, match='exactly one row of method "full"'):
+            full_model_ppl(bad)
 
 
 def test_load_bypass(tmp_path):

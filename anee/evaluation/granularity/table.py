@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ...granularity.quantize import WeightBank
+from ..frontier import full_model_ppl
 from .pool import Choices
 from .speed import Decode, Mix, Plan
 from .strategies import WindowScores
@@ -63,7 +64,7 @@ def frontier06_rows(path: Path) -> list[dict]:
     f06 = pd.read_csv(path)
     if not ({"method", "ppl", "total_saved_net"} <= set(f06.columns) and (f06.method == "full").any()):
         return []
-    full06 = float(f06.loc[f06.method == "full", "ppl"].iloc[0])
+    full06 = full_model_ppl(f06)
     rows = []
     for _, r in f06[~f06.method.isin(BASELINES06)].iterrows():
         setting = "" if pd.isna(r.get("setting")) else str(r.get("setting"))

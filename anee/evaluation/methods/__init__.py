@@ -12,6 +12,7 @@ from . import baselines, controllers, hierarchical
 METHODS = {
     "full": baselines.full_model,
     "block_influence": baselines.block_influence_removal,
+    "profiler_removal": baselines.profiler_order_removal,
     "logit_lens": baselines.logit_lens_exit,
     "anee_budget": baselines.anee_budget,
     "anee_heuristic": controllers.anee_heuristic,

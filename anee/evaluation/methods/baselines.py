@@ -4,6 +4,9 @@
 - `block_influence`: static removal of the `n_removed` layers with the lowest Block Influence
   (ShortGPT: BI = 1 - cos(h_in, h_out), averaged over calibration tokens of the valid split);
   with `bypass=True` each removed layer is replaced by its learned bypass (charged).
+- `profiler_removal`: the same with the profiler's removal order (notebook 02's greedy bypass-aware
+  search: the order the controllers' plans DROP layers in), so `anee_*` rows can be told apart from
+  their plan's static part.
 - `logit_lens`: every token stops after `depth` layers and is decoded through the final norm and
   LM head.
 - `anee_budget`: ANEE's simple budget policy at `budget`.
@@ -17,8 +20,10 @@ from ...core.actions import DROP, EXIT, PROCESS, pattern_decisions
 from ...core.cost import static_cost
 from ...core.outputs import MethodOutput
 from ...engine.controllers.budget import BudgetController
+from ...engine.executor import AdaptiveExecutor
 from ...engine.importance import block_influence, removal_order
 from ..context import EvalContext, Method
+from .controllers import get_profiler
 
 
 def full_model(ctx: EvalContext) -> Method:
@@ -34,13 +39,22 @@ def block_influence_removal(ctx: EvalContext, n_removed: int, bypass: bool = Fal
         if ctx.calibration_ids is None:
             raise ValueError("block_influence needs calibration_ids (valid split) in the EvalContext")
         ctx.extras["block_influence"] = block_influence(ctx.executor, ctx.calibration_ids)
-    L, executor = ctx.adapter.num_layers, ctx.executor_for(bypass)
-    removed = set(removal_order(ctx.extras["block_influence"])[:n_removed])
-    pattern = [DROP if i in removed else PROCESS for i in range(L)]  # removed: nobody reads their K/V
+    return static_removal(ctx.executor_for(bypass), removal_order(ctx.extras["block_influence"])[:n_removed])
+
+
+def profiler_order_removal(ctx: EvalContext, n_removed: int, bypass: bool = False) -> Method:
+    executor = ctx.executor_for(bypass)
+    return static_removal(executor, get_profiler(ctx, executor).removal_order[:n_removed])
+
+
+def static_removal(executor: AdaptiveExecutor, removed: list[int]) -> Method:
+    """Every token skips the `removed` layers (DROP: nobody reads their K/V; the bypass runs if any)."""
+    L = executor.adapter.num_layers
+    pattern = [DROP if i in removed else PROCESS for i in range(L)]
 
     def run(ids):
         out = executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
-        return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - n_removed))
+        return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - len(removed)))
 
     return run
 

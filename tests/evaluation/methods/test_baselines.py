@@ -1,5 +1,5 @@
-"""Baselines: static removal equals skipping (the surgery check), costs and the removal order, and
-removal with the layer bypass (run in the bypass executor, charged)."""
+"""Baselines: static removal equals skipping (the surgery check), costs and the removal order,
+removal with the layer bypass (run in the bypass executor, charged), and removal in the profiler's order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from _surgery import removed_layers
 from conftest import VOCAB, tiny_llama
 
 from anee import DROP, PROCESS, AdaptiveExecutor, adapter_for
-from anee.engine.importance import block_influence, removal_order
+from anee.engine.defaults import PROFILER_FILE
+from anee.engine.importance import block_influence, order_importance, removal_order
+from anee.engine.profiler import calibrate_profiler
 from anee.evaluation.context import EvalContext
 from anee.evaluation.frontier import run_frontier
 from anee.evaluation.methods import METHODS
@@ -77,3 +79,24 @@ def test_block_influence_with_the_bypass_runs_it_and_pays_for_it():
     assert not torch.allclose(plain.logits, out.logits, atol=1e-3)
     with pytest.raises(ValueError, match="set EvalContext.bypass_executor"):
         METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}), n_removed=2, bypass=True)
+
+
+@torch.no_grad()
+def test_profiler_removal_drops_the_profilers_order(tmp_path):
+    model = tiny_llama(n_layer=6)
+    adapter = adapter_for(model)
+    ex = AdaptiveExecutor(adapter)
+    bx = AdaptiveExecutor(adapter, bypass=random_bypass("diag_lowrank", adapter.dims.hidden, 6, rank=4, seed=3))
+    ids = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(5))
+    profiler = calibrate_profiler(bx, ids, k=16, window=64, max_windows=1, importance=order_importance([3, 0, 5, 1, 2, 4]))
+    profiler.save(tmp_path / PROFILER_FILE)
+    ctx = EvalContext(model, None, ex, ids, extras={"checkpoint_dir": tmp_path}, bypass_executor=bx)
+    pattern = torch.tensor([DROP, PROCESS, PROCESS, DROP, PROCESS, PROCESS], dtype=torch.int8).expand(1, 24, 6)
+    out = METHODS["profiler_removal"](ctx, n_removed=2, bypass=True)(ids[:, :24])
+    assert torch.equal(out.logits, bx.forward(ids[:, :24], decisions=pattern).logits)
+    context = torch.arange(1, 25, dtype=torch.float64)[None]
+    assert torch.allclose(out.cost.layer_macs, 4 * bx.cost.layer(context) + 2 * bx.cost.drop_path, rtol=1e-12)
+    influence = block_influence(ex, ids, window=64)
+    bi = METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}, bypass_executor=bx),
+                                    n_removed=2, bypass=True)(ids[:, :24])
+    assert removal_order(influence)[:2] != [3, 0] and not torch.equal(bi.logits, out.logits)
