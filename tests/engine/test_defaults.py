@@ -187,4 +187,9 @@ def test_the_embedded_model_runs_its_shipped_default(smollm2):
     w = ANEEWrapper(ANEEConfig(model_name="smollm2-135m", min_layers=2), model=model, tokenizer=tokenizer)
     assert w.method == read_defaults(shipped_root() / "smollm2-135m").method
     _, result = w.generate(prompt="The future of AI is", max_new_tokens=8, energy_budget=0.8, return_result=True)
-    assert result.prefill == "full" and abs(result.budget_cost.layer_fraction - 0.8) <= 0.05  # the generated tokens
+    # the generated tokens: each inside the pacing band the shipped controller was trained with, so their mean too
+    # (a few tokens' mean need not be within 0.05 of the budget: 02/04 measure that over 256-token windows)
+    cost, slack = result.budget_cost, w.controller.pacing.slack
+    assert result.prefill == "full" and slack <= 0.1
+    assert ((cost.layer_macs / cost.full_layer_macs - 0.8).abs() <= slack + 1e-9).all()
+    assert abs(cost.layer_fraction - 0.8) <= slack

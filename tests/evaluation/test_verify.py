@@ -130,9 +130,9 @@ def test_bounds_decisions_timings_and_missing_files():
 
 
 def test_reference_spreads_are_measured_in_the_committed_files():
-    families = csv(pd.DataFrame({"bypass": ["lin tuned"] * 3 + ["lin"], "split": ["test"] * 4, "tuned": [True] * 3 + [False],
-                                 "ppl_k3": [10.0, 11.0, 12.0, 50.0]}))
-    ref = Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "split"), where=(("tuned", True),))
+    families = csv(pd.DataFrame({"bypass": ["lin tuned"] * 3 + ["lin"], "removal_order": ["greedy"] * 3 + ["block_influence"],
+                                 "split": ["test"] * 4, "tuned": [True] * 3 + [False], "ppl_k3": [10.0, 11.0, 12.0, 50.0]}))
+    ref = Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"), where=(("tuned", True),))
     assert ref.measure(pd.read_csv(pd.io.common.StringIO(families))) == pytest.approx(1.0 / 11.0)
     spreads = reference_spreads({"02_bypass_families.csv": families})
     assert spreads["bypass"] == pytest.approx(1.0 / 11.0) and spreads["controllers"] == 0.0
