@@ -297,7 +297,8 @@ class Reference:
                     continue
                 rel = pd.to_numeric(table[f"{c}_std"], errors="coerce") / values.abs()
             else:
-                grouped = values.groupby([table[k] for k in self.keys]) if self.keys else values.groupby(lambda _: 0)
+                keys = [k for k in self.keys if k in table.columns]  # a file from before a key was added: its own groups
+                grouped = values.groupby([table[k] for k in keys]) if keys else values.groupby(lambda _: 0)
                 rel = grouped.std(ddof=1) / grouped.mean().abs()
             if rel.notna().any():
                 worst = max(worst, float(rel.max()))

@@ -136,6 +136,8 @@ def test_reference_spreads_are_measured_in_the_committed_files():
     assert ref.measure(pd.read_csv(pd.io.common.StringIO(families))) == pytest.approx(1.0 / 11.0)
     spreads = reference_spreads({"02_bypass_families.csv": families})
     assert spreads["bypass"] == pytest.approx(1.0 / 11.0) and spreads["controllers"] == 0.0
+    older = pd.read_csv(pd.io.common.StringIO(families)).drop(columns="removal_order")  # committed before the key existed
+    assert ref.measure(older) == pytest.approx(1.0 / 11.0)
 
 
 def test_a_std_reference_skips_means_without_a_spread_column():
