@@ -129,3 +129,16 @@ def random_bypass(family: str, hidden: int, layers: int, rank: int = 0, target: 
         for p in bank.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return bank.eval()
+
+
+def removal_setup():
+    """A 4-layer tiny LLaMA (conftest's), its executor without and with a random linear bypass, the
+    bank, and 3 windows of 16 tokens: what the removal-order and bypass-study tests score."""
+    from conftest import VOCAB
+    from conftest import tiny_llama as conftest_llama
+
+    model = conftest_llama(n_layer=4)
+    adapter = adapter_for(model)
+    bank = random_bypass("linear", adapter.dims.hidden, 4, seed=5)
+    windows = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(0))
+    return model, AdaptiveExecutor(adapter), AdaptiveExecutor(adapter, bypass=bank), bank, windows

@@ -219,6 +219,8 @@ class BypassBank(Checkpointable, nn.Module):
 
     def __init__(self, config: BypassConfig, hidden: int, num_layers: int):
         super().__init__()
+        if config.rank > hidden:  # a low-rank factor wider than the stream it maps is no longer low rank (and cannot be fitted)
+            raise ValueError(f"a {config.label} bypass needs rank <= the hidden size {hidden}: pass a smaller rank")
         self.config, self.hidden, self.num_layers = config, hidden, num_layers
         self.blocks = nn.ModuleList(CLASSES[config.family](hidden, config.rank) for _ in range(num_layers))
         self.info: dict = {}  # how it was fitted / tuned (tokens, steps): saved with it

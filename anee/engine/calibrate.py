@@ -5,9 +5,11 @@ on models that ship none.
     anee.calibrate(model, tokenizer, out="anee-gpt2")           # the vendored WikiText-2 valid split
     wrapper = ANEEWrapper(ANEEConfig(model_name="gpt2", defaults_dir="anee-gpt2"), model=model, tokenizer=tokenizer)
 
-It runs notebook 02's calibration in closed form: the profiler (shortlist entropy, Block-Influence
-importance) and, optionally, a closed-form layer bypass (no end-to-end tuning: that is 02's, on the
-embedded model). The folder is written atomically (`folder_writer`) with a manifest whose method
+It runs notebook 02's calibration in closed form: the profiler (shortlist entropy, layer importance)
+and, optionally, a closed-form layer bypass (no end-to-end tuning: that is 02's, on the embedded
+model). Layers are ranked by Block Influence, or with `greedy_steps` > 0 by notebook 02's greedy
+bypass-aware removal order (`greedy_removal_order`: steps x L removal passes over up to 4 windows
+of 512 calibration tokens; notebook 02 compares both orders on the embedded model). The folder is written atomically (`folder_writer`) with a manifest whose method
 is "heuristic"; the learned controllers need notebooks 03-04.
 """
 
@@ -34,11 +36,14 @@ from .defaults import (
     write_manifest,
 )
 from .executor import AdaptiveExecutor, check_input_ids
+from .importance import block_influence, greedy_removal_order, order_importance, removal_order
 from .profiler import calibrate_profiler
 from .training.bypass import fit_layer_bypass, layer_bypass_stats
 
 DEFAULT_BYPASS = BypassConfig("diag_lowrank", 64)  # notebook 02's deployed family (untuned here)
 PROFILER_WINDOW, BYPASS_WINDOW, BYPASS_WINDOWS = 256, 512, 8
+SEARCH_WINDOWS = 4  # of BYPASS_WINDOW tokens, the first of the calibration ids (notebook 02's search)
+IMPORTANCE_WINDOWS = 8  # Block Influence's windows (calibrate_profiler's default)
 
 
 def calibration_ids(tokenizer, text_or_ids, tokens: int) -> tuple[torch.Tensor, str]:
@@ -61,14 +66,17 @@ def calibration_ids(tokenizer, text_or_ids, tokens: int) -> tuple[torch.Tensor, 
 
 def calibrate(model, tokenizer=None, text_or_ids=None, out: str | Path = "anee-defaults", name: str | None = None,
               bypass: BypassConfig | None = DEFAULT_BYPASS, tokens: int = 4096, plan: PlanConfig | None = None,
-              progress: bool = True) -> Defaults:
+              greedy_steps: int = 0, progress: bool = True) -> Defaults:
     """Calibrate the profiler (and a closed-form `bypass`, None for none) of `model` on `text_or_ids`
     (at most `tokens` tokens; None: the vendored WikiText-2 valid split) and write them to the
     defaults folder `out` (replaced atomically), whose method is the heuristic under `plan`.
-    Returns the folder, checked. `name` is recorded in the manifest (default: the model's own)."""
+    `greedy_steps`: layers ranked first by the greedy removal search with that bypass (the rest by
+    Block Influence); 0 ranks all by Block Influence. Returns the folder, checked. `name` is recorded
+    in the manifest (default: the model's own)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a HF causal LM (e.g. from anee.load_model), got {type(model).__name__}")
     tokens, progress = integer("tokens", tokens, 2), flag("progress", progress)
+    greedy_steps = integer("greedy_steps", greedy_steps, 0)
     if bypass is not None and not isinstance(bypass, BypassConfig):
         raise TypeError(f"bypass must be a BypassConfig (anee.core.bypass) or None, got {type(bypass).__name__}")
     plan = plan or PlanConfig()
@@ -79,27 +87,38 @@ def calibrate(model, tokenizer=None, text_or_ids=None, out: str | Path = "anee-d
     window = min(PROFILER_WINDOW, adapter.dims.max_positions)
     if ids.shape[1] < window:
         raise ValueError(f"calibration needs at least {window} tokens, got {ids.shape[1]}: pass a longer text")
+    if greedy_steps > adapter.num_layers:
+        raise ValueError(f"greedy_steps must be at most the model's {adapter.num_layers} layers, got {greedy_steps}")
     name = name or str(getattr(model.config, "name_or_path", "") or model.config.model_type)
-    steps = tqdm(total=3 if bypass is not None else 2, desc="anee.calibrate", disable=not progress)
+    steps = tqdm(total=2 + (bypass is not None) + (greedy_steps > 0), desc="anee.calibrate", disable=not progress)
+    length = min(BYPASS_WINDOW, adapter.dims.max_positions, ids.shape[1])  # the bypass's and the search's windows
     with folder_writer(out) as tmp:
         bank = None
         if bypass is not None:
             steps.set_postfix_str(f"layer bypass ({bypass.label}, closed form)")
-            length = min(BYPASS_WINDOW, adapter.dims.max_positions, ids.shape[1])
             windows = sample_windows(ids.cpu(), length, BYPASS_WINDOWS).to(ids.device)
             stats = layer_bypass_stats(AdaptiveExecutor(adapter), tqdm(windows, desc="bypass statistics", leave=False,
                                                                        disable=not progress))
             bank = fit_layer_bypass(AdaptiveExecutor(adapter), windows, bypass, stats)
             bank.save(tmp / BYPASS_FILE)
             steps.update()
-        steps.set_postfix_str("profiler (shortlist entropy, Block Influence)")
-        profiler = calibrate_profiler(AdaptiveExecutor(adapter, bypass=bank), ids, window=window)
+        executor = AdaptiveExecutor(adapter, bypass=bank)
+        importance = block_influence(executor, ids, window=window, max_windows=IMPORTANCE_WINDOWS)
+        if greedy_steps:
+            steps.set_postfix_str(f"greedy removal order ({greedy_steps} steps)")
+            count = min(SEARCH_WINDOWS, ids.shape[1] // length)
+            search = ids[0, : count * length].view(count, length)
+            importance = order_importance(greedy_removal_order(executor, search, greedy_steps, removal_order(importance)))
+            steps.update()
+        steps.set_postfix_str("profiler (shortlist entropy, layer importance)")
+        profiler = calibrate_profiler(executor, ids, window=window, importance=importance)
         profiler.save(tmp / PROFILER_FILE)
         steps.update()
         steps.set_postfix_str("manifest")
         write_manifest(tmp, {"model": model_fingerprint(adapter, name), "method": "heuristic", "plan": asdict(plan),
                              "source": {"kind": "anee.calibrate", "data": source, "tokens": int(ids.shape[1]),
-                                        "bypass": None if bypass is None else bypass.label}})
+                                        "bypass": None if bypass is None else bypass.label,
+                                        "removal_order": f"greedy ({greedy_steps} steps)" if greedy_steps else "block_influence"}})
         steps.update()
     steps.close()
     return read_defaults(out)

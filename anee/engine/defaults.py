@@ -4,7 +4,8 @@ A defaults folder holds the files of one model's methods and a `manifest.json` t
 
     manifest.json          format, the model it is for, the default method, the layer plan, the
                            sha256 and size of every file, and where the files come from
-    profiler.safetensors   the profiler (shortlist entropy, Block-Influence importance)
+    profiler.safetensors   the profiler (shortlist entropy, layer importance: Block Influence or
+                           a searched removal order's positions, as notebook 02 chose)
     bypass.safetensors     the layer bypass (optional: without it skipped layers add nothing)
     warmstart.safetensors  the warm-started policy (optional; its layer plan inside)
     rl.safetensors         the REINFORCE policy (optional)

@@ -1,16 +1,24 @@
-"""Static layer importance: Block Influence (ShortGPT, Men et al. 2024).
+"""Static layer importance: Block Influence (ShortGPT, Men et al. 2024) and the greedy removal order.
 
 BI of a layer = 1 - cos(h_in, h_out), averaged over calibration tokens of the valid split: a layer
-that barely turns the residual stream is a candidate for removal. The profiler ranks layers by it,
-and static removal (the baseline every adaptive method must beat) removes the lowest first.
+that barely turns the residual stream is a candidate for removal. The greedy removal order instead
+measures what removing a layer costs given the layers already removed and their bypass
+(`greedy_removal_order`, scored by `removal_ppl`). The profiler ranks layers by either (an order
+becomes an importance through `order_importance`), and static removal (the baseline every adaptive
+method must beat) removes the least important first.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .executor import AdaptiveExecutor
+from .prefix_memo import PrefixMemo, shared_prefixes
+from .training.bypass import removal_decisions
 
 
 @torch.no_grad()
@@ -35,6 +43,12 @@ def removal_order(influence: torch.Tensor) -> list[int]:
     return torch.argsort(influence, stable=True).tolist()
 
 
+def order_by_rank(rank: torch.Tensor) -> torch.Tensor:
+    """Layer indices from least to most important given ranks [L] (0 = most important; ties keep
+    index order): the one place a plan, a nested allocation and the profiler turn ranks into an order."""
+    return torch.argsort(rank, descending=True, stable=True)
+
+
 def order_importance(order: list[int]) -> torch.Tensor:
     """Importance per layer [L] from a removal order (least important first): a layer's position in
     it over L - 1, so ranking by it (lowest first) gives `order` back. Lets an order found by search
@@ -45,3 +59,38 @@ def order_importance(order: list[int]) -> torch.Tensor:
     importance = torch.empty(L)
     importance[torch.tensor(order)] = torch.arange(L, dtype=torch.float32) / max(L - 1, 1)
     return importance
+
+
+@torch.no_grad()
+def removal_ppl(executor: AdaptiveExecutor, windows: torch.Tensor, order: list[int], k: int) -> float:
+    """Perplexity over `windows` [N, T] (each scored on its own, positions 1..T-1) with the first
+    `k` layers of `order` removed (replaced by the executor's bypass)."""
+    L, T = executor.adapter.num_layers, windows.shape[1]
+    decisions = removal_decisions(order, k, L, T)
+    nll, count = 0.0, 0
+    for ids in windows:
+        logits = executor.forward(ids.unsqueeze(0), decisions=decisions).logits[0, :-1]
+        nll += float(F.cross_entropy(logits.float(), ids[1:], reduction="sum"))
+        count += T - 1
+    return math.exp(nll / count)
+
+
+def greedy_removal_order(executor: AdaptiveExecutor, windows: torch.Tensor, steps: int, fallback: Sequence[int],
+                         memo: PrefixMemo | None = None) -> list[int]:
+    """A removal order that looks at how removals interact (greedy forward selection): for each of
+    `steps` steps, the layer whose removal, with the layers already chosen and the executor's
+    bypass, gives the lowest perplexity on `windows` [N, T] (valid split); the other layers follow in
+    `fallback`'s order (e.g. Block Influence's). Ranking layers one at a time ignores that the
+    bypass of one removed layer feeds the next; greedy selection costs steps x L removal passes
+    (`memo`: shared prefixes, same numbers, about half the work)."""
+    L = executor.adapter.num_layers
+    if sorted(fallback) != list(range(L)):
+        raise ValueError(f"fallback must be an order of all {L} layers, got {list(fallback)}")
+    if not 0 <= steps <= L:
+        raise ValueError(f"steps must be in 0..{L} (the layers to choose greedily), got {steps}")
+    chosen: list[int] = []
+    with shared_prefixes(executor, memo=memo):
+        for _ in range(steps):
+            scores = {i: removal_ppl(executor, windows, chosen + [i], len(chosen) + 1) for i in range(L) if i not in chosen}
+            chosen.append(min(scores, key=scores.get))  # ties: the lowest layer index (dict order)
+    return chosen + [i for i in fallback if i not in chosen]

@@ -21,7 +21,7 @@ from ..core.divergence import entropy
 from ..core.scalars import integer
 from .controllers.base import LayerView
 from .executor import AdaptiveExecutor
-from .importance import block_influence
+from .importance import block_influence, order_by_rank
 
 FEATURES = (
     "entropy_est",  # estimated logit-lens entropy / ln(V)
@@ -151,7 +151,7 @@ class Profiler(Checkpointable):
     @property
     def removal_order(self) -> list[int]:
         """Layers from least to most important (the order a plan DROPs them in)."""
-        return torch.argsort(self.rank, descending=True, stable=True).tolist()
+        return order_by_rank(self.rank).tolist()
 
     @property
     def overhead_macs(self) -> int:

@@ -9,32 +9,17 @@ compared at equal net saving by interpolating log-perplexity in k.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..core.bypass import BypassBank, BypassConfig, BypassStats
 from ..engine.executor import AdaptiveExecutor
+from ..engine.importance import removal_ppl
 from ..engine.prefix_memo import PrefixMemo, shared_prefixes
-from ..engine.training.bypass import BypassTuneConfig, fit_layer_bypass, removal_decisions, tune_bypass_
-
-
-@torch.no_grad()
-def removal_ppl(executor: AdaptiveExecutor, windows: torch.Tensor, order: list[int], k: int) -> float:
-    """Perplexity over `windows` [N, T] (each scored on its own, positions 1..T-1) with the first
-    `k` layers of `order` removed (replaced by the executor's bypass)."""
-    L, T = executor.adapter.num_layers, windows.shape[1]
-    decisions = removal_decisions(order, k, L, T)
-    nll, count = 0.0, 0
-    for ids in windows:
-        logits = executor.forward(ids.unsqueeze(0), decisions=decisions).logits[0, :-1]
-        nll += float(F.cross_entropy(logits.float(), ids[1:], reduction="sum"))
-        count += T - 1
-    return math.exp(nll / count)
+from ..engine.training.bypass import BypassTuneConfig, fit_layer_bypass, tune_bypass_
 
 
 def net_saving(executor: AdaptiveExecutor, k: float) -> float:
@@ -67,27 +52,6 @@ def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits
             row.update({f"ppl_at_{s:g}": ppl_at_net_saving(executor, [0, *ks], [full[split], *ppls], s) for s in levels})
             rows.append(row)
     return rows
-
-
-def greedy_removal_order(executor: AdaptiveExecutor, windows: torch.Tensor, steps: int, fallback: Sequence[int],
-                         memo: PrefixMemo | None = None) -> list[int]:
-    """A removal order that looks at how removals interact (greedy forward selection): for each of
-    `steps` steps, the layer whose removal, with the layers already chosen and the executor's
-    bypass, gives the lowest perplexity on `windows` [N, T] (valid split); the other layers follow in
-    `fallback`'s order (e.g. Block Influence's). Ranking layers one at a time ignores that the
-    bypass of one removed layer feeds the next; greedy selection costs steps x L removal passes
-    (`memo`: shared prefixes, same numbers, about half the work)."""
-    L = executor.adapter.num_layers
-    if sorted(fallback) != list(range(L)):
-        raise ValueError(f"fallback must be an order of all {L} layers, got {list(fallback)}")
-    if not 0 <= steps <= L:
-        raise ValueError(f"steps must be in 0..{L} (the layers to choose greedily), got {steps}")
-    chosen: list[int] = []
-    with shared_prefixes(executor, memo=memo):
-        for _ in range(steps):
-            scores = {i: removal_ppl(executor, windows, chosen + [i], len(chosen) + 1) for i in range(L) if i not in chosen}
-            chosen.append(min(scores, key=scores.get))  # ties: the lowest layer index (dict order)
-    return chosen + [i for i in fallback if i not in chosen]
 
 
 def choose_family(table: pd.DataFrame, level: float, split: str = "valid") -> str:

@@ -64,7 +64,7 @@ from anee.core.data import sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
-from anee.engine.importance import block_influence, order_importance, removal_order
+from anee.engine.importance import block_influence, greedy_removal_order, order_importance, removal_order, removal_ppl
 from anee.engine.prefix_memo import PrefixMemo, shared_prefixes
 from anee.engine.profiler import FEATURES, calibrate_profiler, calibration_hidden, estimator_error, fit_shortlist
 from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
@@ -78,7 +78,7 @@ from anee.engine.training.traces import (
     trace_summary,
 )
 from anee.evaluation.budget import budget_adherence
-from anee.evaluation.bypass import choose_family, family_rows, greedy_removal_order, removal_ppl, tune_and_score
+from anee.evaluation.bypass import choose_family, family_rows, tune_and_score
 from anee.evaluation.frontier import BYPASS_FILE, LINEAR_CLOSED_FORM_FILE, PROFILER_FILE
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
@@ -146,9 +146,10 @@ for family, rank in FAMILIES:  # closed form
         bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
 
 searched = closed_form[BypassConfig(*CANDIDATES[0]).label]
-greedy_order = greedy_removal_order(AdaptiveExecutor(adapter, bypass=searched), search_windows, GREEDY_STEPS, bi_order)
-rows += family_rows(searched.config.label, searched, AdaptiveExecutor(adapter, bypass=searched), splits, greedy_order, REMOVED,
-                    LEVELS, full, memo=memo, tuned=False, seed=-1, removal_order="greedy")
+with_searched = AdaptiveExecutor(adapter, bypass=searched)
+greedy_order = greedy_removal_order(with_searched, search_windows, GREEDY_STEPS, bi_order)
+rows += family_rows(searched.config.label, searched, with_searched, splits, greedy_order, REMOVED, LEVELS, full,
+                    memo=memo, tuned=False, seed=-1, removal_order="greedy")
 orders = {"block_influence": bi_order, "greedy": greedy_order}
 by_order = pd.DataFrame(rows).query("bypass == @searched.config.label and split == 'valid'").set_index("removal_order")
 ORDER = str(by_order[f"ppl_at_{CHOICE_SAVING:g}"].idxmin())

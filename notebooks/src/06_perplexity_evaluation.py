@@ -194,7 +194,8 @@ save_figure(fig, "06_frontier", PROFILE)
 # %% [markdown]
 # Static removal is the bar to clear: it pays nothing for the layers it drops but their bypass.
 # Two orders are shown: Block Influence, and the greedy bypass-aware order the controllers' plans
-# use (`profiler_removal+bypass`), so a controller's gain over its own plan's static part is visible. The planned ANEE controllers meet the static part of each budget the same way
+# use (`profiler_removal+bypass`), so a controller's gain over its own plan's static part is
+# visible. The planned ANEE controllers meet the static part of each budget the same way
 # (DROPped layers run their bypass) and decide per token on the plan's marginal layers, where a SKIP
 # pays the K/V-only path and the bypass and every call pays the profiler and the policy. The tables
 # above give every method's perplexity at equal net saving, its spread over training seeds, and the

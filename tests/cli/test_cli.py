@@ -3,6 +3,7 @@ output, on a tiny model (the loader patched) and once end to end on the embedded
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,6 +162,9 @@ def test_calibrate_writes_a_folder(tiny_folder, monkeypatch, tmp_path, capsys):
     assert main(["calibrate", "--model", "tiny", "--out", str(tmp_path / "d"), "--text-file", str(tmp_path / "t.txt"),
                  "--no-bypass"]) == 0
     assert "method heuristic" in capsys.readouterr().out and (tmp_path / "d" / "manifest.json").is_file()
+    assert main(["calibrate", "--model", "tiny", "--out", str(tmp_path / "g"), "--text-file", str(tmp_path / "t.txt"),
+                 "--no-bypass", "--greedy-steps", "1"]) == 0
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["source"]["removal_order"] == "greedy (1 steps)"
 
 
 def test_python_dash_m_on_the_embedded_model():

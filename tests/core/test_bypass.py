@@ -198,6 +198,8 @@ def test_fit_needs_one_statistic_per_block_and_enough_samples():
     bank = BypassBank(BypassConfig("linear"), D, 2)
     with pytest.raises(ValueError, match="need statistics for 2 blocks, got 1"):
         bank.fit_([BypassStats(D)])
+    with pytest.raises(ValueError, match=f"a diag_lowrank-{D + 1} bypass needs rank <= the hidden size {D}: pass a smaller rank"):
+        BypassBank(BypassConfig("diag_lowrank", D + 1), D, 2)
     few = stats_of(inputs(D), torch.zeros(D, D))
     with pytest.raises(ValueError, match=f"{D} samples cannot fit a {D}-dimensional bypass"):
         bank.fit_([few, few])

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_gpt2, tiny_llama
 
 import anee
-from anee import ANEEConfig, ANEEWrapper
+from anee import AdaptiveExecutor, ANEEConfig, ANEEWrapper, adapter_for
 from anee.core.bypass import BypassConfig
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import LearnedController
@@ -29,6 +29,7 @@ from anee.engine.defaults import (
     shipped_root,
     write_manifest,
 )
+from anee.engine.importance import greedy_removal_order
 from anee.engine.profiler import FEATURES
 
 TINY_BYPASS = BypassConfig("diag_lowrank", 8)
@@ -57,7 +58,8 @@ def test_calibrate_writes_a_heuristic_folder_the_wrapper_runs(tiny, folder):
     assert manifest["format"] == FORMAT and manifest["method"] == "heuristic"
     assert set(manifest["files"]) == {"profiler.safetensors", "bypass.safetensors"}
     assert manifest["model"] == {"name": "llama", "model_type": "llama", "num_layers": 4, "hidden": 48, "vocab": 97}
-    assert manifest["source"] == {"kind": "anee.calibrate", "data": "token ids", "tokens": 600, "bypass": "diag_lowrank-8"}
+    assert manifest["source"] == {"kind": "anee.calibrate", "data": "token ids", "tokens": 600, "bypass": "diag_lowrank-8",
+                                  "removal_order": "block_influence"}
     w = wrapper(tiny, folder)
     assert w.method == "heuristic" and isinstance(w.controller, HeuristicController)
     assert w.controller.plan_config == PlanConfig() and w.executor.bypass.config == TINY_BYPASS
@@ -65,6 +67,21 @@ def test_calibrate_writes_a_heuristic_folder_the_wrapper_runs(tiny, folder):
     assert abs(out.budget_cost.layer_fraction - 0.6) < 0.15  # the generated tokens (prefill="full", the default)
     assert torch.equal(wrapper(tiny, folder, controller="full").generate_ids(IDS[:, :12], 6).sequences,
                        wrapper(tiny, folder).generate_ids(IDS[:, :12], 6, energy_budget=1.0).sequences)
+
+
+def test_calibrate_ranks_layers_by_the_greedy_removal_order_with_its_bypass(tiny, folder, tmp_path):
+    d = anee.calibrate(tiny, None, IDS, out=tmp_path / "g", bypass=TINY_BYPASS, greedy_steps=2, progress=False)
+    assert d.manifest["source"]["removal_order"] == "greedy (2 steps)"
+    adapter = adapter_for(tiny)
+    executor = AdaptiveExecutor(adapter, bypass=d.bypass(adapter))
+    block = read_defaults(folder).profiler(executor).removal_order  # greedy_steps=0: Block Influence (same ids)
+    length = min(512, adapter.dims.max_positions)  # the search's windows: the first of the calibration ids
+    by_hand = greedy_removal_order(executor, IDS[0, : min(4, 600 // length) * length].view(-1, length), 2, block)
+    assert d.profiler(executor).removal_order == by_hand != block  # on this model the search reorders
+    assert by_hand[2:] == [i for i in block if i not in by_hand[:2]]
+    with pytest.raises(ValueError, match="greedy_steps must be at most the model's 4 layers, got 5"):
+        anee.calibrate(tiny, None, IDS, out=tmp_path / "h", greedy_steps=5, progress=False)
+    assert not (tmp_path / "h").exists()
 
 
 def test_calibrate_without_bypass_and_from_text(tiny, tmp_path):

@@ -8,53 +8,26 @@ import math
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from _anee_tiny import random_bypass
-from conftest import VOCAB, tiny_llama
+from _anee_tiny import removal_setup
+from conftest import VOCAB
 
-from anee import AdaptiveExecutor, adapter_for
-from anee.core.actions import DROP, PROCESS
+from anee import AdaptiveExecutor
 from anee.core.bypass import BypassBank, BypassConfig
+from anee.engine.importance import removal_ppl
 from anee.engine.prefix_memo import PrefixMemo, shared_prefixes
 from anee.engine.training.bypass import BypassTuneConfig, fit_layer_bypass, layer_bypass_stats
 from anee.evaluation.bypass import (
     choose_family,
     family_rows,
-    greedy_removal_order,
     net_saving,
     ppl_at_net_saving,
-    removal_ppl,
     tune_and_score,
 )
 
-ORDER = [2, 1, 3, 0]
+ORDER = [2, 1, 3, 0]  # the removal order the rows are scored in
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = tiny_llama(n_layer=4)
-    adapter = adapter_for(model)
-    bank = random_bypass("linear", adapter.dims.hidden, 4, seed=5)
-    windows = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(0))
-    return model, AdaptiveExecutor(adapter), AdaptiveExecutor(adapter, bypass=bank), bank, windows
-
-
-def _ppl(logits_per_window, windows) -> float:
-    nll = sum(float(F.cross_entropy(lg[0, :-1], w[1:], reduction="sum")) for lg, w in zip(logits_per_window, windows))
-    return math.exp(nll / (windows.numel() - len(windows)))
-
-
-@torch.no_grad()
-def test_removal_ppl_scores_each_window_with_the_layers_removed(setup):
-    model, ex, bx, _, windows = setup
-    full = _ppl([model(w[None]).logits for w in windows], windows)
-    assert removal_ppl(ex, windows, ORDER, 0) == pytest.approx(full, rel=1e-5)
-    assert removal_ppl(bx, windows, ORDER, 0) == pytest.approx(full, rel=1e-5)  # nothing removed: no bypass runs
-    pattern = torch.tensor([PROCESS, DROP, DROP, PROCESS], dtype=torch.int8).expand(1, 16, 4)  # the first 2 of ORDER
-    for executor in (ex, bx):
-        by_hand = _ppl([executor.forward(w[None], decisions=pattern).logits for w in windows], windows)
-        assert removal_ppl(executor, windows, ORDER, 2) == pytest.approx(by_hand, rel=1e-6)
-    assert removal_ppl(bx, windows, ORDER, 2) != pytest.approx(removal_ppl(ex, windows, ORDER, 2), rel=1e-4)
+setup = pytest.fixture(scope="module")(removal_setup)
 
 
 def test_net_saving_charges_the_bypass(setup):
@@ -153,22 +126,3 @@ def test_choose_family_looks_at_the_valid_split_only():
     assert choose_family(table, 0.2) == "mlp-8" and choose_family(table, 0.2, split="test") == "linear"
     table.loc[2, "ppl_at_0.2"] = 27.0
     assert choose_family(table, 0.2) == "linear"
-
-
-@torch.no_grad()
-def test_greedy_removal_order_adds_the_cheapest_layer_given_the_chosen(setup):
-    _, ex, bx, _, windows = setup
-    fallback = [3, 0, 2, 1]
-    order = greedy_removal_order(bx, windows, 2, fallback)
-    chosen = []
-    for _ in range(2):  # by hand: every remaining layer tried on top of the chosen ones
-        scores = {i: removal_ppl(bx, windows, chosen + [i], len(chosen) + 1) for i in range(4) if i not in chosen}
-        chosen.append(min(scores, key=scores.get))
-    assert order == chosen + [i for i in fallback if i not in chosen] and sorted(order) == [0, 1, 2, 3]
-    assert greedy_removal_order(bx, windows, 2, fallback, memo=PrefixMemo()) == order  # the memo changes no number
-    assert greedy_removal_order(bx, windows, 0, fallback) == fallback
-    assert greedy_removal_order(ex, windows, 4, fallback) != greedy_removal_order(bx, windows, 4, fallback)  # the bypass matters
-    with pytest.raises(ValueError, match="steps must be in 0..4"):
-        greedy_removal_order(bx, windows, 5, fallback)
-    with pytest.raises(ValueError, match="order of all 4 layers"):
-        greedy_removal_order(bx, windows, 1, [0, 1, 2])

@@ -10,6 +10,7 @@ import torch
 
 from ...core.actions import ASK, DROP, PROCESS, SKIP
 from ...core.scalars import integer, real
+from ..importance import order_by_rank
 
 
 @dataclass
@@ -46,7 +47,7 @@ def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, skip_frac
         marginal = min(marginal, math.floor(to_save / (config.skip_share * (1.0 - skip_fraction)) + 1e-9))
     drop = round((to_save - config.skip_share * marginal * (1.0 - skip_fraction)) / (1.0 - drop_fraction))
     drop = max(0, min(drop, L - marginal))
-    order = torch.argsort(rank, descending=True, stable=True)  # least important first
+    order = order_by_rank(rank)
     plan = torch.full((L,), PROCESS, dtype=torch.long)
     plan[order[:drop]] = DROP
     plan[order[drop : drop + marginal]] = ASK
@@ -62,4 +63,4 @@ def skip_share(decisions: torch.Tensor, plan: torch.Tensor) -> float:
 def marginal_order(plan: torch.Tensor, rank: torch.Tensor) -> list[int]:
     """The plan's ASK layers, least important first: the order in which a nested allocation skips them."""
     asked = (plan == ASK).nonzero().flatten()
-    return asked[torch.argsort(rank[asked], descending=True, stable=True)].tolist()
+    return asked[order_by_rank(rank[asked])].tolist()
