@@ -9,8 +9,9 @@ It runs notebook 02's calibration in closed form: the profiler (shortlist entrop
 and, optionally, a closed-form layer bypass (no end-to-end tuning: that is 02's, on the embedded
 model). Layers are ranked by Block Influence, or with `greedy_steps` > 0 by notebook 02's greedy
 bypass-aware removal order (`greedy_removal_order`: steps x L removal passes over up to 4 windows
-of 512 calibration tokens; notebook 02 compares both orders on the embedded model). The folder is written atomically (`folder_writer`) with a manifest whose method
-is "heuristic"; the learned controllers need notebooks 03-04.
+of 512 calibration tokens; notebook 02 compares both orders on the embedded model). The folder is
+written atomically (`folder_writer`) with a manifest whose method is "heuristic"; the learned
+controllers need notebooks 03-04.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from .training.bypass import fit_layer_bypass, layer_bypass_stats
 DEFAULT_BYPASS = BypassConfig("diag_lowrank", 64)  # notebook 02's deployed family (untuned here)
 PROFILER_WINDOW, BYPASS_WINDOW, BYPASS_WINDOWS = 256, 512, 8
 SEARCH_WINDOWS = 4  # of BYPASS_WINDOW tokens, the first of the calibration ids (notebook 02's search)
-IMPORTANCE_WINDOWS = 8  # Block Influence's windows (calibrate_profiler's default)
 
 
 def calibration_ids(tokenizer, text_or_ids, tokens: int) -> tuple[torch.Tensor, str]:
@@ -103,12 +103,13 @@ def calibrate(model, tokenizer=None, text_or_ids=None, out: str | Path = "anee-d
             bank.save(tmp / BYPASS_FILE)
             steps.update()
         executor = AdaptiveExecutor(adapter, bypass=bank)
-        importance = block_influence(executor, ids, window=window, max_windows=IMPORTANCE_WINDOWS)
+        importance = None  # None: calibrate_profiler's Block Influence
         if greedy_steps:
             steps.set_postfix_str(f"greedy removal order ({greedy_steps} steps)")
             count = min(SEARCH_WINDOWS, ids.shape[1] // length)
             search = ids[0, : count * length].view(count, length)
-            importance = order_importance(greedy_removal_order(executor, search, greedy_steps, removal_order(importance)))
+            fallback = removal_order(block_influence(executor, ids, window=window))  # same data as the profiler's
+            importance = order_importance(greedy_removal_order(executor, search, greedy_steps, fallback))
             steps.update()
         steps.set_postfix_str("profiler (shortlist entropy, layer importance)")
         profiler = calibrate_profiler(executor, ids, window=window, importance=importance)

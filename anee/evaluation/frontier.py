@@ -212,6 +212,11 @@ def comparisons(levels_table: pd.DataFrame, pairs: Sequence[tuple[str, str]], le
 WORDS = {"a": "better", "b": "worse", "tie": "a tie", "n/a": "n/a"}
 
 
+def ratio_to_full(at_levels: pd.DataFrame, full_ppl: float, levels: Sequence[float]) -> pd.DataFrame:
+    """Perplexity at each level (columns "0.1", ...) as a multiple of the full model's, per method."""
+    return at_levels[[f"{x:g}" for x in levels]] / full_ppl
+
+
 def findings(verdicts: pd.DataFrame, at_levels: pd.DataFrame, full_ppl: float, levels: Sequence[float],
              curve: str = "interpolated") -> dict:
     """What the README states, in words, from the comparisons: for each pair "a_vs_b" the verdict of
@@ -222,7 +227,8 @@ def findings(verdicts: pd.DataFrame, at_levels: pd.DataFrame, full_ppl: float, l
         words = [WORDS[v] for v in g.sort_values("net_saved").verdict]
         out[f"{a}_vs_{b}"] = " / ".join(words)
     cols = [f"{x:g}" for x in levels]
-    out["ratio_to_full"] = {m: [round(float(at_levels.loc[m, c]) / full_ppl, 3) for c in cols] for m in at_levels.index}
+    ratios = ratio_to_full(at_levels, full_ppl, levels)
+    out["ratio_to_full"] = {m: [round(float(v), 3) for v in ratios.loc[m]] for m in ratios.index}
     anee = at_levels[at_levels.index.str.startswith("anee_")]
     out["best_anee_method"] = {c: str(anee[c].idxmin()) if anee[c].notna().any() else "n/a" for c in cols}
     out["best_anee_ratio_to_full"] = {c: round(float(anee[c].min()) / full_ppl, 3) for c in cols}

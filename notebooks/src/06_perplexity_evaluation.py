@@ -47,6 +47,7 @@ from anee.evaluation.frontier import (
     headroom_table,
     levels_on_text,
     load_bypass,
+    ratio_to_full,
     run_frontier,
 )
 from anee.evaluation.notebook import pick, seeds, setup
@@ -128,7 +129,7 @@ verdicts = pd.concat([comparisons(at_levels, PAIRS, LEVELS).assign(curve="interp
                       comparisons(on_hull, PAIRS, LEVELS).assign(curve="hull")], ignore_index=True)
 save_table(verdicts, "06_comparisons", PROFILE)
 save_json(findings(verdicts, at_levels, full_ppl, LEVELS), "06_findings", PROFILE)
-ratios = (at_levels[[f"{x:g}" for x in LEVELS]] / full_ppl).round(3)
+ratios = ratio_to_full(at_levels, full_ppl, LEVELS).round(3)
 print("full model", round(full_ppl, 2), "| perplexity / full at", LEVELS)
 pd.concat({"interpolated": at_levels, "ratio to full": ratios}, axis=1)
 
@@ -181,7 +182,7 @@ heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
 heldout_specs = [("full", {})] + [(m, {"n_removed": n, "bypass": True}) for m in ("block_influence", "profiler_removal") for n in BI_REMOVED]
 heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
 heldout_table, heldout_at_levels, heldout_full = levels_on_text(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE, LEVELS)
-heldout_levels = heldout_at_levels.assign(**{f"{x:g}_ratio": heldout_at_levels[f"{x:g}"] / heldout_full for x in LEVELS})
+heldout_levels = heldout_at_levels.join(ratio_to_full(heldout_at_levels, heldout_full, LEVELS).add_suffix("_ratio"))
 save_table(heldout_table, "06_heldout_frontier", PROFILE)
 save_table(heldout_levels.reset_index(), "06_heldout_ppl_at_equal_savings", PROFILE)
 print(f"full model on the last {HELDOUT_TOKENS} test tokens", round(heldout_full, 3))

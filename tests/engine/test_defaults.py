@@ -29,7 +29,7 @@ from anee.engine.defaults import (
     shipped_root,
     write_manifest,
 )
-from anee.engine.importance import greedy_removal_order
+from anee.engine.importance import block_influence, greedy_removal_order
 from anee.engine.profiler import FEATURES
 
 TINY_BYPASS = BypassConfig("diag_lowrank", 8)
@@ -60,6 +60,10 @@ def test_calibrate_writes_a_heuristic_folder_the_wrapper_runs(tiny, folder):
     assert manifest["model"] == {"name": "llama", "model_type": "llama", "num_layers": 4, "hidden": 48, "vocab": 97}
     assert manifest["source"] == {"kind": "anee.calibrate", "data": "token ids", "tokens": 600, "bypass": "diag_lowrank-8",
                                   "removal_order": "block_influence"}
+    adapter = adapter_for(tiny)
+    executor = AdaptiveExecutor(adapter, bypass=read_defaults(folder).bypass(adapter))
+    influence = block_influence(executor, IDS, window=min(256, adapter.dims.max_positions)).float()
+    assert torch.equal(read_defaults(folder).profiler(executor).raw_importance, influence)  # Block Influence on the same ids and windows
     w = wrapper(tiny, folder)
     assert w.method == "heuristic" and isinstance(w.controller, HeuristicController)
     assert w.controller.plan_config == PlanConfig() and w.executor.bypass.config == TINY_BYPASS

@@ -23,6 +23,7 @@ from anee.evaluation.frontier import (
     controller_overhead,
     equal_saving_tables,
     extra_specs,
+    findings,
     frontier_windows,
     full_model_ppl,
     levels_on_text,
@@ -30,6 +31,7 @@ from anee.evaluation.frontier import (
     lower_hull,
     method_label,
     ppl_at_saving,
+    ratio_to_full,
     run_frontier,
     trained_engine,
 )
@@ -165,6 +167,21 @@ def test_comparisons_call_differences_within_the_spread_a_tie():
     row = table[(table.b == "block_influence") & (table.net_saved == 0.2)].iloc[0]
     assert (row.a_ppl, row.a_std, row.b_ppl, row.b_std) == pytest.approx((30.0, math.sqrt(200), 15.0, 0.0))
     assert comparisons(at_levels, [("anee_warmstart", "anee_rl")], LEVELS).empty
+
+
+def test_findings_word_the_verdicts_and_divide_by_the_full_model():
+    at_levels = pd.DataFrame({"0.1": [20.0, 30.0, 25.0], "0.2": [40.0, 35.0, 50.0]},
+                             index=pd.Index(["anee_rl", "anee_heuristic", "block_influence"], name="method"))
+    ratios = ratio_to_full(at_levels, 10.0, [0.1, 0.2])
+    assert ratios.loc["anee_rl"].tolist() == [2.0, 4.0] and list(ratios.columns) == ["0.1", "0.2"]
+    verdicts = pd.DataFrame({"a": ["anee_rl"] * 4, "b": ["block_influence"] * 4, "net_saved": [0.2, 0.1, 0.1, 0.2],
+                             "verdict": ["a", "tie", "b", "b"], "curve": ["interpolated", "interpolated", "hull", "hull"]})
+    out = findings(verdicts, at_levels, 10.0, [0.1, 0.2])
+    assert out["anee_rl_vs_block_influence"] == "a tie / better"  # sorted by level, the hull rows left out
+    assert out["ratio_to_full"]["block_influence"] == [2.5, 5.0]
+    # the best ANEE method per level, among anee_* rows only (block_influence is lower at 0.1)
+    assert out["best_anee_method"] == {"0.1": "anee_rl", "0.2": "anee_heuristic"}
+    assert out["best_anee_ratio_to_full"] == {"0.1": 2.0, "0.2": 3.5}
 
 
 def test_controller_overhead_is_fraction_minus_saving():

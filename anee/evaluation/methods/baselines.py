@@ -16,12 +16,13 @@ Static methods pay nothing for the layers they drop: no token ever reads those l
 
 from __future__ import annotations
 
-from ...core.actions import DROP, EXIT, PROCESS, pattern_decisions
+from ...core.actions import EXIT, PROCESS, pattern_decisions
 from ...core.cost import static_cost
 from ...core.outputs import MethodOutput
 from ...engine.controllers.budget import BudgetController
 from ...engine.executor import AdaptiveExecutor
 from ...engine.importance import block_influence, removal_order
+from ...engine.training.bypass import removal_decisions
 from ..context import EvalContext, Method
 from .controllers import get_profiler
 
@@ -50,10 +51,9 @@ def profiler_order_removal(ctx: EvalContext, n_removed: int, bypass: bool = Fals
 def static_removal(executor: AdaptiveExecutor, removed: list[int]) -> Method:
     """Every token skips the `removed` layers (DROP: nobody reads their K/V; the bypass runs if any)."""
     L = executor.adapter.num_layers
-    pattern = [DROP if i in removed else PROCESS for i in range(L)]
 
     def run(ids):
-        out = executor.forward(ids, decisions=pattern_decisions(pattern, ids.shape[1]))
+        out = executor.forward(ids, decisions=removal_decisions(removed, len(removed), L, ids.shape[1]))
         return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - len(removed)))
 
     return run
