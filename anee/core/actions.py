@@ -27,3 +27,10 @@ def pattern_decisions(pattern: Sequence[int] | torch.Tensor, tokens: int, batch:
     """Decisions [batch, tokens, L] that apply one action per layer (`pattern` [L]) to every token."""
     pattern = torch.as_tensor(pattern, dtype=torch.int8)
     return pattern.expand(batch, tokens, pattern.numel())
+
+
+def removal_decisions(order: Sequence[int], k: int, num_layers: int, tokens: int) -> torch.Tensor:
+    """Decisions [1, T, L] that DROP the first `k` layers of `order` for every token (static removal:
+    the removed layers run their bypass)."""
+    removed = set(order[:k])
+    return pattern_decisions([DROP if i in removed else PROCESS for i in range(num_layers)], tokens)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.actions import removal_decisions
 from .executor import AdaptiveExecutor
 from .prefix_memo import PrefixMemo, shared_prefixes
-from .training.bypass import removal_decisions
 
 
 @torch.no_grad()
@@ -76,21 +76,46 @@ def removal_ppl(executor: AdaptiveExecutor, windows: torch.Tensor, order: list[i
 
 
 def greedy_removal_order(executor: AdaptiveExecutor, windows: torch.Tensor, steps: int, fallback: Sequence[int],
-                         memo: PrefixMemo | None = None) -> list[int]:
+                         memo: PrefixMemo | None = None, candidates: int | None = None) -> list[int]:
     """A removal order that looks at how removals interact (greedy forward selection): for each of
     `steps` steps, the layer whose removal, with the layers already chosen and the executor's
-    bypass, gives the lowest perplexity on `windows` [N, T] (valid split); the other layers follow in
-    `fallback`'s order (e.g. Block Influence's). Ranking layers one at a time ignores that the
-    bypass of one removed layer feeds the next; greedy selection costs steps x L removal passes
-    (`memo`: shared prefixes, same numbers, about half the work)."""
+    bypass, gives the lowest perplexity on `windows` [N, T] (valid split; ties: the lowest index);
+    the other layers follow in `fallback`'s order (e.g. Block Influence's). Ranking layers one at a
+    time ignores that the bypass of one removed layer feeds the next. `candidates`: try only the
+    first `candidates` layers of `fallback` (None: every layer), to spare the passes of layers that
+    one-at-a-time ranking puts far from removal. Cost: per step one pass plus each candidate's tail
+    (`removal_scores`; `memo`: the chosen set's pass shares its leading layers, same numbers)."""
     L = executor.adapter.num_layers
     if sorted(fallback) != list(range(L)):
         raise ValueError(f"fallback must be an order of all {L} layers, got {list(fallback)}")
     if not 0 <= steps <= L:
         raise ValueError(f"steps must be in 0..{L} (the layers to choose greedily), got {steps}")
+    pool = L if candidates is None else candidates
+    if not steps <= pool <= L:
+        raise ValueError(f"candidates must be in {steps}..{L} (at least one layer per greedy step), got {candidates}")
+    tried = sorted(fallback[:pool])
     chosen: list[int] = []
     with shared_prefixes(executor, memo=memo):
         for _ in range(steps):
-            scores = {i: removal_ppl(executor, windows, chosen + [i], len(chosen) + 1) for i in range(L) if i not in chosen}
-            chosen.append(min(scores, key=scores.get))  # ties: the lowest layer index (dict order)
+            scores = removal_scores(executor, windows, chosen, [i for i in tried if i not in chosen])
+            chosen.append(min(scores, key=scores.get))  # ties: the lowest layer index (`tried` is sorted)
     return chosen + [i for i in fallback if i not in chosen]
+
+
+@torch.no_grad()
+def removal_scores(executor: AdaptiveExecutor, windows: torch.Tensor, removed: list[int], candidates: Sequence[int]) -> dict[int, float]:
+    """`removal_ppl` over `windows` [N, T] with `removed` plus one more layer removed, for each of
+    `candidates`, bit for bit. Each window's pass with only `removed` runs once; candidate i's pass
+    starts at layer i from that pass's state (`resume`: before i their decisions agree), so it
+    costs the layers from i on and the head instead of a whole pass."""
+    L, T = executor.adapter.num_layers, windows.shape[1]
+    base = removal_decisions(removed, len(removed), L, T)
+    nll = dict.fromkeys(candidates, 0.0)
+    for ids in windows:
+        x = ids.unsqueeze(0)
+        states = executor.forward(x, decisions=base, collect_hidden=True, with_logits=False).hidden_states
+        for i in candidates:
+            decisions = removal_decisions(removed + [i], len(removed) + 1, L, T)
+            logits = executor.forward(x, decisions=decisions, resume=(i, states[i])).logits[0, :-1]
+            nll[i] += float(F.cross_entropy(logits.float(), ids[1:], reduction="sum"))
+    return {i: math.exp(total / (len(windows) * (T - 1))) for i, total in nll.items()}

@@ -229,9 +229,9 @@ def findings(verdicts: pd.DataFrame, at_levels: pd.DataFrame, full_ppl: float, l
     cols = [f"{x:g}" for x in levels]
     ratios = ratio_to_full(at_levels, full_ppl, levels)
     out["ratio_to_full"] = {m: [round(float(v), 3) for v in ratios.loc[m]] for m in ratios.index}
-    anee = at_levels[at_levels.index.str.startswith("anee_")]
+    anee = ratios[ratios.index.str.startswith("anee_")]
     out["best_anee_method"] = {c: str(anee[c].idxmin()) if anee[c].notna().any() else "n/a" for c in cols}
-    out["best_anee_ratio_to_full"] = {c: round(float(anee[c].min()) / full_ppl, 3) for c in cols}
+    out["best_anee_ratio_to_full"] = {c: round(float(anee[c].min()), 3) for c in cols}
     return out
 
 

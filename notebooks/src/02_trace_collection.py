@@ -51,6 +51,10 @@ CHOICE_SAVING = 0.2  # the candidate is chosen by its valid perplexity at this n
 # removal with the first candidate's closed-form bypass costs least on valid (the rest follow Block
 # Influence); the one with the lower valid perplexity at CHOICE_SAVING (closed form) is used from here on
 GREEDY_STEPS = None  # layers chosen by the search (None: the profile's, 2 quick, 9 full: 30 % net saved needs ~9.2)
+# the search tries the 20 layers Block Influence ranks least influential (None: all 30): with all 30 tried
+# (runL, 8f902d6) its 9 choices were among Block Influence's first 19, and the 10 left out (layers 0, 1 and
+# 29 among them) are the dearest to try, since a candidate's pass runs from its own layer on
+GREEDY_CANDIDATES = 20
 
 # %% [colab]
 
@@ -124,10 +128,10 @@ print(f"{MODEL}: {adapter.num_layers} layers; removal order by Block Influence (
 # layers removed in Block-Influence order. Then the removal order: Block Influence ranks layers one
 # at a time, by how little each turns the residual stream, but what a removal costs depends on
 # which layers are already replaced by their bypass. The greedy search (`greedy_removal_order`)
-# adds, step by step, the layer whose removal with the first candidate's closed-form bypass gives
-# the lowest perplexity on valid windows of its own; the candidate's closed form is scored in both
-# orders (`order`) and the better one on the choice windows is kept. The tuned families then train
-# in that order for `TUNE.steps` steps, each removing its k least important layers (k drawn up to
+# adds, step by step, the layer (of Block Influence's `GREEDY_CANDIDATES` least influential) whose
+# removal with the first candidate's closed-form bypass gives the lowest perplexity on valid windows
+# of its own; the candidate's closed form is scored in both orders (`order`) and the better one on
+# the choice windows is kept. The tuned families then train in that order for `TUNE.steps` steps, each removing its k least important layers (k drawn up to
 # `TUNE.max_removed`) and minimising the mean KL to the full model. Perplexity with the first k
 # layers of the order removed (`ppl_k*`) and interpolated at equal net saving (`ppl_at_*`, the
 # bypass charged).
@@ -148,7 +152,7 @@ for family, rank in FAMILIES:  # closed form
 
 searched = closed_form[BypassConfig(*CANDIDATES[0]).label]
 with_searched = AdaptiveExecutor(adapter, bypass=searched)
-greedy_order = greedy_removal_order(with_searched, search_windows, GREEDY_STEPS, bi_order)
+greedy_order = greedy_removal_order(with_searched, search_windows, GREEDY_STEPS, bi_order, candidates=GREEDY_CANDIDATES)
 rows += family_rows(searched.config.label, searched, with_searched, splits, greedy_order, REMOVED, LEVELS, full,
                     memo=memo, tuned=False, seed=-1, removal_order="greedy")
 orders = {"block_influence": bi_order, "greedy": greedy_order}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anee.core.actions import ACTION_NAMES, ASK, DROP, EXIT, PROCESS, SKIP, pattern_decisions
+from anee.core.actions import ACTION_NAMES, ASK, DROP, EXIT, PROCESS, SKIP, pattern_decisions, removal_decisions
 
 
 def test_action_codes_and_names():
@@ -24,3 +24,11 @@ def test_pattern_decisions_shape_dtype_values():
     assert one.shape == (1, 4, 2) and one.dtype == torch.int8 and one.tolist() == [[[SKIP, PROCESS]] * 4]
     wide = pattern_decisions(torch.tensor([EXIT], dtype=torch.long), 2, 3)
     assert wide.dtype == torch.int8 and wide.shape == (3, 2, 1) and (wide == EXIT).all()
+
+
+def test_removal_decisions_drop_a_prefix_of_the_order():
+    d = removal_decisions([2, 0, 3, 1], 2, 4, 5)
+    assert d.shape == (1, 5, 4) and d.dtype == torch.int8
+    assert (d == torch.tensor([DROP, PROCESS, DROP, PROCESS], dtype=torch.int8)).all()
+    assert (removal_decisions([2, 0, 3, 1], 0, 4, 3) == PROCESS).all()
+    assert (removal_decisions([2, 0, 3, 1], 4, 4, 3) == DROP).all()

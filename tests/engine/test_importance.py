@@ -18,6 +18,7 @@ from anee.engine.importance import (
     order_importance,
     removal_order,
     removal_ppl,
+    removal_scores,
 )
 from anee.engine.prefix_memo import PrefixMemo
 from anee.engine.profiler import Profiler
@@ -104,3 +105,30 @@ def test_greedy_removal_order_adds_the_cheapest_layer_given_the_chosen(setup):
         greedy_removal_order(bx, windows, 5, fallback)
     with pytest.raises(ValueError, match="order of all 4 layers"):
         greedy_removal_order(bx, windows, 1, [0, 1, 2])
+
+
+@torch.no_grad()
+def test_removal_scores_are_removal_ppl_bit_for_bit(setup):
+    _, ex, bx, _, windows = setup
+    for executor in (ex, bx):
+        for removed in ([], [2], [3, 1]):
+            scores = removal_scores(executor, windows, removed, [i for i in range(4) if i not in removed])
+            assert sorted(scores) == [i for i in range(4) if i not in removed]
+            assert scores == {i: removal_ppl(executor, windows, removed + [i], len(removed) + 1) for i in scores}
+
+
+@torch.no_grad()
+def test_greedy_candidates_are_the_first_layers_of_the_fallback(setup):
+    _, _, bx, _, windows = setup
+    scores = removal_scores(bx, windows, [], range(4))
+    best = min(scores, key=scores.get)
+    fallback = [i for i in range(4) if i != best] + [best]  # the best single removal last in the fallback
+    assert greedy_removal_order(bx, windows, 1, fallback)[0] == best
+    narrowed = greedy_removal_order(bx, windows, 1, fallback, candidates=3)
+    others = {i: s for i, s in scores.items() if i != best}
+    assert narrowed == [min(others, key=others.get)] + [i for i in fallback if i != narrowed[0]]
+    assert greedy_removal_order(bx, windows, 2, fallback, candidates=4) == greedy_removal_order(bx, windows, 2, fallback)
+    with pytest.raises(ValueError, match="candidates must be in 2..4"):
+        greedy_removal_order(bx, windows, 2, fallback, candidates=1)
+    with pytest.raises(ValueError, match="candidates must be in 1..4"):
+        greedy_removal_order(bx, windows, 1, fallback, candidates=5)

@@ -16,13 +16,12 @@ Static methods pay nothing for the layers they drop: no token ever reads those l
 
 from __future__ import annotations
 
-from ...core.actions import EXIT, PROCESS, pattern_decisions
+from ...core.actions import EXIT, PROCESS, pattern_decisions, removal_decisions
 from ...core.cost import static_cost
 from ...core.outputs import MethodOutput
 from ...engine.controllers.budget import BudgetController
 from ...engine.executor import AdaptiveExecutor
 from ...engine.importance import block_influence, removal_order
-from ...engine.training.bypass import removal_decisions
 from ..context import EvalContext, Method
 from .controllers import get_profiler
 

@@ -3,19 +3,21 @@ KL of removing layers, end-to-end tuning lowers it further and touches nothing b
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from _anee_tiny import llama
 
 from anee import AdaptiveExecutor, adapter_for
-from anee.core.actions import DROP, PROCESS
+from anee.core.actions import removal_decisions
 from anee.core.bypass import BypassBank, BypassConfig, BypassStats
+from anee.core.data import sample_windows
 from anee.core.divergence import token_kl
 from anee.engine.training.bypass import (
     BypassTuneConfig,
     fit_layer_bypass,
     layer_bypass_stats,
-    removal_decisions,
     tune_bypass_,
 )
 
@@ -39,14 +41,6 @@ def removal_kl(executor: AdaptiveExecutor, windows: torch.Tensor, k: int) -> flo
     decisions = removal_decisions(ORDER, k, 6, windows.shape[1]).expand(len(windows), -1, -1)
     with torch.no_grad():
         return float(token_kl(executor.forward(windows).logits, executor.forward(windows, decisions=decisions).logits).mean())
-
-
-def test_removal_decisions_drop_a_prefix_of_the_order():
-    d = removal_decisions([2, 0, 3, 1], 2, 4, 5)
-    assert d.shape == (1, 5, 4) and d.dtype == torch.int8
-    assert (d == torch.tensor([DROP, PROCESS, DROP, PROCESS], dtype=torch.int8)).all()
-    assert (removal_decisions([2, 0, 3, 1], 0, 4, 3) == PROCESS).all()
-    assert (removal_decisions([2, 0, 3, 1], 4, 4, 3) == DROP).all()
 
 
 def test_layer_bypass_stats_count_every_token_and_match_the_hf_streams(setup):
@@ -103,6 +97,37 @@ def test_tuning_lowers_the_kl_and_touches_only_the_bypass():
     assert ex.bypass.info == {"tune_steps": 20, "tune_max_removed": 2, "tune_tokens": 20 * 2 * 64}
     tune_bypass_(ex, ids, ORDER, BypassTuneConfig(steps=1, batch=1, seq_len=16, max_removed=1))
     assert ex.bypass.info["tune_steps"] == 21  # accumulated over calls
+
+
+def test_a_tuning_step_is_that_of_the_whole_bypassed_pass(setup):
+    """Tuning starts the student at the first removed layer, from the teacher's state there: its
+    loss and its update are those of the whole pass from the embedding, bit for bit."""
+    m, identity, ids = setup
+    stats = layer_bypass_stats(identity, ids[0, :512].view(4, 128))
+    bank = fit_layer_bypass(identity, None, BypassConfig("diag_lowrank", 4), stats)
+    by_hand = copy.deepcopy(bank)
+    cfg = BypassTuneConfig(steps=1, batch=2, seq_len=32, lr=1e-2, max_removed=3, seed=1)
+    (row,) = tune_bypass_(AdaptiveExecutor(identity.adapter, bypass=bank), ids, ORDER, cfg)
+    k = row["removed"]
+    assert min(ORDER[:k]) > 0  # the step starts past the embedding (else this checks nothing)
+    x = sample_windows(ids, cfg.seq_len, cfg.batch, seed=cfg.seed * 100_003)
+    ex = AdaptiveExecutor(identity.adapter, bypass=by_hand)
+    opt = torch.optim.Adam(by_hand.parameters(), lr=cfg.lr)
+    flags = [p.requires_grad for p in m.parameters()]
+    for p in m.parameters():
+        p.requires_grad_(False)
+    try:
+        full = ex.forward(x).logits
+        student = ex.forward_grad(x, decisions=removal_decisions(ORDER, k, 6, cfg.seq_len).expand(cfg.batch, -1, -1)).logits
+        loss = token_kl(full, student).mean()
+        loss.backward()
+        opt.step()
+    finally:
+        for p, flag in zip(m.parameters(), flags):
+            p.requires_grad_(flag)
+    assert row["kl"] == float(loss.detach())
+    assert all(torch.equal(a, b) for a, b in zip(bank.parameters(), by_hand.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(bank.parameters(), fit_layer_bypass(identity, None, BypassConfig("diag_lowrank", 4), stats).parameters()))
 
 
 def test_tuning_needs_a_bypass():
