@@ -43,7 +43,8 @@ def provenance() -> dict:
     import torch
 
     return {"code_commit": git("rev-parse", "HEAD"), "code_dirty": bool(dirty), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # e.g. AVX2, AVX512: INT8 kernels differ by it
 
 
 AFTER_SHIPPING = ("01", "09")  # notebooks that demonstrate anee/defaults/ (see the module docstring)

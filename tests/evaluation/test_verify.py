@@ -231,3 +231,57 @@ def test_stale_by_notebook_lists_changed_code_but_not_run_outputs(tmp_path):
     runs["notebooks"]["01"] = {"code_commit": commit}  # 01 ran before anee/engine/x.py and its own source changed
     assert stale_by_notebook(tmp_path, runs) == {"01": ["anee/engine/x.py", "notebooks/src/01.py"], "02": ["notebooks/src/02.py"]}
     assert stale_by_notebook(tmp_path, {"notebooks": {"01": {}}}) == {"01": ["(results/provenance.json names no commit for 01)"]}
+
+
+def test_a_std_beside_a_text_column_of_its_stem_is_floored_by_its_mean():
+    """06_comparisons: `a` names the method, `a_ppl` / `a_std` its perplexity and seed spread. Two seeds
+    that agreed (spread 0.0005) may disagree elsewhere: the spread may move as far as its mean may."""
+    table = csv(pd.DataFrame({"a": ["rl"], "b": ["bi"], "a_ppl": [30.0], "a_std": [0.0005], "b_ppl": [31.0], "b_std": [0.5],
+                              "verdict": ["a"]}))
+    rules = (Rule("cmp", "decision", ("verdict",)), Rule("cmp", "trained", ("a_*", "b_*"), reference="bypass"),
+             Rule("cmp", "exact", ("a", "b")))
+    refs = {"bypass": 0.02}  # a_ppl may move 3 x 0.02 x 30 = 1.8
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a_std", 0, 0.12)}, rules, refs) == []
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a_std", 0, 2.0)}, rules, refs) == [("cmp", "a_std")]
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "verdict", 0, "tie")}, rules, refs) == []  # reported
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a", 0, "heuristic")}, rules, refs) == [("cmp", "a")]
+    shipped = [c for c in compare_files({"06_comparisons.csv": table}, {"06_comparisons.csv": perturbed(table, "verdict", 0, "tie")},
+                                        RULES).checks if c.column == "verdict"]
+    assert [(c.kind, c.ok) for c in shipped] == [("decision", True)]
+
+
+def test_int8_kernel_values_are_compared_only_on_the_same_cpu_capability():
+    from anee.evaluation.verify import CPU_KEY, PROVENANCE, rules_for
+
+    assert rules_for("AVX2", "AVX2") == RULES
+    for committed, fresh in (("AVX512", "AVX2"), (None, "AVX2"), ("AVX2", None)):
+        rules = rules_for(committed, fresh)
+        assert [r.kind for r in rules if r.cpu_kernel] == ["report", "report"]
+        assert [r for r in rules if not r.cpu_kernel] == [r for r in RULES if not r.cpu_kernel]
+    int8 = {"int8_smoothed": {"ppl": 25.78, "kl_first_window": 0.008}, "fp32": {"ppl": 25.49}}
+    moved = {"int8_smoothed": {"ppl": 26.14, "kl_first_window": 0.027}, "fp32": {"ppl": 25.49}}
+    assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(moved)}, RULES) == [
+        ("int8_quality", "int8_smoothed.kl_first_window"), ("int8_quality", "int8_smoothed.ppl")]
+    assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(moved)}, rules_for("AVX512", "AVX2")) == []
+    fp32_moved = {**int8, "fp32": {"ppl": 26.0}}  # fp32 is no INT8 kernel's: compared on any CPU
+    assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(fp32_moved)},
+                    rules_for("AVX512", "AVX2")) == [("int8_quality", "fp32.ppl")]
+    assert PROVENANCE == "provenance.json" and CPU_KEY == "cpu_capability"
+
+
+def test_command_line_reports_int8_values_across_cpu_kinds(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "int8_quality.json").write_text(json.dumps({"int8_smoothed": {"ppl": 25.78}}))
+    (results / "provenance.json").write_text(json.dumps({"cpu_capability": "AVX512"}))
+    for args in (["add", "-A"], ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qm", "results"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True)
+    monkeypatch.setenv("ANEE_OUTPUT_ROOT", str(tmp_path))
+    (results / "int8_quality.json").write_text(json.dumps({"int8_smoothed": {"ppl": 26.14}}))
+    assert main([]) == 1  # the same CPU capability (the committed provenance is the fresh one): compared
+    (results / "provenance.json").write_text(json.dumps({"cpu_capability": "AVX2"}))
+    assert main([]) == 0
+    assert "committed AVX512, fresh AVX2" in capsys.readouterr().out
