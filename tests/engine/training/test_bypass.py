@@ -20,6 +20,7 @@ from anee.engine.training.bypass import (
     layer_bypass_stats,
     tune_bypass_,
 )
+from anee.hierarchical.training import frozen
 
 ORDER = [2, 3, 1, 4, 0, 5]  # a removal order (least important first)
 
@@ -113,18 +114,12 @@ def test_a_tuning_step_is_that_of_the_whole_bypassed_pass(setup):
     x = sample_windows(ids, cfg.seq_len, cfg.batch, seed=cfg.seed * 100_003)
     ex = AdaptiveExecutor(identity.adapter, bypass=by_hand)
     opt = torch.optim.Adam(by_hand.parameters(), lr=cfg.lr)
-    flags = [p.requires_grad for p in m.parameters()]
-    for p in m.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen(m):
         full = ex.forward(x).logits
         student = ex.forward_grad(x, decisions=removal_decisions(ORDER, k, 6, cfg.seq_len).expand(cfg.batch, -1, -1)).logits
         loss = token_kl(full, student).mean()
         loss.backward()
         opt.step()
-    finally:
-        for p, flag in zip(m.parameters(), flags):
-            p.requires_grad_(flag)
     assert row["kl"] == float(loss.detach())
     assert all(torch.equal(a, b) for a, b in zip(bank.parameters(), by_hand.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(bank.parameters(), fit_layer_bypass(identity, None, BypassConfig("diag_lowrank", 4), stats).parameters()))
