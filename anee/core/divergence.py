@@ -22,6 +22,12 @@ def token_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     return kl_log_probs(log_probs(reference_logits), log_probs(logits))
 
 
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed negative log-likelihood (nats) of `targets` [T] under `logits` [T, V] (row t scores
+    target t), in float32: the numerator of a perplexity."""
+    return float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+
+
 def nll_log_probs(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood of `targets` [...] under `logp` [..., V]: what
     `F.cross_entropy(logits, targets, reduction="none")` gives (bit for bit), from log-probabilities

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.actions import removal_decisions
+from ..core.divergence import nll_sum
 from .executor import AdaptiveExecutor
 from .prefix_memo import PrefixMemo, shared_prefixes
 
@@ -70,7 +71,7 @@ def removal_ppl(executor: AdaptiveExecutor, windows: torch.Tensor, order: list[i
     nll, count = 0.0, 0
     for ids in windows:
         logits = executor.forward(ids.unsqueeze(0), decisions=decisions).logits[0, :-1]
-        nll += float(F.cross_entropy(logits.float(), ids[1:], reduction="sum"))
+        nll += nll_sum(logits, ids[1:])
         count += T - 1
     return math.exp(nll / count)
 
@@ -117,5 +118,5 @@ def removal_scores(executor: AdaptiveExecutor, windows: torch.Tensor, removed: l
         for i in candidates:
             decisions = removal_decisions(removed + [i], len(removed) + 1, L, T)
             logits = executor.forward(x, decisions=decisions, resume=(i, states[i])).logits[0, :-1]
-            nll[i] += float(F.cross_entropy(logits.float(), ids[1:], reduction="sum"))
+            nll[i] += nll_sum(logits, ids[1:])
     return {i: math.exp(total / (len(windows) * (T - 1))) for i, total in nll.items()}

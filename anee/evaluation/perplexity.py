@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..core.divergence import nll_sum
 from .context import Method
 
 
@@ -54,7 +54,7 @@ def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int =
     """Token-weighted perplexity of `method` on ids [1, N], with compute averaged over scored tokens."""
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 2:
         raise ValueError("ids must be [1, N] with N >= 2")
-    nll_sum, count = 0.0, 0
+    nll, count = 0.0, 0
     layer, full, overhead, head_total = 0.0, 0.0, 0.0, 0.0
     spans = windows(ids.shape[1], window, stride)
     for begin, end, first in tqdm(spans, disable=not progress, desc=name or "ppl", leave=False):
@@ -63,7 +63,7 @@ def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int =
         # logits at position i predict token i+1; score targets first..T-1 of this window
         logits = out.logits[0, first - 1 : -1].float()
         targets = chunk[0, first:]
-        nll_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        nll += nll_sum(logits, targets)
         count += targets.numel()
         # cost of the positions whose predictions were scored
         sl = slice(first - 1, chunk.shape[1] - 1)
@@ -74,8 +74,8 @@ def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int =
     return PerplexityResult(
         method=name,
         setting=setting,
-        ppl=math.exp(nll_sum / count),
-        nll_sum=nll_sum,
+        ppl=math.exp(nll / count),
+        nll_sum=nll,
         tokens=count,
         layer_fraction=layer / full,
         layer_saved_net=1 - (layer + overhead) / full,

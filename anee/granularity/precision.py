@@ -24,10 +24,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..core.adapters import ModelAdapter
-from ..core.divergence import entropy
+from ..core.divergence import entropy, nll_sum
 from ..core.layer_step import grouped_layer_step, layer_step
 from .quantize import FP32, WeightBank
 
@@ -134,7 +133,7 @@ def segment_sensitivity(adapter: ModelAdapter, bank: WeightBank, windows: torch.
         total, count = 0.0, 0
         for w in windows:
             logits = mixed_precision_forward(adapter, bank, w.unsqueeze(0), pattern)
-            total += float(F.cross_entropy(logits[0, :-1].float(), w[1:], reduction="sum"))
+            total += nll_sum(logits[0, :-1], w[1:])
             count += w.numel() - 1
         return total / count
 

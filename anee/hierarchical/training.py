@@ -33,7 +33,6 @@ always uses the inference semantics, so the reported numbers include this mismat
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import asdict, dataclass
 
@@ -41,6 +40,7 @@ import torch
 
 from ..core.data import sample_windows
 from ..core.divergence import kl_log_probs, log_probs
+from ..core.freezing import frozen
 from .gates import gumbel_decoupled
 from .model import HierarchicalModel
 from .routers import aux_losses
@@ -73,19 +73,6 @@ class TrainConfig:
     bypass_lr: float = 3e-4
     lens_fit_windows: int = 4  # 0 = no closed-form tuned-lens initialisation
     seed: int = 0
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module):
-    """Temporarily turn off gradients of every parameter of `module` (the base stays untouched)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _batches(ids: torch.Tensor, cfg: TrainConfig, steps: int, offset: int):

@@ -131,10 +131,10 @@ print(f"{MODEL}: {adapter.num_layers} layers; removal order by Block Influence (
 # adds, step by step, the layer (of Block Influence's `GREEDY_CANDIDATES` least influential) whose
 # removal with the first candidate's closed-form bypass gives the lowest perplexity on valid windows
 # of its own; the candidate's closed form is scored in both orders (`order`) and the better one on
-# the choice windows is kept. The tuned families then train in that order for `TUNE.steps` steps, each removing its k least important layers (k drawn up to
-# `TUNE.max_removed`) and minimising the mean KL to the full model. Perplexity with the first k
-# layers of the order removed (`ppl_k*`) and interpolated at equal net saving (`ppl_at_*`, the
-# bypass charged).
+# the choice windows is kept. The tuned families then train in that order for `TUNE.steps` steps,
+# each removing its k least important layers (k drawn up to `TUNE.max_removed`) and minimising the
+# mean KL to the full model. Perplexity with the first k layers of the order removed (`ppl_k*`) and
+# interpolated at equal net saving (`ppl_at_*`, the bypass charged).
 
 # %%
 stats = layer_bypass_stats(identity, fit_windows)

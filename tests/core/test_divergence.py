@@ -15,6 +15,7 @@ from anee.core.divergence import (
     kl_log_probs,
     log_probs,
     nll_log_probs,
+    nll_sum,
     token_kl,
 )
 
@@ -79,3 +80,15 @@ def test_reference_and_nll_from_log_probs_equal_token_kl_and_cross_entropy_bit_f
     assert torch.equal(nll_log_probs(logp[0, :-1], targets[1:]), F.cross_entropy(logits[0, :-1], targets[1:], reduction="none"))
     assert nll_log_probs(logp, targets.unsqueeze(0)).shape == (1, 9)
     assert log_probs(logits.half()).dtype == torch.float32
+
+
+def test_nll_sum_is_the_perplexity_numerator():
+    # two positions over a 2-token vocabulary: targets with probabilities 1/4 and 1/2
+    logits = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    assert nll_sum(logits, torch.tensor([0, 1])) == pytest.approx(math.log(4) + math.log(2), abs=1e-6)
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(7, 11, generator=g), torch.randint(0, 11, (7,), generator=g)
+    assert nll_sum(x, t) == pytest.approx(float(nll_log_probs(log_probs(x), t).sum()), rel=1e-6)
+    half = x.to(torch.bfloat16)  # scored in float32 whatever the logits' dtype
+    assert nll_sum(half, t) == float(F.cross_entropy(half.float(), t, reduction="sum"))
+    assert isinstance(nll_sum(x, t), float)

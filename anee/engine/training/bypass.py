@@ -19,6 +19,7 @@ from ...core.actions import removal_decisions
 from ...core.bypass import BypassBank, BypassConfig, BypassStats
 from ...core.data import sample_windows
 from ...core.divergence import token_kl
+from ...core.freezing import frozen
 from ..executor import AdaptiveExecutor
 
 
@@ -66,33 +67,27 @@ def tune_bypass_(executor: AdaptiveExecutor, ids: torch.Tensor, order: list[int]
     L = executor.adapter.num_layers
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(bank.parameters(), lr=cfg.lr)
-    base = list(executor.adapter.model.parameters())
-    flags = [p.requires_grad for p in base]
     history = []
-    try:
-        for p in base:
-            p.requires_grad_(False)
+    with frozen(executor.adapter.model):
         bank.train()
-        for step in range(cfg.steps):
-            x = sample_windows(ids, cfg.seq_len, cfg.batch, seed=cfg.seed * 100_003 + step)
-            k = int(torch.randint(1, cfg.max_removed + 1, (1,), generator=g))
-            with torch.no_grad():
-                teacher = executor.forward(x, collect_hidden=True)
-            # the layers before the first removed one are the full model's: start there, from the
-            # teacher's state (the same numbers bit for bit; about a third of a pass less per step here)
-            first = min(order[:k])
-            decisions = removal_decisions(order, k, L, cfg.seq_len).expand(cfg.batch, -1, -1)
-            logits = executor.forward_grad(x, decisions=decisions, resume=(first, teacher.hidden_states[first])).logits
-            full = teacher.logits
-            loss = token_kl(full, logits).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append({"step": step, "removed": k, "kl": float(loss.detach())})
-    finally:
-        bank.eval()
-        for p, flag in zip(base, flags):
-            p.requires_grad_(flag)
+        try:
+            for step in range(cfg.steps):
+                x = sample_windows(ids, cfg.seq_len, cfg.batch, seed=cfg.seed * 100_003 + step)
+                k = int(torch.randint(1, cfg.max_removed + 1, (1,), generator=g))
+                with torch.no_grad():
+                    teacher = executor.forward(x, collect_hidden=True)
+                # the layers before the first removed one are the full model's: start there, from the
+                # teacher's state (the same numbers bit for bit; about a third of a pass less per step here)
+                first = min(order[:k])
+                decisions = removal_decisions(order, k, L, cfg.seq_len).expand(cfg.batch, -1, -1)
+                logits = executor.forward_grad(x, decisions=decisions, resume=(first, teacher.hidden_states[first])).logits
+                loss = token_kl(teacher.logits, logits).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history.append({"step": step, "removed": k, "kl": float(loss.detach())})
+        finally:
+            bank.eval()
     bank.info.update(tune_steps=bank.info.get("tune_steps", 0) + cfg.steps, tune_max_removed=cfg.max_removed,
                      tune_tokens=cfg.steps * cfg.batch * cfg.seq_len)
     return history

@@ -14,13 +14,13 @@ from anee.core.actions import removal_decisions
 from anee.core.bypass import BypassBank, BypassConfig, BypassStats
 from anee.core.data import sample_windows
 from anee.core.divergence import token_kl
+from anee.core.freezing import frozen
 from anee.engine.training.bypass import (
     BypassTuneConfig,
     fit_layer_bypass,
     layer_bypass_stats,
     tune_bypass_,
 )
-from anee.hierarchical.training import frozen
 
 ORDER = [2, 3, 1, 4, 0, 5]  # a removal order (least important first)
 
