@@ -256,7 +256,7 @@ def test_int8_kernel_values_are_compared_only_on_the_same_cpu_capability():
     assert rules_for("AVX2", "AVX2") == RULES
     for committed, fresh in (("AVX512", "AVX2"), (None, "AVX2"), ("AVX2", None)):
         rules = rules_for(committed, fresh)
-        assert [r.kind for r in rules if r.cpu_kernel] == ["report", "report"]
+        assert [r.kind for r in rules if r.cpu_kernel] == ["report", "report", "report"]
         assert [r for r in rules if not r.cpu_kernel] == [r for r in RULES if not r.cpu_kernel]
     int8 = {"int8_smoothed": {"ppl": 25.78, "kl_first_window": 0.008}, "fp32": {"ppl": 25.49}}
     moved = {"int8_smoothed": {"ppl": 26.14, "kl_first_window": 0.027}, "fp32": {"ppl": 25.49}}
@@ -267,6 +267,25 @@ def test_int8_kernel_values_are_compared_only_on_the_same_cpu_capability():
     assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(fp32_moved)},
                     rules_for("AVX512", "AVX2")) == [("int8_quality", "fp32.ppl")]
     assert PROVENANCE == "provenance.json" and CPU_KEY == "cpu_capability"
+
+
+def test_a_row_scoped_rule_covers_only_the_rows_it_selects():
+    from anee.evaluation.verify import rules_for
+
+    pool = pd.DataFrame({"variant": ["fp32", "int8", "int8-kernel"], "weights": ["fp32", "fake-quant", "INT8 kernels"],
+                         "ppl_test": [42.1853, 42.0395, 96.1163]})
+    committed = {"08_pool.csv": csv(pool)}
+    kernel_moved = {"08_pool.csv": perturbed(csv(pool), "ppl_test", 2, 93.4586)}  # what an AVX-512 run gave: -2.8 %
+    assert failures(committed, kernel_moved, RULES) == [("08_pool", "ppl_test")]  # same CPU kind: beyond 1 %
+    assert failures(committed, kernel_moved, rules_for("AVX512", "AVX2")) == []  # another kind: reported
+    fp32_moved = {"08_pool.csv": perturbed(csv(pool), "ppl_test", 1, 42.0395 * 1.001)}
+    for rules in (RULES, rules_for("AVX512", "AVX2")):  # the fake-quant row is an evaluation on any CPU
+        assert failures(committed, fp32_moved, rules) == [("08_pool", "ppl_test")]
+    kinds = [c.kind for c in compare_files(committed, kernel_moved, rules_for("AVX512", "AVX2")).checks if c.column == "ppl_test"]
+    assert kinds == ["eval", "eval", "report"]
+    assert kind_of(RULES, "08_pool", "ppl_test", True).kind == "eval"  # without a row, the row-scoped rule stays out
+    with pytest.raises(ValueError, match="where must be"):
+        Rule("x", "trained", where=("weights", "INT8 kernels"))
 
 
 def test_command_line_reports_int8_values_across_cpu_kinds(tmp_path, monkeypatch, capsys):
