@@ -304,3 +304,15 @@ def test_command_line_reports_int8_values_across_cpu_kinds(tmp_path, monkeypatch
     (results / "provenance.json").write_text(json.dumps({"cpu_capability": "AVX2"}))
     assert main([]) == 0
     assert "committed AVX512, fresh AVX2" in capsys.readouterr().out
+
+
+def test_a_key_on_one_side_fails_unless_its_rule_skips_it():
+    old = {"code_commit": "abc", "machine": "x86_64"}
+    new = {**old, "cpu_capability": "AVX2"}  # a run that records one field more than the committed one
+    assert failures({"provenance.json": json.dumps(old)}, {"provenance.json": json.dumps(new)}, RULES) == []
+    assert failures({"provenance.json": json.dumps(new)}, {"provenance.json": json.dumps(old)}, RULES) == []
+    summary = {"ppl": 25.5}
+    for committed, fresh in ((summary, {**summary, "kl": 0.01}), ({**summary, "kl": 0.01}, summary)):
+        checks = compare_files({"06_findings.json": json.dumps(committed)}, {"06_findings.json": json.dumps(fresh)}, RULES).checks
+        assert [(c.column, c.ok) for c in checks] == [("(keys)", False)]
+        assert checks[0].committed + checks[0].fresh == ["kl"]
