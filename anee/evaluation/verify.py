@@ -79,11 +79,14 @@ class Rule:
         if self.where and (len(self.where) != 2 or self.kind == "trained"):
             raise ValueError(f"where must be (column, text) on a rule that is not `trained` (its spread is per column), got {self.where!r}")
 
-    def matches(self, file: str, column: str, row: Mapping[str, object] | None = None) -> bool:
-        """Whether the rule covers `column` of `file`; a `where` rule only for a `row` it selects."""
-        if self.where and (row is None or str(row.get(self.where[0])) != self.where[1]):
-            return False
+    def covers(self, file: str, column: str) -> bool:
+        """Whether `column` of `file` is among the rule's, whatever its `where`."""
         return fnmatch.fnmatch(file, self.file) and any(fnmatch.fnmatch(column, c) for c in self.columns)
+
+    def matches(self, file: str, column: str, row: Mapping[str, object] | None = None) -> bool:
+        """Whether the rule applies to `column` of `file`; a `where` rule only in a `row` it selects."""
+        selected = not self.where or (row is not None and str(row.get(self.where[0])) == self.where[1])
+        return selected and self.covers(file, column)
 
 
 @dataclass
@@ -230,7 +233,7 @@ def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rule
                     spread, seeds = _seed_spread(committed, column, rule.keys)
                 spread = _pooled_spread(values, spread, seeds)
         base = tolerances.get(_mean_of(column, committed), []) if column.endswith("_std") else []
-        scoped = [r for r in rules if r.where and replace(r, where=()).matches(name, column)]
+        scoped = any(r.where and r.covers(name, column) for r in rules)  # else every row has the column's rule
         own = []
         for i, (a, b) in enumerate(zip(committed[column].tolist(), fresh[column].tolist())):
             row_rule = kind_of(rules, name, column, numeric, committed.iloc[i].to_dict()) if scoped else rule
