@@ -1,12 +1,38 @@
-"""Budget adherence: does a controller spend what its energy budget says, on held-out text?"""
+"""Budget adherence: does a controller spend what its energy budget says, on held-out text? And the
+valid windows the learned controllers' SKIP offsets are calibrated on to make it so."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from ..core.data import sample_windows
 from ..engine.executor import AdaptiveExecutor
 from ..engine.prefix_memo import shared_prefixes
+from .notebook import pick
+
+
+@dataclass(frozen=True)
+class SkipCalibrationWindows:
+    """Fresh valid windows for `calibrate_skip_offsets`, the same in notebooks 03 and 04 so that the
+    warm-start and the RL controllers are calibrated alike: `text` [N, T] for teacher-forced text, and
+    `generation` [N, prompt + new] shaped like notebook 09's prompts and continuations, for the tokens
+    generated after a full-depth prompt of `prompt` tokens (prefill="full")."""
+
+    text: torch.Tensor
+    generation: torch.Tensor
+    prompt: int
+
+
+def skip_calibration_windows(valid: torch.Tensor, profile: str, seed: int) -> SkipCalibrationWindows:
+    """The profile's calibration windows from valid-split ids [1, N] (seeds `seed` + 2 and + 3: apart
+    from the windows the controllers train on)."""
+    count, length = pick(profile, quick=(2, 128), full=(4, 256))
+    gen_count, prompt, new = pick(profile, quick=(4, 8, 16), full=(16, 12, 32))
+    return SkipCalibrationWindows(sample_windows(valid, length, count, seed=seed + 2),
+                                  sample_windows(valid, prompt + new, gen_count, seed=seed + 3), prompt)
 
 
 @torch.no_grad()

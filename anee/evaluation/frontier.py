@@ -22,6 +22,7 @@ from ..engine.training.oracle import oracle_allocation, oracle_ppl, skip_profile
 from .context import EvalContext
 from .methods import build_method
 from .methods.baselines import static_removal
+from .methods.controllers import get_profiler
 from .notebook import pick
 from .perplexity import evaluate
 from .results import output_dir
@@ -261,16 +262,17 @@ def controller_overhead(table: pd.DataFrame, method: str = "anee_heuristic_every
 def headroom_table(ctx: EvalContext, test_ids: torch.Tensor, window: int, tokens: int, levels: Sequence[float],
                    overhead: float, bypass: bool = False) -> pd.DataFrame:
     """Hindsight bound at each net-saving level on the first `tokens` test tokens (windows of
-    `window`): static Block-Influence removal against an oracle that gives every token its own
-    number of skipped layers, free and paying the K/V-only path (and the bypass, `bypass=True`) plus
-    `overhead` per token."""
+    `window`): static removal against an oracle that gives every token its own number of skipped
+    layers, free and paying the K/V-only path (and the bypass, `bypass=True`) plus `overhead` per
+    token. Both skip nested prefixes of the profiler's removal order, the one the controllers' plans
+    drop in (notebook 02's choice), so the bound is on the choice the controllers make."""
     L, executor = ctx.adapter.num_layers, ctx.executor_for(bypass)
-    order = removal_order(ctx.extras["block_influence"])
+    order = get_profiler(ctx, executor).removal_order
     windows = [test_ids[:, i : i + window] for i in range(0, tokens - window + 1, window)]
     profiles = skip_profiles(executor, windows, order, list(range(0, round(0.45 * L))))
     kv = executor.cost.skip_fraction(torch.arange(1, window + 1, dtype=torch.float64))
     return pd.DataFrame([
-        {"net_saved": s, "static_block_influence_ppl": static_ppl(profiles, s * L),
+        {"net_saved": s, "static_ppl": static_ppl(profiles, s * L),
          "oracle_ppl_no_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, 0.0)),
          "oracle_ppl_with_costs": oracle_ppl(profiles, oracle_allocation(profiles, L, s, kv, overhead)),
          "skip_fraction_of_layer": kv, "controller_overhead": overhead, "tokens": profiles.kl.shape[1]}

@@ -61,7 +61,7 @@ def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int =
         chunk = ids[:, begin:end]
         out = method(chunk)
         # logits at position i predict token i+1; score targets first..T-1 of this window
-        logits = out.logits[0, first - 1 : -1].float()
+        logits = out.logits[0, first - 1 : -1]  # nll_sum scores in float32
         targets = chunk[0, first:]
         nll += nll_sum(logits, targets)
         count += targets.numel()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from anee import PROCESS, SKIP, adapter_for, load_model
-from anee.core.data import sample_windows, wikitext_tokens
+from anee.core.data import wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.pacing import PacingConfig
@@ -40,7 +40,7 @@ from anee.engine.profiler import FEATURES
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.engine.training.traces import hidden_column
 from anee.engine.training.warmstart import WarmStartConfig, static_accuracy, train_warmstart
-from anee.evaluation.budget import budget_adherence
+from anee.evaluation.budget import budget_adherence, skip_calibration_windows
 from anee.evaluation.frontier import trained_engine
 from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
@@ -50,9 +50,6 @@ from anee.evaluation.seeds import split_seed, spread
 setup(PROFILE, SEED)
 SEEDS = seeds(PROFILE, SEEDS)
 EPOCHS = pick(PROFILE, quick=8, full=20)
-CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
-# generation after a full-depth prompt (prefill="full"): windows shaped like notebook 09's prompts and continuations
-GEN_WINDOWS, GEN_PROMPT, GEN_NEW = pick(PROFILE, quick=(4, 8, 16), full=(16, 12, 32))
 TEST_TOKENS = pick(PROFILE, quick=256, full=512)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 meta = json.loads((output_dir("results", PROFILE) / "02_trace_meta.json").read_text())
@@ -69,8 +66,7 @@ print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label
 
 # %%
 trace_budgets = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv").budget.tolist()
-calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
-gen_windows = sample_windows(valid, GEN_PROMPT + GEN_NEW, GEN_WINDOWS, seed=SEED + 3)
+calib = skip_calibration_windows(valid, PROFILE, SEED)  # fresh valid windows, the same as notebook 04's
 policies, runs, histories, confusions, calibrations, gen_calibrations = {}, [], [], [], [], []
 for seed in SEEDS:
     for kind, rank in (("warmstart", RANK), ("warmstart_profiler_only", 0)):
@@ -80,9 +76,9 @@ for seed in SEEDS:
         # an offset on the SKIP logit per trace budget, set on fresh valid windows (verify=False: the
         # final offsets are measured by the budget adherence on test below, not by a fourth valid pass)
         controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
-        calibration = calibrate_skip_offsets(executor, controller, calib_windows, trace_budgets, verify=False)
+        calibration = calibrate_skip_offsets(executor, controller, calib.text, trace_budgets, verify=False)
         if kind == "warmstart":  # the shipped kind: also the offsets for tokens generated after a full-depth prompt
-            gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, trace_budgets, full_prompt=GEN_PROMPT,
+            gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, trace_budgets, full_prompt=calib.prompt,
                                                            verify=False)
                                     .assign(policy=kind, seed=seed))
         path = save_policy(CKPT / policy_file(kind, seed), policy, "warmstart", adapter.num_layers, plan=PLAN,

@@ -33,7 +33,7 @@ from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.policy import load_policy, save_policy
 from anee.engine.training.rl import RLConfig, price_to_lam, train_reinforce
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
-from anee.evaluation.budget import budget_adherence
+from anee.evaluation.budget import budget_adherence, skip_calibration_windows
 from anee.evaluation.frontier import trained_engine
 from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
@@ -47,8 +47,6 @@ SEEDS = seeds(PROFILE, SEEDS)
 # seed 1: 42.06 vs 42.07), at twice the time
 RL_STEPS = pick(PROFILE, quick=6, full=32)
 RL_MIN_BUDGET = 0.6  # train at the trace budgets from here up (notebook 06 compares 10-30 % savings); calibrate at all
-CALIB_WINDOWS, CALIB_LEN = pick(PROFILE, quick=(2, 128), full=(4, 256))
-GEN_WINDOWS, GEN_PROMPT, GEN_NEW = pick(PROFILE, quick=(4, 8, 16), full=(16, 12, 32))  # as notebook 03's, for prefill="full"
 TEST_TOKENS = pick(PROFILE, quick=256, full=1024)
 ADHERENCE_BUDGETS = pick(PROFILE, quick=[0.2, 0.3, 0.6, 1.0], full=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 CKPT = output_dir("results", PROFILE) / "checkpoints"
@@ -70,8 +68,7 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 
 # %%
 train_windows = sample_windows(valid, RL.seq_len, 64, seed=SEED + 1)
-calib_windows = sample_windows(valid, CALIB_LEN, CALIB_WINDOWS, seed=SEED + 2)
-gen_windows = sample_windows(valid, GEN_PROMPT + GEN_NEW, GEN_WINDOWS, seed=SEED + 3)
+calib = skip_calibration_windows(valid, PROFILE, SEED)  # fresh valid windows, the same as notebook 03's
 policies, histories, calibrations, gen_calibrations = {}, [], [], []
 for seed in SEEDS:
     policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows, RLConfig(**{**RL.__dict__, "seed": seed}),
@@ -79,8 +76,8 @@ for seed in SEEDS:
     # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03
     # does; the final offsets are measured by the budget adherence on test below)
     controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
-    calibrations.append(calibrate_skip_offsets(executor, controller, calib_windows, prices.budget.tolist(), verify=False).assign(seed=seed))
-    gen_calibrations.append(calibrate_skip_offsets(executor, controller, gen_windows, prices.budget.tolist(), full_prompt=GEN_PROMPT,
+    calibrations.append(calibrate_skip_offsets(executor, controller, calib.text, prices.budget.tolist(), verify=False).assign(seed=seed))
+    gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, prices.budget.tolist(), full_prompt=calib.prompt,
                                                    verify=False).assign(seed=seed))  # for tokens generated after a full-depth prompt (prefill="full")
     save_policy(CKPT / policy_file("rl", seed), policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)},
                 plan=PLAN, pacing=PACING, bypass=BYPASS, seed=seed)

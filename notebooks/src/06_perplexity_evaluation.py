@@ -138,8 +138,8 @@ verdicts.pivot_table(index=["a", "b"], columns=["curve", "net_saved"], values="v
 
 # %% [markdown]
 # ## How much could a per-token allocation gain? A hindsight bound
-# Each token gets its own number of skipped layers (nested Block-Influence skip sets, skipped layers
-# running the bypass), chosen with hindsight to minimise KL to the full model at a fixed mean **net**
+# Each token gets its own number of skipped layers (nested skip sets in the profiler's removal order,
+# the one the controllers' plans drop in; skipped layers running the bypass), chosen with hindsight to minimise KL to the full model at a fixed mean **net**
 # saving, charging the K/V-only path, the bypass and the every-layer heuristic's measured controller
 # overhead (no static DROP). Optimistic by construction (it sees the outcome and ignores that a
 # token's choice changes the keys/values others attend to), so it bounds what a better per-token
@@ -213,7 +213,7 @@ assert table[table.method == "block_influence"].sort_values("layer_saved_net").p
 # others removed): only the ends are ordered
 for method in ("block_influence+bypass", "profiler_removal+bypass"):
     assert table[table.method == method].sort_values("layer_saved_net").ppl.iloc[[0, -1]].is_monotonic_increasing
-assert headroom[["oracle_ppl_no_costs", "oracle_ppl_with_costs", "static_block_influence_ppl"]].gt(1).all().all()
+assert headroom[["oracle_ppl_no_costs", "oracle_ppl_with_costs", "static_ppl"]].gt(1).all().all()
 budget_rows = table[table.method == "anee_budget"]
 assert (budget_rows.layer_fraction <= budget_rows.setting.str.extract(r"budget=([\d.]+)")[0].astype(float) + 1e-9).all()
 assert set(verdicts.verdict) <= {"a", "b", "tie", "n/a"}

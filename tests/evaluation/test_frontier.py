@@ -26,6 +26,7 @@ from anee.evaluation.frontier import (
     findings,
     frontier_windows,
     full_model_ppl,
+    headroom_table,
     levels_on_text,
     load_bypass,
     lower_hull,
@@ -310,3 +311,26 @@ def test_comparisons_do_not_depend_on_the_order_of_a_pair():
     wide, _, _ = equal_saving_tables(table, [0.2, 0.35])
     forward, backward = comparisons(wide, [("a", "c"), ("c", "a")], [0.35]).verdict.tolist()
     assert {"a": "b", "b": "a", "tie": "tie", "n/a": "n/a"}[forward] == backward
+
+
+def test_headroom_skips_nested_prefixes_of_the_profilers_order():
+    from anee.core.actions import PROCESS, SKIP, pattern_decisions
+    from anee.core.divergence import nll_sum
+    from anee.engine.importance import order_importance
+    from anee.engine.profiler import Profiler
+
+    model, ex, prof, ids = tiny_setup(layers=6)
+    order = [3, 0, 5, 1, 4, 2]  # not the tiny model's Block-Influence order: the table must use this one
+    ctx = EvalContext(model, None, ex, calibration_ids=ids)
+    ctx.extras[("anee_profiler", id(ex))] = Profiler(prof.entropy, order_importance(order), ex, prof.entropy_median)
+    test_ids = torch.randint(0, VOCAB, (1, 128), generator=torch.Generator().manual_seed(7))
+    table = headroom_table(ctx, test_ids, window=64, tokens=128, levels=[1 / 6, 0.25], overhead=0.0).set_index("net_saved")
+    assert table.tokens.tolist() == [126, 126]  # two windows of 64, 63 scored positions each
+    nll = {}
+    for k in (1, 2):
+        pattern = [SKIP if i in order[:k] else PROCESS for i in range(6)]
+        nll[k] = sum(nll_sum(ex.forward(w, decisions=pattern_decisions(pattern, 64)).logits[0, :-1], w[0, 1:])
+                     for w in (test_ids[:, :64], test_ids[:, 64:])) / 126
+    # free static skipping: 1 / 6 saved = one layer; 0.25 = 1.5 layers, log-linear between 1 and 2
+    assert table.loc[1 / 6, "static_ppl"] == pytest.approx(math.exp(nll[1]), rel=1e-5)
+    assert table.loc[0.25, "static_ppl"] == pytest.approx(math.exp((nll[1] + nll[2]) / 2), rel=1e-5)
