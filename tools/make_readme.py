@@ -9,6 +9,13 @@ Placeholders:
                                  one cell of results/NAME.csv: the single row whose columns equal
                                  the given values (as written in the file), column `target`
   {{colab:NN_name}}              an "Open in Colab" badge for notebooks/NN_name.ipynb
+  {{holds:LEFT OP RIGHT}}        renders nothing; raises when the comparison is false. OP is one of
+                                 < <= > >= (spaces around it); each side is a number, a cell as in
+                                 {{cell:...}} (NAME|col=v|target), a value as in {{value:...}}
+                                 (NAME.key.sub, no format) or `FACTOR * ` one of these. Put one
+                                 beside every sentence that states a comparison in words ("no better
+                                 than", "within the goal"), so that a rerun which changes the numbers
+                                 cannot leave the words behind.
 A missing file renders as a visible "(not yet generated: ...)" note instead of a stale number.
 """
 
@@ -103,6 +110,40 @@ def cell(arg: str) -> str:
     return format(float(v), fmt) if fmt else v
 
 
+COMPARISONS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
+
+
+def _operand(side: str) -> float | None:
+    """A number, a cell `NAME|col=v|target` or a JSON value `NAME.key.sub`, optionally scaled as
+    `FACTOR * reference` (None when a results file it reads is missing)."""
+    factor, star, ref = side.partition(" * ")
+    if star:
+        scaled = _operand(ref.strip())
+        return None if scaled is None else float(factor) * scaled
+    try:
+        return float(side)
+    except ValueError:
+        pass
+    text = cell(side) if "|" in side else value(side)
+    return None if text.startswith("*(n/a") else float(text)
+
+
+def holds(arg: str) -> str:
+    """Nothing when `LEFT OP RIGHT` is true of the results; ValueError saying which claim failed otherwise
+    (a visible note when a results file it reads is missing)."""
+    parts = re.split(r"\s(<=|>=|<|>)\s", arg)
+    if len(parts) != 3:
+        raise ValueError(f"{{{{holds:{arg}}}}}: need `LEFT OP RIGHT` with one of {' '.join(COMPARISONS)} between spaces")
+    left, op, right = parts
+    a, b = _operand(left.strip()), _operand(right.strip())
+    if a is None or b is None:
+        return f"*(not checked: {arg} — run `make reproduce`)*"
+    if not COMPARISONS[op](a, b):
+        raise ValueError(f"{{{{holds:{arg}}}}} is false ({a:g} {op} {b:g} does not hold): the prose beside it in "
+                         "README.template.md states a comparison the results no longer support; rewrite it")
+    return ""
+
+
 def colab(nb: str) -> str:
     url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{nb}.ipynb"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
@@ -120,7 +161,7 @@ def reruns(name: str) -> str:
 
 
 def render(text: str) -> str:
-    kinds = {"table": table, "figure": figure, "value": value, "cell": cell, "colab": colab, "reruns": reruns}
+    kinds = {"table": table, "figure": figure, "value": value, "cell": cell, "colab": colab, "reruns": reruns, "holds": holds}
     return PLACEHOLDER.sub(lambda m: kinds[m[1]](m[2].strip()), text)
 
 

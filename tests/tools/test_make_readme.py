@@ -58,3 +58,28 @@ def test_reruns_name_the_notebooks_run_at_another_commit(readme):
     prov.write_text(json.dumps(record))
     assert readme.render("at `x`{{reruns:provenance}} (") == "at `x` ("
     assert readme.render("{{reruns:missing}}") == ""
+
+
+def test_holds_checks_a_stated_comparison(readme):
+    (readme.ROOT / "results" / "j.json").write_text(json.dumps({"a": {"b": 0.12345}, "speed": {"int8": 1.3}}))
+    assert readme.render("no better{{holds:t|method=bi,setting=n=3|ppl >= t|method=full|ppl}}.") == "no better."
+    assert readme.render("{{holds:j.speed.int8 > 1}}{{holds:t|method=bi,setting=n=6|ppl < 3 * t|method=full|ppl}}") == ""
+    with pytest.raises(ValueError, match=r"is false \(61 < 41 does not hold\)"):
+        readme.render("{{holds:t|method=bi,setting=n=6|ppl < 2 * t|method=full|ppl}}")
+    with pytest.raises(ValueError, match="is false"):
+        readme.render("{{holds:j.a.b >= 0.2}}")
+    with pytest.raises(ValueError, match="LEFT OP RIGHT"):
+        readme.render("{{holds:j.a.b=0.2}}")
+    assert "not checked" in readme.render("{{holds:missing|method=bi|ppl < 3}}")
+
+
+def test_committed_readme_is_the_rendered_template():
+    """README.md is regenerated from the committed results, and every comparison its prose states holds."""
+    make_readme = importlib.util.module_from_spec(SPEC)
+    SPEC.loader.exec_module(make_readme)
+    template = (make_readme.ROOT / "README.template.md").read_text()
+    rendered = make_readme.render(template)  # raises if a {{holds:...}} is false
+    committed = (make_readme.ROOT / "README.md").read_text()
+    assert committed.split("\n", 1)[1] == rendered, "README.md is stale: run `make readme` and commit it"
+    for note in ("not checked", "not yet generated", "(n/a"):
+        assert note not in committed
