@@ -192,22 +192,27 @@ class AdaptiveExecutor:
         exited = torch.zeros(B, T, dtype=torch.bool, device=h.device)
         record = torch.empty(B, T, L, dtype=torch.int8, device=h.device)
         prev, start, shared = h, 0, _leading(plan == PROCESS)
+        anchor_layer, anchor = getattr(controller, "anchor_layer", None), None
         if prefix is not None:  # as the loop below would run them: every token PROCESSES, none has exited
             start = prefix.restore(shared, cache, hidden_states)
             prev, h = prefix.states[max(start - 1, 0)], prefix.states[start]
             record[:, :, :start] = PROCESS
             for _ in range(start):
                 spent += layer_cost
+            if anchor_layer is not None and anchor_layer < start:
+                anchor = prefix.states[anchor_layer]
         for layer in range(start, L):
             if hidden_states is not None:
                 hidden_states.append(h)
+            if layer == anchor_layer:
+                anchor = h
             fixed = int(plan[layer])
             if fixed == DROP:
                 action = torch.full((B, T), DROP, dtype=torch.long, device=h.device)
             elif fixed != ASK:
                 action = torch.where(exited, EXIT, fixed)
             else:
-                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan, exited)
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan, exited, anchor)
                 action = torch.where(exited, EXIT, controller.decide(view).long())
                 overhead += layer_overhead(controller, view) * (~exited)
             process = action == PROCESS

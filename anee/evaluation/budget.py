@@ -35,6 +35,16 @@ def skip_calibration_windows(valid: torch.Tensor, profile: str, seed: int) -> Sk
                                   sample_windows(valid, prompt + new, gen_count, seed=seed + 3), prompt)
 
 
+def kl_profile_windows(valid: torch.Tensor, profile: str) -> list[torch.Tensor]:
+    """Windows [1, T] of valid-split ids [1, >= 60,384] the KL-profile controller is fitted on: from
+    token 44,000 on, after the text notebook 02 tunes the bypass on (20,000-40,000), so the profiles
+    see the bypass as it does on unseen text."""
+    count, length = pick(profile, quick=(4, 128), full=(32, 512))
+    if valid.shape[1] < 44_000 + count * length:
+        raise ValueError(f"need {44_000 + count * length} valid tokens, got {valid.shape[1]}: pass wikitext_tokens(tokenizer, 'valid')")
+    return [valid[:, 44_000 + length * i : 44_000 + length * (i + 1)] for i in range(count)]
+
+
 @torch.no_grad()
 def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.Tensor, budgets: list[float], window: int = 256) -> pd.DataFrame:
     """Realized layer fraction and net saving per controller and budget over ids [1, N] (non-overlapping windows)."""

@@ -71,7 +71,7 @@ def method_label(name: str, setting: dict) -> str:
 
 
 def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None, seeds=(0,)) -> list[tuple[str, dict]]:
-    """Rows contributed by the ANEE controllers (02-04) and the hierarchical model (05). Their
+    """Rows contributed by the ANEE controllers (02-04, the KL-profile controller fitted in 03) and the hierarchical model (05). Their
     checkpoints must exist in the profile's checkpoint folder: run those notebooks first. The
     planned controllers are cheap to evaluate, so they may get a denser grid (`planned_budgets`);
     the learned ones and the hierarchical model run once per training seed. The heuristic runs with
@@ -83,6 +83,7 @@ def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=
         specs += [("anee_heuristic", {"budget": b, "bypass": True}) for b in planned]
     for m in ("anee_warmstart", "anee_warmstart_profiler_only", "anee_rl"):
         specs += [(m, {"budget": b, "seed": s, "bypass": with_bypass}) for s in seeds for b in planned]
+    specs += [("anee_kl_profile", {"budget": b, "bypass": with_bypass}) for b in planned]
     specs += [("anee_heuristic_every_layer", {"budget": b}) for b in budgets]
     specs += [("hierarchical", {"capacity": c, "exits": False, "seed": s}) for s in seeds for c in (0.9, 0.7)]
     specs += [("hierarchical", {"capacity": 0.9, "exits": True, "seed": seeds[0]})]

@@ -32,17 +32,19 @@ import pandas as pd
 from anee import PROCESS, SKIP, adapter_for, load_model
 from anee.core.data import wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
+from anee.engine.controllers.kl_profile import KLProfileController
 from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import load_policy, save_policy
 from anee.engine.profiler import FEATURES
+from anee.engine.training.kl_profile import fit_kl_profile
 from anee.engine.training.skip_calibration import calibrate_skip_offsets
 from anee.engine.training.traces import hidden_column
 from anee.engine.training.warmstart import WarmStartConfig, static_accuracy, train_warmstart
-from anee.evaluation.budget import budget_adherence, skip_calibration_windows
+from anee.evaluation.budget import budget_adherence, kl_profile_windows, skip_calibration_windows
 from anee.evaluation.frontier import trained_engine
-from anee.evaluation.methods.controllers import policy_file
+from anee.evaluation.methods.controllers import KL_PROFILE_FILE, policy_file
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.results import output_dir, save_json, save_table
 from anee.evaluation.seeds import split_seed, spread
@@ -130,6 +132,41 @@ for (_, seed), g in history.groupby(["policy", "seed"]):
 assert (adherence.abs_error <= 0.05).all()
 last = calibration[calibration["round"] == calibration["round"].max()]  # the last measured round (one damped step before the final offsets)
 assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max() < 0.1
+
+# %% [markdown]
+# ## A closed-form controller: each token's KL profile, predicted
+# The learned policy decides about four marginal layers, one at a time. Notebook 06's hindsight
+# bound says there is more to gain by letting each token choose its whole depth. This controller
+# does that in closed form: on valid windows after the bypass's tuning text, every token's
+# KL(full || first k layers of the profiler's order skipped), k = 0..13, is recorded with its
+# residual stream at the lowest of those layers (the anchor; every layer below it runs, so the
+# state there is the full model's); a ridge map predicts the 14 KLs from that state and the
+# token's position; under a budget the order's first m layers are DROPPED for every token and each
+# token takes the depth minimising predicted KL minus a price times the net layers it saves. The
+# map is fitted on three quarters of the windows; m, the price per budget and the ridge strength
+# are chosen on the rest. The table lists the calibrated budgets, the correlation line how well
+# the map predicts a token's KL on windows it has not seen.
+
+# %%
+kl_fit = fit_kl_profile(executor, kl_profile_windows(wikitext_tokens(tokenizer, "valid"), PROFILE), profiler.removal_order)
+kl_fit.controller.save(CKPT / KL_PROFILE_FILE)
+kl_controller = KLProfileController.from_checkpoint(CKPT / KL_PROFILE_FILE, executor)  # round-trip through the checked loader
+kl_table = pd.DataFrame(kl_fit.table)
+save_table(kl_table, "03_kl_profile_table", PROFILE)
+KL_BUDGETS = [b for b in BUDGETS if b >= kl_table.budget.min()]
+kl_adherence = budget_adherence(executor, {"kl_profile": kl_controller}, test, KL_BUDGETS, window=256)
+save_table(kl_adherence, "03_kl_profile_adherence", PROFILE)
+save_json({"order": kl_controller.order, "anchor_layer": kl_controller.anchor_layer, "ridge": kl_fit.ridge,
+           "ridge_mean_log_ppl": {str(k): v for k, v in kl_fit.ridge_scores.items()},
+           "correlation_by_depth": kl_fit.correlation, "macs_per_call": kl_controller.overhead_macs,
+           "bypass": kl_controller.bypass}, "03_kl_profile_summary", PROFILE)
+print("anchor layer", kl_controller.anchor_layer, "| ridge", kl_fit.ridge, "| correlation of predicted and true KL at k = 1, 7, 13:",
+      [round(kl_fit.correlation[k - 1], 3) for k in (1, 7, 13)])
+kl_adherence
+
+# %%
+assert (kl_adherence.abs_error <= 0.05).all()
+assert kl_table.budget.is_monotonic_increasing and (kl_table.net_saved.diff().dropna() <= 1e-9).all()
 
 # %% [markdown]
 # Much of the accuracy comes from the plan's structure, not from the token: the least important

@@ -124,7 +124,8 @@ PAIRS = [("block_influence+bypass", "block_influence"), ("anee_heuristic+bypass"
          ("anee_rl+bypass", "block_influence+bypass"), ("anee_warmstart+bypass", "block_influence+bypass"),
          ("anee_heuristic+bypass", "block_influence+bypass"), ("anee_rl+bypass", "anee_warmstart+bypass"),
          ("anee_warmstart+bypass", "anee_warmstart_profiler_only+bypass"),
-         ("profiler_removal+bypass", "block_influence+bypass"), ("anee_rl+bypass", "profiler_removal+bypass")]
+         ("profiler_removal+bypass", "block_influence+bypass"), ("anee_rl+bypass", "profiler_removal+bypass"),
+         ("anee_kl_profile+bypass", "block_influence+bypass"), ("anee_kl_profile+bypass", "anee_rl+bypass")]
 verdicts = pd.concat([comparisons(at_levels, PAIRS, LEVELS).assign(curve="interpolated"),
                       comparisons(on_hull, PAIRS, LEVELS).assign(curve="hull")], ignore_index=True)
 save_table(verdicts, "06_comparisons", PROFILE)
@@ -155,8 +156,9 @@ headroom
 # ## Out of domain: Python source
 # The bypass and the controllers were fitted on WikiText-2. On text of another kind (five modules of
 # the Python standard library, `data/python-stdlib/`), the same comparison at equal net compute:
-# static removal and the heuristic under a plan, without and with the bypass, and the learned
-# controller of seed `SEED`.
+# static removal and the heuristic under a plan, without and with the bypass, the learned
+# controller of seed `SEED`, and the KL-profile controller (notebook 03), whose ridge map reads the
+# residual stream and so may transfer least.
 
 # %%
 code_ids = code_tokens(tokenizer, CODE_TOKENS)
@@ -165,6 +167,7 @@ code_specs += [("block_influence", {"n_removed": n, **b}) for n in BI_REMOVED fo
 code_specs += [("profiler_removal", {"n_removed": n, "bypass": True}) for n in BI_REMOVED]
 code_specs += [("anee_heuristic", {"budget": x, **b}) for x in PLANNED_BUDGETS for b in ({}, {"bypass": True})]
 code_specs += [("anee_rl", {"budget": x, "seed": SEED, "bypass": True}) for x in PLANNED_BUDGETS]
+code_specs += [("anee_kl_profile", {"budget": x, "bypass": True}) for x in PLANNED_BUDGETS]
 code_table, code_at_levels, code_full = levels_on_text(ctx, code_specs, code_ids, WINDOW, STRIDE, LEVELS)
 save_table(code_table, "06_code_frontier", PROFILE)
 save_table(code_at_levels.reset_index(), "06_code_ppl_at_equal_savings", PROFILE)
@@ -174,13 +177,14 @@ code_at_levels
 # %% [markdown]
 # ## The same levels on other test text
 # 06's windows are the first test tokens; the levels move with the text scored. The full model,
-# static removal with the bypass and the learned controller (both seeds) on the **last** tokens of
+# static removal with the bypass, the learned controller (both seeds) and the KL-profile controller on the **last** tokens of
 # the test split (disjoint from every other notebook's test windows), in the same windows.
 
 # %%
 heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
 heldout_specs = [("full", {})] + [(m, {"n_removed": n, "bypass": True}) for m in ("block_influence", "profiler_removal") for n in BI_REMOVED]
 heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
+heldout_specs += [("anee_kl_profile", {"budget": x, "bypass": True}) for x in PLANNED_BUDGETS]
 heldout_table, heldout_at_levels, heldout_full = levels_on_text(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE, LEVELS)
 heldout_levels = heldout_at_levels.join(ratio_to_full(heldout_at_levels, heldout_full, LEVELS).add_suffix("_ratio"))
 save_table(heldout_table, "06_heldout_frontier", PROFILE)
@@ -198,7 +202,9 @@ save_figure(fig, "06_frontier", PROFILE)
 # use (`profiler_removal+bypass`), so a controller's gain over its own plan's static part is
 # visible. The planned ANEE controllers meet the static part of each budget the same way
 # (DROPped layers run their bypass) and decide per token on the plan's marginal layers, where a SKIP
-# pays the K/V-only path and the bypass and every call pays the profiler and the policy. The tables
+# pays the K/V-only path and the bypass and every call pays the profiler and the policy. The
+# KL-profile controller (notebook 03) has a plan of its own: the order's first m layers DROPPED, and
+# each token's whole depth among the next ones chosen from one prediction of its KL profile. The tables
 # above give every method's perplexity at equal net saving, its spread over training seeds, and the
 # verdicts of the comparisons that the README states. The hindsight bound shows how much a perfect
 # per-token predictor, paying the same costs, could gain over static removal; the code section

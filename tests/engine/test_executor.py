@@ -454,3 +454,54 @@ def test_real_int8_weights_combine_with_depth_adaptivity():
     assert (chunk.trace.decisions != PROCESS).any() and bank.restored
     full = AdaptiveExecutor(adapter).forward(ids, controller=BudgetController(), budget=0.6)
     assert 0 < (chunk.logits - full.logits).abs().max() < 0.05
+
+
+class _Anchored:
+    """Records the anchor state each call sees: PROCESS on the first three layers, asked after."""
+
+    overhead_macs = 0
+    anchor_layer = 1
+
+    def __init__(self):
+        self.seen = []
+
+    def plan(self, budget, num_layers):
+        plan = torch.full((num_layers,), ASK)
+        plan[:3] = PROCESS
+        return plan
+
+    def decide(self, view):
+        self.seen.append((view.layer, view.anchor.clone()))
+        return torch.full(view.spent.shape, PROCESS)
+
+
+def test_a_controller_with_an_anchor_layer_sees_that_layers_input_at_every_later_call(tiny_model):
+    from anee.engine.prefix_memo import shared_prefixes
+
+    ex = AdaptiveExecutor(adapter_for(tiny_model))
+    x = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+    L = ex.adapter.num_layers
+    reference = ex.forward(x, collect_hidden=True).hidden_states[1]
+    for memo in (False, True):  # with a prefix memo the second pass restores layers 0-2, the anchor among them
+        c = _Anchored()
+        with shared_prefixes(ex) if memo else contextlib.nullcontext():
+            runs = 2 if memo else 1
+            for _ in range(runs):
+                c.seen.clear()
+                ex.forward(x, controller=c)
+                assert [layer for layer, _ in c.seen] == list(range(3, L))
+                assert all(torch.equal(anchor, reference) for _, anchor in c.seen)
+
+
+def test_a_controller_without_an_anchor_layer_gets_none():
+    seen = []
+
+    class Plain:
+        overhead_macs = 0
+
+        def decide(self, view):
+            seen.append(view.anchor)
+            return torch.full(view.spent.shape, PROCESS)
+
+    AdaptiveExecutor(adapter_for(tiny_llama(3))).forward(torch.tensor([[1, 2, 3]]), controller=Plain())
+    assert seen == [None, None, None]

@@ -206,6 +206,7 @@ def test_extra_specs_list_every_seed_and_the_bypass_variants():
         ("anee_warmstart_profiler_only", {"budget": 0.8, "seed": 0, "bypass": False}),
         ("anee_warmstart_profiler_only", {"budget": 0.8, "seed": 3, "bypass": False}),
         ("anee_rl", {"budget": 0.8, "seed": 0, "bypass": False}), ("anee_rl", {"budget": 0.8, "seed": 3, "bypass": False}),
+        ("anee_kl_profile", {"budget": 0.8, "bypass": False}),
         ("anee_heuristic_every_layer", {"budget": 0.9}), ("anee_heuristic_every_layer", {"budget": 0.7}),
         ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 0}), ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 0}),
         ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 3}), ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 3}),
@@ -217,7 +218,7 @@ def test_extra_specs_list_every_seed_and_the_bypass_variants():
     learned = [s for n, s in with_bypass if n in ("anee_warmstart", "anee_warmstart_profiler_only", "anee_rl")]
     assert len(learned) == 6 and all(s["bypass"] is True and s["seed"] == 1 for s in learned)
     assert ("hierarchical", {"capacity": 0.9, "exits": True, "seed": 1}) == with_bypass[-1]
-    assert len(extra_specs(ctx)) == 4 + 3 * 4 + 4 + 2 + 1  # the defaults: four budgets, seed 0
+    assert len(extra_specs(ctx)) == 4 + 3 * 4 + 4 + 4 + 2 + 1  # the defaults: four budgets, seed 0
 
 
 def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):

@@ -9,4 +9,5 @@
     policy        the MLP policy and its checkpoints
     learned       the MLP as a controller, `load_controller`
     entropy_exit  BranchyNet's confidence rule on the LM
+    kl_profile    a token's whole depth from a ridge prediction of its KL profile (closed form)
 """

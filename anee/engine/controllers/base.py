@@ -9,6 +9,10 @@ in teacher-forced parallel mode. The work one call costs per token is charged ag
 a constant `overhead_macs`, or, for a controller whose work depends on the layer, what its
 `layer_overhead(view)` reports (see `layer_overhead`).
 
+A controller with an `anchor_layer` also sees, at every later layer, each token's input to that layer
+(`LayerView.anchor`): a decision about a token's whole depth can be made from one state and acted
+on layer by layer without the controller keeping anything between calls.
+
 Per-call state lives in the call, not on the controller: what a decision needs about the chunk so
 far (budget spent, which tokens already EXITed) comes in the `LayerView`. One controller can then
 serve several threads at once, each getting the decisions it gets alone.
@@ -42,6 +46,7 @@ class LayerView:
     cost: CostModel
     plan: torch.Tensor | None = None  # [L] fixed actions or ASK; None = ASK everywhere
     exited: torch.Tensor | None = None  # [B, T] tokens that EXITed at an earlier layer of this chunk; None = none
+    anchor: torch.Tensor | None = None  # [B, T, D] input to the controller's `anchor_layer`, once reached; None = none
 
     @property
     def remaining_layers(self) -> int:

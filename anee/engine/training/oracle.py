@@ -26,30 +26,41 @@ from ..executor import AdaptiveExecutor
 
 @dataclass
 class SkipProfiles:
-    """Per-token KL and NLL [K, N] for each number of statically skipped layers in `skips`."""
+    """Per-token KL and NLL [K, N] for each number of statically skipped layers in `skips` (and, when
+    asked for, each token's full-model input to one layer [N, D])."""
 
     skips: np.ndarray  # [K]
     kl: np.ndarray  # [K, N]
     nll: np.ndarray  # [K, N]
+    hidden: np.ndarray | None = None  # [N, D] the full model's input to layer `hidden_at`
 
 
 @torch.no_grad()
-def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order: list[int], skips: list[int]) -> SkipProfiles:
-    """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2."""
+def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order: list[int], skips: list[int],
+                  hidden_at: int | None = None) -> SkipProfiles:
+    """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2.
+    Each skipped pass resumes from the full pass at its first skipped layer (bit for bit the whole pass)."""
     L = executor.adapter.num_layers
-    kl_rows, nll_rows = [], []
-    full = [KLReference(executor.forward(w).logits[0, :-1]) for w in windows]
-    for k in skips:
-        skipped = set(order[:k])
-        pattern = [SKIP if i in skipped else PROCESS for i in range(L)]
-        kl, nll = [], []
-        for w, reference in zip(windows, full):
-            logp = log_probs(executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1])).logits[0, :-1])
-            kl.append(reference.kl(logp))
-            nll.append(nll_log_probs(logp, w[0, 1:]))
-        kl_rows.append(torch.cat(kl).double().cpu().numpy())
-        nll_rows.append(torch.cat(nll).double().cpu().numpy())
-    return SkipProfiles(np.array(skips), np.stack(kl_rows), np.stack(nll_rows))
+    kl_rows, nll_rows, hidden = [[] for _ in skips], [[] for _ in skips], []
+    for w in windows:
+        full = executor.forward(w, collect_hidden=True)
+        reference = KLReference(full.logits[0, :-1])
+        if hidden_at is not None:
+            hidden.append(full.hidden_states[hidden_at][0, :-1].float())
+        for i, k in enumerate(skips):
+            skipped = set(order[:k])
+            start = min(skipped, default=L)
+            pattern = [SKIP if j in skipped else PROCESS for j in range(L)]
+            out = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1]), resume=(start, full.hidden_states[start]))
+            logp = log_probs(out.logits[0, :-1])
+            kl_rows[i].append(reference.kl(logp))
+            nll_rows[i].append(nll_log_probs(logp, w[0, 1:]))
+    return SkipProfiles(np.array(skips), _stacked(kl_rows), _stacked(nll_rows), torch.cat(hidden).cpu().numpy() if hidden_at is not None else None)
+
+
+def _stacked(rows: list[list[torch.Tensor]]) -> np.ndarray:
+    """[K, N] float64 from K lists of per-window tensors."""
+    return np.stack([torch.cat(r).double().cpu().numpy() for r in rows])
 
 
 def static_ppl(p: SkipProfiles, k: float) -> float:

@@ -20,6 +20,7 @@ METHODS = {
     "anee_warmstart": controllers.anee_warmstart,
     "anee_warmstart_profiler_only": controllers.anee_warmstart_profiler_only,
     "anee_rl": controllers.anee_rl,
+    "anee_kl_profile": controllers.anee_kl_profile,
     "hierarchical": hierarchical.hierarchical,
 }
 

@@ -8,10 +8,13 @@
   read of the residual stream (an ablation).
 - `anee_heuristic_every_layer`: the heuristic asked at every layer, without a plan (every skipped
   layer pays its K/V-only path and every layer pays the controller).
+- `anee_kl_profile`, setting `budget=<float>` (budgets from 0.6; each runs at the largest calibrated
+  budget of 0.01 steps not above it): the closed-form KL-profile controller (a token's
+  whole depth in the profiler's order from a ridge prediction of its KL profile; its own plan).
 
 Checkpoints are read from `ctx.extras["checkpoint_dir"]`: `profiler.safetensors` (notebook 02;
 rebuilt from `ctx.calibration_ids` when absent), `warmstart-s<seed>.safetensors` and
-`warmstart_profiler_only-s<seed>.safetensors` (03), `rl-s<seed>.safetensors` (04). A policy trained
+`warmstart_profiler_only-s<seed>.safetensors` and `kl_profile.safetensors` (03), `rl-s<seed>.safetensors` (04). A policy trained
 with the layer bypass runs in `ctx.bypass_executor`; `bypass=True` runs the heuristic there too.
 Costs include the profiler's entropy estimator and the policy MLP.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from ...core.outputs import MethodOutput
 from ...engine.controllers.heuristic import HeuristicController
+from ...engine.controllers.kl_profile import KLProfileController
 from ...engine.controllers.learned import LearnedController, load_controller
 from ...engine.controllers.plan import PlanConfig
 from ...engine.controllers.policy import load_policy
@@ -29,6 +33,8 @@ from ...engine.defaults import PROFILER_FILE
 from ...engine.executor import AdaptiveExecutor
 from ...engine.profiler import Profiler, calibrate_profiler
 from ..context import EvalContext, Method
+
+KL_PROFILE_FILE = "kl_profile.safetensors"  # notebook 03's closed-form controller
 
 
 def policy_file(kind: str, seed: int = 0) -> str:
@@ -105,3 +111,16 @@ def anee_warmstart_profiler_only(ctx: EvalContext, budget: float, seed: int = 0,
 
 def anee_rl(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
     return executor_method(*learned_controller(ctx, policy_file("rl", seed), bypass), budget)
+
+
+def anee_kl_profile(ctx: EvalContext, budget: float, bypass: bool | None = None) -> Method:
+    """The KL-profile controller notebook 03 fitted, in the executor it was fitted in (`bypass`, when
+    given, must agree with it)."""
+    path = checkpoint_dir(ctx) / KL_PROFILE_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} not found: run notebook 03 first")
+    fitted_with = KLProfileController.from_checkpoint(path).bypass
+    if bypass is not None and bypass != fitted_with:
+        raise ValueError(f"{path} was fitted {'with' if fitted_with else 'without'} the layer bypass; evaluate it with bypass={fitted_with}")
+    executor = ctx.executor_for(fitted_with)
+    return executor_method(executor, KLProfileController.from_checkpoint(path, executor), budget)

@@ -50,3 +50,14 @@ def test_skip_profiles_on_a_tiny_model():
     with torch.no_grad():
         ref = torch.cat([F.cross_entropy(model(w).logits[0, :-1], w[0, 1:], reduction="none") for w in windows])
     assert np.allclose(p.nll[0], ref.double().numpy(), atol=1e-4)
+    # each skipped pass resumes from the full pass at its first skipped layer: bit for bit the whole pass
+    from anee.core.actions import PROCESS, SKIP, pattern_decisions
+    from anee.core.divergence import log_probs, nll_log_probs
+
+    whole = torch.cat([nll_log_probs(log_probs(ex.forward(w, decisions=pattern_decisions([PROCESS, SKIP, SKIP, SKIP], 24)).logits[0, :-1]),
+                                     w[0, 1:]) for w in windows])
+    assert np.array_equal(p.nll[2], whole.double().numpy())
+    with_hidden = skip_profiles(ex, windows, order=[2, 1, 3, 0], skips=[0, 1], hidden_at=2)
+    assert np.array_equal(with_hidden.nll, p.nll[:2]) and p.hidden is None
+    inputs = torch.cat([ex.forward(w, collect_hidden=True).hidden_states[2][0, :-1] for w in windows])
+    assert np.array_equal(with_hidden.hidden, inputs.numpy())

@@ -83,3 +83,24 @@ def test_learned_controllers_run_in_the_executor_they_were_trained_in(tiny, tmp_
     heur = METHODS["anee_heuristic"](ctx, budget=0.6, bypass=True)(window)
     ref = bx.forward(window, controller=HeuristicController(get_profiler(ctx, bx), plan=shared_plan(ctx)), budget=0.6)
     assert torch.equal(heur.logits, ref.logits) and torch.equal(heur.cost.layer_macs, ref.trace.cost(bx.cost).layer_macs)
+
+
+def test_kl_profile_method_runs_the_fitted_controller_in_its_executor(tiny, tmp_path):
+    from anee.engine.training.kl_profile import fit_kl_profile
+    from anee.evaluation.methods.controllers import KL_PROFILE_FILE
+
+    model, ex, prof, ids = tiny
+    bx = AdaptiveExecutor(ex.adapter, bypass=random_bypass("linear", 32, 6, seed=4))
+    ctx = EvalContext(model, None, ex, ids, extras={"checkpoint_dir": tmp_path}, bypass_executor=bx)
+    with pytest.raises(ValueError, match="kl_profile.safetensors not found: run notebook 03 first"):
+        METHODS["anee_kl_profile"](ctx, budget=0.8)
+    windows = [ids[:, 32 * i : 32 * (i + 1)] for i in range(4)]
+    fit = fit_kl_profile(bx, windows, prof.removal_order, max_depth=3, budgets=(0.7, 0.8, 0.9))
+    fit.controller.save(tmp_path / KL_PROFILE_FILE)
+    with pytest.raises(ValueError, match="fitted with the layer bypass; evaluate it with bypass=True"):
+        METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=False)
+    window = ids[:, 128:160]
+    out = METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=True)(window)
+    ref = bx.forward(window, controller=fit.controller, budget=0.8)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.cost.layer_macs, ref.trace.cost(bx.cost).layer_macs)
+    assert (ref.trace.decisions != 0).any()
