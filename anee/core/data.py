@@ -14,6 +14,12 @@ import torch
 
 SPLITS = ("valid", "test")
 _HUB_SPLIT = {"valid": "validation", "test": "test"}
+# Spans of the valid split (token offsets) that notebooks 02-03 keep apart, so that what one fit
+# tunes on is unseen text for the next: the bypass's end-to-end tuning, the choice of its family and
+# removal order, then the KL-profile controller's windows (`anee.evaluation.budget.kl_profile_windows`).
+VALID_BYPASS_TUNING = slice(20_000, 40_000)
+VALID_BYPASS_CHOICE = slice(40_000, 44_000)
+VALID_KL_PROFILE_START = VALID_BYPASS_CHOICE.stop
 
 
 def data_dir() -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..core.data import sample_windows
+from ..core.data import VALID_KL_PROFILE_START, sample_windows
 from ..engine.executor import AdaptiveExecutor
 from ..engine.prefix_memo import shared_prefixes
 from .notebook import pick
@@ -36,13 +36,14 @@ def skip_calibration_windows(valid: torch.Tensor, profile: str, seed: int) -> Sk
 
 
 def kl_profile_windows(valid: torch.Tensor, profile: str) -> list[torch.Tensor]:
-    """Windows [1, T] of valid-split ids [1, >= 60,384] the KL-profile controller is fitted on: from
-    token 44,000 on, after the text notebook 02 tunes the bypass on (20,000-40,000), so the profiles
-    see the bypass as it does on unseen text."""
+    """Windows [1, T] of valid-split ids the KL-profile controller is fitted on: from
+    `VALID_KL_PROFILE_START` on, after the text notebook 02 tunes the bypass on and chooses it with,
+    so the profiles see the bypass as it does on unseen text."""
     count, length = pick(profile, quick=(4, 128), full=(32, 512))
-    if valid.shape[1] < 44_000 + count * length:
-        raise ValueError(f"need {44_000 + count * length} valid tokens, got {valid.shape[1]}: pass wikitext_tokens(tokenizer, 'valid')")
-    return [valid[:, 44_000 + length * i : 44_000 + length * (i + 1)] for i in range(count)]
+    start = VALID_KL_PROFILE_START
+    if valid.shape[1] < start + count * length:
+        raise ValueError(f"need {start + count * length} valid tokens, got {valid.shape[1]}: pass wikitext_tokens(tokenizer, 'valid')")
+    return [valid[:, start + length * i : start + length * (i + 1)] for i in range(count)]
 
 
 @torch.no_grad()

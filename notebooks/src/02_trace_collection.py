@@ -64,7 +64,7 @@ import pandas as pd
 
 from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
 from anee.core.bypass import BypassConfig
-from anee.core.data import sample_windows, wikitext_tokens
+from anee.core.data import VALID_BYPASS_CHOICE, VALID_BYPASS_TUNING, sample_windows, wikitext_tokens
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
@@ -117,8 +117,8 @@ influence = block_influence(identity, valid[:, :4096])
 bi_order = removal_order(influence)
 search_windows = valid[0, : SEARCH_WINDOWS * SEARCH_LEN].view(SEARCH_WINDOWS, SEARCH_LEN)
 fit_windows = valid[0, 4096 : 4096 + FIT_WINDOWS * FIT_LEN].view(FIT_WINDOWS, FIT_LEN)
-tune_ids = valid[:, 20000:40000]
-splits = {"valid": valid[0, 40000 : 40000 + SELECT_WINDOWS * 256].view(SELECT_WINDOWS, 256),
+tune_ids = valid[:, VALID_BYPASS_TUNING]
+splits = {"valid": valid[0, VALID_BYPASS_CHOICE][: SELECT_WINDOWS * 256].view(SELECT_WINDOWS, 256),
           "test": test[0, : TABLE_TEST_WINDOWS * 512].view(TABLE_TEST_WINDOWS, 512)}
 print(f"{MODEL}: {adapter.num_layers} layers; removal order by Block Influence (valid) {bi_order[:10]}...")
 

@@ -140,11 +140,12 @@ verdicts.pivot_table(index=["a", "b"], columns=["curve", "net_saved"], values="v
 # %% [markdown]
 # ## How much could a per-token allocation gain? A hindsight bound
 # Each token gets its own number of skipped layers (nested skip sets in the profiler's removal order,
-# the one the controllers' plans drop in; skipped layers running the bypass), chosen with hindsight to minimise KL to the full model at a fixed mean **net**
-# saving, charging the K/V-only path, the bypass and the every-layer heuristic's measured controller
-# overhead (no static DROP). Optimistic by construction (it sees the outcome and ignores that a
-# token's choice changes the keys/values others attend to), so it bounds what a better per-token
-# predictor could reach; static removal (skipped layers with the bypass) is scored on the same windows.
+# the one the controllers' plans drop in; skipped layers running the bypass), chosen with hindsight
+# to minimise KL to the full model at a fixed mean **net** saving, charging the K/V-only path, the
+# bypass and the every-layer heuristic's measured controller overhead (no static DROP). Optimistic
+# by construction (it sees the outcome and ignores that a token's choice changes the keys/values
+# others attend to), so it bounds what a better per-token predictor could reach; static removal
+# (skipped layers with the bypass) is scored on the same windows.
 
 # %%
 headroom = headroom_table(ctx, test_ids, WINDOW, HEADROOM_TOKENS, LEVELS, controller_overhead(table),

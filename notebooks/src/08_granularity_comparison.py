@@ -44,6 +44,7 @@ import torch
 from anee import AdaptiveExecutor, adapter_for, load_model
 from anee.core.data import wikitext_tokens
 from anee.engine.importance import block_influence, removal_order
+from anee.engine.prefix_memo import shared_prefixes
 from anee.evaluation.context import EvalContext
 from anee.evaluation.granularity.pool import (
     budget_violations,
@@ -244,10 +245,12 @@ if load_bypass(CKPT, adapter) is not None and (CKPT / policy_file("rl", SEED)).i
     ANEE_NAME = "ANEE RL+bypass"
 else:
     anee_executor, anee_controller, ANEE_NAME = executor, None, "ANEE budget"
-anee_scores = {b: S.anee(test, b, anee_controller, anee_executor) for b in ANEE_BUDGETS}
+with shared_prefixes(anee_executor):  # the layers every budget's plan processes run once per window (same numbers)
+    anee_scores = {b: S.anee(test, b, anee_controller, anee_executor) for b in ANEE_BUDGETS}
 # budget x precision: the same controller and bypass on INT8 kernels
 anee_int8_executor = AdaptiveExecutor(adapter, bypass=anee_executor.bypass, weights=kbank.at(8))
-anee_int8_scores = {b: S.anee(test, b, anee_controller, anee_int8_executor) for b in ANEE_BUDGETS}
+with shared_prefixes(anee_int8_executor):
+    anee_int8_scores = {b: S.anee(test, b, anee_controller, anee_int8_executor) for b in ANEE_BUDGETS}
 print(ANEE_NAME)
 
 # %% [markdown]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anee.core.data import sample_windows
-from anee.evaluation.budget import skip_calibration_windows
+from anee.core.data import VALID_BYPASS_CHOICE, VALID_BYPASS_TUNING, VALID_KL_PROFILE_START, sample_windows
+from anee.evaluation.budget import kl_profile_windows, skip_calibration_windows
 
 
 def contains(ids: torch.Tensor, window: torch.Tensor) -> bool:
@@ -33,3 +33,17 @@ def test_skip_calibration_windows_need_enough_valid_tokens():
         skip_calibration_windows(torch.arange(100).unsqueeze(0), "full", seed=0)
     with pytest.raises(ValueError, match="PROFILE must be one of .*got .medium."):
         skip_calibration_windows(torch.arange(3000).unsqueeze(0), "medium", seed=0)
+
+
+@pytest.mark.parametrize("profile, count, length", [("quick", 4, 128), ("full", 32, 512)])
+def test_kl_profile_windows_follow_the_bypass_text_without_overlap(profile, count, length):
+    valid = torch.arange(70_000).unsqueeze(0)  # token i has id i: a window's ids are its offsets
+    windows = kl_profile_windows(valid, profile)
+    offsets = torch.cat([w[0] for w in windows])
+    assert len(windows) == count and all(w.shape == (1, length) for w in windows)
+    assert torch.equal(offsets, torch.arange(VALID_KL_PROFILE_START, VALID_KL_PROFILE_START + count * length))
+    # the spans notebook 02 tunes the bypass on and chooses it with come first, and apart
+    assert VALID_BYPASS_TUNING.stop <= VALID_BYPASS_CHOICE.start and VALID_BYPASS_CHOICE.stop <= int(offsets.min())
+    need = VALID_KL_PROFILE_START + count * length
+    with pytest.raises(ValueError, match=f"need {need} valid tokens, got {need - 1}"):
+        kl_profile_windows(valid[:, : need - 1], profile)

@@ -160,17 +160,27 @@ class KLProfileController(Checkpointable):
                 "table": int(self.budgets.numel()), "window": self.window, "bypass": self.bypass,
                 "skip_fraction": self.skip_fraction, "drop_fraction": self.drop_fraction}
 
+    def check_model(self, executor) -> None:
+        """ValueError unless `executor` runs the model (layers, width) and bypass setting this was fitted for."""
+        check_fitted_for(self.checkpoint_config(), executor)
+
     @classmethod
     def from_config(cls, config: dict, executor=None) -> KLProfileController:
         """An instance of the saved shapes (tensors loaded after); with `executor`, checked against its model."""
-        order, n, g = config["order"], int(config["features"]), int(config["table"])
         if executor is not None:
-            if (executor.adapter.num_layers, executor.adapter.dims.hidden + POSITION_FEATURES) != (config["num_layers"], n):
-                raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, the model has "
-                                 f"{executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
-            if config["bypass"] != (executor.bypass is not None):
-                raise ValueError(f"fitted {'with' if config['bypass'] else 'without'} the layer bypass; run it in an executor "
-                                 f"{'with' if config['bypass'] else 'without'} one")
+            check_fitted_for(config, executor)
+        order, n, g = config["order"], int(config["features"]), int(config["table"])
         return cls(order, config["num_layers"], torch.zeros(n, len(order) + 1), torch.linspace(0.1, 0.9, g) if g > 1 else torch.full((1,), 0.5),
                    torch.zeros(g, dtype=torch.long), torch.zeros(g), config["window"], config["bypass"],
                    config["skip_fraction"], config["drop_fraction"])
+
+
+def check_fitted_for(config: dict, executor) -> None:
+    """ValueError unless `executor`'s model and bypass setting are those a controller `config` was fitted for."""
+    n = int(config["features"])
+    if (executor.adapter.num_layers, executor.adapter.dims.hidden + POSITION_FEATURES) != (config["num_layers"], n):
+        raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, the model has "
+                         f"{executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
+    if config["bypass"] != (executor.bypass is not None):
+        raise ValueError(f"fitted {'with' if config['bypass'] else 'without'} the layer bypass; run it in an executor "
+                         f"{'with' if config['bypass'] else 'without'} one")

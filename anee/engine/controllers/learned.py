@@ -34,6 +34,11 @@ class LearnedController(PacedController):
         self.temperature = real("temperature", temperature, 0.0, open_low=True)
         self.after_full_prompt = flag("after_full_prompt", after_full_prompt)
 
+    @classmethod
+    def as_trained(cls, policy: PolicyNet, profiler, **kwargs) -> LearnedController:
+        """`policy` under the pacing band and layer plan it was trained with (stored beside its weights)."""
+        return cls(policy, profiler, pacing=policy.pacing_config(), plan=policy.plan_config(), **kwargs)
+
     def for_full_prompt(self) -> LearnedController:
         """This controller for the tokens generated after a prompt that ran every layer
         (prefill="full"): same policy, plan and band, the SKIP offsets calibrated for that context."""
@@ -76,5 +81,4 @@ def load_controller(path: str | Path, profiler, **kwargs) -> LearnedController:
     """The saved policy as a `LearnedController` under the plan and band it was trained with."""
     if not isinstance(profiler, Profiler):
         raise TypeError(f"profiler must be a Profiler (e.g. Profiler.from_checkpoint(path, executor)), got {type(profiler).__name__}")
-    policy = load_policy(path, profiler.executor.adapter.num_layers)
-    return LearnedController(policy, profiler, pacing=policy.pacing_config(), plan=policy.plan_config(), **kwargs)
+    return LearnedController.as_trained(load_policy(path, profiler.executor.adapter.num_layers), profiler, **kwargs)

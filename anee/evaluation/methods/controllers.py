@@ -26,7 +26,7 @@ from pathlib import Path
 from ...core.outputs import MethodOutput
 from ...engine.controllers.heuristic import HeuristicController
 from ...engine.controllers.kl_profile import KLProfileController
-from ...engine.controllers.learned import LearnedController, load_controller
+from ...engine.controllers.learned import LearnedController
 from ...engine.controllers.plan import PlanConfig
 from ...engine.controllers.policy import load_policy
 from ...engine.defaults import PROFILER_FILE
@@ -88,17 +88,23 @@ def anee_heuristic_every_layer(ctx: EvalContext, budget: float, bypass: bool = F
     return executor_method(executor, HeuristicController(get_profiler(ctx, executor)), budget)
 
 
+def trained_executor(ctx: EvalContext, path: Path, with_bypass: bool, bypass: bool | None) -> AdaptiveExecutor:
+    """The executor a checkpoint at `path` was trained or fitted in (`with_bypass`: with the layer
+    bypass); `bypass`, when given, must agree with the checkpoint."""
+    if bypass is not None and bypass != with_bypass:
+        raise ValueError(f"{path} was trained {'with' if with_bypass else 'without'} the layer bypass; "
+                         f"evaluate it with bypass={with_bypass}")
+    return ctx.executor_for(with_bypass)
+
+
 def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
     """The saved policy `file` under the plan and pacing band it was trained with, and the executor
     it was trained in (with the bypass when it was trained with one); `bypass`, when given, must
     agree with the checkpoint."""
     path = checkpoint_dir(ctx) / file
-    trained_with = load_policy(path, ctx.adapter.num_layers).trained_for.get("bypass") is not None
-    if bypass is not None and bypass != trained_with:
-        raise ValueError(f"{path} was trained {'with' if trained_with else 'without'} the layer bypass; "
-                         f"evaluate it with bypass={trained_with}")
-    executor = ctx.executor_for(trained_with)
-    return executor, load_controller(path, get_profiler(ctx, executor))
+    policy = load_policy(path, ctx.adapter.num_layers)
+    executor = trained_executor(ctx, path, policy.trained_for.get("bypass") is not None, bypass)
+    return executor, LearnedController.as_trained(policy, get_profiler(ctx, executor))
 
 
 def anee_warmstart(ctx: EvalContext, budget: float, seed: int = 0, bypass: bool | None = None) -> Method:
@@ -119,8 +125,7 @@ def anee_kl_profile(ctx: EvalContext, budget: float, bypass: bool | None = None)
     path = checkpoint_dir(ctx) / KL_PROFILE_FILE
     if not path.is_file():
         raise ValueError(f"{path} not found: run notebook 03 first")
-    fitted_with = KLProfileController.from_checkpoint(path).bypass
-    if bypass is not None and bypass != fitted_with:
-        raise ValueError(f"{path} was fitted {'with' if fitted_with else 'without'} the layer bypass; evaluate it with bypass={fitted_with}")
-    executor = ctx.executor_for(fitted_with)
-    return executor_method(executor, KLProfileController.from_checkpoint(path, executor), budget)
+    controller = KLProfileController.from_checkpoint(path)
+    executor = trained_executor(ctx, path, controller.bypass, bypass)
+    controller.check_model(executor)
+    return executor_method(executor, controller, budget)

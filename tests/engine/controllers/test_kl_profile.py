@@ -91,6 +91,10 @@ def test_checkpoint_round_trip_and_its_checks(tiny, tmp_path):
     bx = AdaptiveExecutor(ex.adapter, bypass=random_bypass("linear", ex.adapter.dims.hidden, L, seed=1))
     with pytest.raises(ValueError, match="fitted without the layer bypass; run it in an executor without one"):
         KLProfileController.from_checkpoint(path, bx)
+    loose = KLProfileController.from_checkpoint(path)  # loaded without an executor: checked against one later
+    loose.check_model(ex)
+    with pytest.raises(ValueError, match="fitted without the layer bypass; run it in an executor without one"):
+        loose.check_model(bx)
 
 
 def test_bad_construction_and_a_missing_anchor_are_refused(tiny):

@@ -97,7 +97,7 @@ def test_kl_profile_method_runs_the_fitted_controller_in_its_executor(tiny, tmp_
     windows = [ids[:, 32 * i : 32 * (i + 1)] for i in range(4)]
     fit = fit_kl_profile(bx, windows, prof.removal_order, max_depth=3, budgets=(0.7, 0.8, 0.9))
     fit.controller.save(tmp_path / KL_PROFILE_FILE)
-    with pytest.raises(ValueError, match="fitted with the layer bypass; evaluate it with bypass=True"):
+    with pytest.raises(ValueError, match="kl_profile.safetensors was trained with the layer bypass; evaluate it with bypass=True"):
         METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=False)
     window = ids[:, 128:160]
     out = METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=True)(window)
