@@ -211,6 +211,19 @@ class BypassConfig:
         return self.family if not self.rank else f"{self.family}-{self.rank}"
 
 
+def bypass_label(bank: BypassBank | None) -> str | None:
+    """The label a checkpoint records for the layer bypass it ran with (None: none, skipped layers add nothing)."""
+    return None if bank is None else bank.config.label
+
+
+def check_same_bypass(trained: str | None, bank: BypassBank | None, source: str, fix: str) -> None:
+    """ValueError unless `bank` has the family and rank of the bypass a checkpoint (`source`) was trained or
+    fitted with; `trained` is the label it recorded (notebook 02 appends " tuned" to a tuned bank's; None: none)."""
+    running = bypass_label(bank)
+    if (trained.split()[0] if trained else None) != running:
+        raise ValueError(f"{source} was trained with the layer bypass {trained!r}, the executor runs {running!r}: {fix}")
+
+
 class BypassBank(Checkpointable, nn.Module):
     """One bypass per block of a model, all of one family and size."""
 

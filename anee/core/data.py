@@ -15,8 +15,11 @@ import torch
 SPLITS = ("valid", "test")
 _HUB_SPLIT = {"valid": "validation", "test": "test"}
 # Spans of the valid split (token offsets) that notebooks 02-03 keep apart, so that what one fit
-# tunes on is unseen text for the next: the bypass's end-to-end tuning, the choice of its family and
-# removal order, then the KL-profile controller's windows (`anee.evaluation.budget.kl_profile_windows`).
+# tunes on is unseen text for the next: layer importance (with the greedy removal search and the
+# profiler), the bypass's closed-form fit, its end-to-end tuning, the choice of its family and removal
+# order, then the KL-profile controller's windows (`anee.evaluation.budget.kl_profile_windows`).
+VALID_IMPORTANCE = slice(0, 4096)
+VALID_BYPASS_FIT = slice(4096, 20_000)
 VALID_BYPASS_TUNING = slice(20_000, 40_000)
 VALID_BYPASS_CHOICE = slice(40_000, 44_000)
 VALID_KL_PROFILE_START = VALID_BYPASS_CHOICE.stop
@@ -71,6 +74,16 @@ def code_tokens(tokenizer, max_tokens: int | None = None) -> torch.Tensor:
             raise ValueError(f"the code text has {ids.shape[1]} tokens, fewer than {max_tokens}")
         ids = ids[:, :max_tokens]
     return ids
+
+
+def span_windows(ids: torch.Tensor, span: slice, count: int, length: int) -> torch.Tensor:
+    """The first `count` consecutive windows [count, length] of `span` (one of the `VALID_*` spans)
+    in token ids [1, N]; ValueError when they would run past the span (into text kept for another use)."""
+    have = min(span.stop, ids.shape[1]) - span.start
+    if count * length > have:
+        raise ValueError(f"{count} windows of {length} tokens need {count * length} tokens, the span "
+                         f"{span.start}:{span.stop} has {have}: ask for fewer or shorter windows")
+    return ids[0, span.start : span.start + count * length].view(count, length)
 
 
 def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int = 0) -> torch.Tensor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..core.bypass import BypassBank
+from ..core.bypass import BypassBank, check_same_bypass
 from ..core.devices import model_device
 from .controllers.base import Controller
 from .controllers.heuristic import HeuristicController
@@ -181,17 +181,10 @@ class Defaults:
         if method == "heuristic":
             return HeuristicController(profiler, plan=self.plan)
         controller = load_controller(self.folder / POLICY_FILES[method], profiler)
-        trained, running = controller.policy.trained_for.get("bypass"), bypass_label(executor)
-        if (trained.split()[0] if trained else None) != running:  # notebook 02 labels e.g. "diag_lowrank-64 tuned"
-            raise ValueError(f"{self.folder / POLICY_FILES[method]} was trained with the layer bypass {trained!r}, the executor "
-                             f"runs {running!r}: use the folder's own bypass (pass no bypass= to ANEEWrapper)")
+        check_same_bypass(controller.policy.trained_for.get("bypass"), executor.bypass, str(self.folder / POLICY_FILES[method]),
+                          "use the folder's own bypass (pass no bypass= to ANEEWrapper)")
         controller.policy.to(model_device(executor.adapter.model))
         return controller
-
-
-def bypass_label(executor) -> str | None:
-    """The label of the executor's layer bypass (None: skipped layers add nothing)."""
-    return None if executor.bypass is None else executor.bypass.config.label
 
 
 @contextmanager

@@ -64,7 +64,15 @@ import pandas as pd
 
 from anee import PROCESS, SKIP, AdaptiveExecutor, adapter_for, load_model
 from anee.core.bypass import BypassConfig
-from anee.core.data import VALID_BYPASS_CHOICE, VALID_BYPASS_TUNING, sample_windows, wikitext_tokens
+from anee.core.data import (
+    VALID_BYPASS_CHOICE,
+    VALID_BYPASS_FIT,
+    VALID_BYPASS_TUNING,
+    VALID_IMPORTANCE,
+    sample_windows,
+    span_windows,
+    wikitext_tokens,
+)
 from anee.engine.controllers.heuristic import HeuristicController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
@@ -113,12 +121,12 @@ identity = AdaptiveExecutor(adapter)
 valid = wikitext_tokens(tokenizer, "valid", 60000)
 test = wikitext_tokens(tokenizer, "test", max(TEST_TOKENS + 1, TABLE_TEST_WINDOWS * 512))
 # disjoint slices of valid: layer importance + greedy search + profiler | bypass fit | bypass tuning | bypass choice
-influence = block_influence(identity, valid[:, :4096])
+influence = block_influence(identity, valid[:, VALID_IMPORTANCE])
 bi_order = removal_order(influence)
-search_windows = valid[0, : SEARCH_WINDOWS * SEARCH_LEN].view(SEARCH_WINDOWS, SEARCH_LEN)
-fit_windows = valid[0, 4096 : 4096 + FIT_WINDOWS * FIT_LEN].view(FIT_WINDOWS, FIT_LEN)
+search_windows = span_windows(valid, VALID_IMPORTANCE, SEARCH_WINDOWS, SEARCH_LEN)
+fit_windows = span_windows(valid, VALID_BYPASS_FIT, FIT_WINDOWS, FIT_LEN)
 tune_ids = valid[:, VALID_BYPASS_TUNING]
-splits = {"valid": valid[0, VALID_BYPASS_CHOICE][: SELECT_WINDOWS * 256].view(SELECT_WINDOWS, 256),
+splits = {"valid": span_windows(valid, VALID_BYPASS_CHOICE, SELECT_WINDOWS, 256),
           "test": test[0, : TABLE_TEST_WINDOWS * 512].view(TABLE_TEST_WINDOWS, 512)}
 print(f"{MODEL}: {adapter.num_layers} layers; removal order by Block Influence (valid) {bi_order[:10]}...")
 
@@ -193,12 +201,12 @@ family_table.groupby(["bypass", "removal_order", "split"])[[f"ppl_at_{s:g}" for 
 # valid states (a different slice from the fit).
 
 # %%
-profiler = calibrate_profiler(executor, valid[:, :4096], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
+profiler = calibrate_profiler(executor, valid[:, VALID_IMPORTANCE], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
                               importance=influence if ORDER == "block_influence" else order_importance(order))
 profiler.save(CKPT / PROFILER_FILE)
-fit_states = calibration_hidden(executor, valid[:, :4096], max_windows=1)
+fit_states = calibration_hidden(executor, valid[:, VALID_IMPORTANCE], max_windows=1)
 held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
-rows = [estimator_error(executor, fit_shortlist(executor, valid[:, :4096], k=k, hidden=fit_states), held_out) for k in (16, 64, 256)]
+rows = [estimator_error(executor, fit_shortlist(executor, valid[:, VALID_IMPORTANCE], k=k, hidden=fit_states), held_out) for k in (16, 64, 256)]
 est_table = pd.DataFrame(rows)
 save_table(est_table, "02_entropy_estimator", PROFILE)
 est_table

@@ -11,6 +11,8 @@ from anee.core.bypass import (
     BypassBank,
     BypassConfig,
     BypassStats,
+    bypass_label,
+    check_same_bypass,
     normalized,
     reduced_rank,
 )
@@ -228,3 +230,16 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
         BypassBank.from_checkpoint(path, D, 4)
     with pytest.raises(ValueError, match="not found.*re-run notebook 02"):
         BypassBank.from_checkpoint(tmp_path / "missing.safetensors", D, 3)
+
+
+def test_check_same_bypass_compares_family_and_rank_and_ignores_the_tuned_suffix():
+    bank = BypassBank(BypassConfig("diag_lowrank", 4), D, 3)
+    assert bypass_label(bank) == "diag_lowrank-4" and bypass_label(None) is None
+    check_same_bypass("diag_lowrank-4 tuned", bank, "p.safetensors", "fix")
+    check_same_bypass(None, None, "p.safetensors", "fix")
+    with pytest.raises(ValueError, match="p.safetensors was trained with the layer bypass 'diag_lowrank-16', the executor runs 'diag_lowrank-4': fix"):
+        check_same_bypass("diag_lowrank-16", bank, "p.safetensors", "fix")
+    with pytest.raises(ValueError, match="trained with the layer bypass None, the executor runs 'diag_lowrank-4'"):
+        check_same_bypass(None, bank, "p.safetensors", "fix")
+    with pytest.raises(ValueError, match="trained with the layer bypass 'linear', the executor runs None"):
+        check_same_bypass("linear", None, "p.safetensors", "fix")

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from anee.core import data
-from anee.core.data import code_tokens, sample_windows
+from anee.core.data import (
+    VALID_BYPASS_CHOICE,
+    VALID_BYPASS_FIT,
+    VALID_IMPORTANCE,
+    code_tokens,
+    sample_windows,
+    span_windows,
+)
 
 
 class CharTokenizer:
@@ -55,3 +62,15 @@ def test_sample_windows_are_reproducible_slices():
     assert sample_windows(ids, 100, 2).tolist() == [list(range(100))] * 2
     with pytest.raises(ValueError, match="need at least 101 tokens, have 100"):
         sample_windows(ids, 101, 1)
+
+
+def test_span_windows_are_the_spans_first_tokens_and_refuse_to_run_past_it():
+    ids = torch.arange(50_000).unsqueeze(0)
+    w = span_windows(ids, VALID_BYPASS_FIT, 3, 100)
+    assert torch.equal(w, torch.arange(4096, 4396).view(3, 100))
+    assert torch.equal(span_windows(ids, VALID_BYPASS_CHOICE, 2, 2000)[1], torch.arange(42_000, 44_000))
+    assert VALID_IMPORTANCE.stop == VALID_BYPASS_FIT.start  # the spans tile valid in order
+    with pytest.raises(ValueError, match="need 4096 tokens, the span 40000:44000 has 4000: ask for fewer or shorter windows"):
+        span_windows(ids, VALID_BYPASS_CHOICE, 8, 512)
+    with pytest.raises(ValueError, match="the span 0:4096 has 1000"):  # a split shorter than the span
+        span_windows(ids[:, :1000], VALID_IMPORTANCE, 2, 512)

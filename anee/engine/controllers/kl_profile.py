@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ...core.actions import ASK, DROP, PROCESS, SKIP
+from ...core.bypass import check_same_bypass
 from ...core.checkpoints import Checkpointable
 from .base import LayerView
 
-KL_PROFILE_FORMAT = "anee.kl_profile_controller.v1"
+KL_PROFILE_FORMAT = "anee.kl_profile_controller.v2"  # v2: the bypass is recorded by its label (v1: a flag)
 POSITION_FEATURES = 4  # log1p(position) / log(window), its square, position < 8, a bias
 
 
@@ -71,7 +72,7 @@ class KLProfileController(Checkpointable):
     FIX = "refit it with anee.engine.training.kl_profile.fit_kl_profile (notebook 03 writes it)"
 
     def __init__(self, order: list[int], num_layers: int, weight: torch.Tensor, budgets: torch.Tensor, drops: torch.Tensor,
-                 prices: torch.Tensor, window: int, bypass: bool, skip_fraction: float, drop_fraction: float):
+                 prices: torch.Tensor, window: int, bypass: str | None, skip_fraction: float, drop_fraction: float):
         order = [int(i) for i in order]
         if not order or len(set(order)) != len(order) or not all(0 <= i < num_layers for i in order):
             raise ValueError(f"order must list distinct layers of the {num_layers}-layer model, got {order}")
@@ -88,7 +89,9 @@ class KLProfileController(Checkpointable):
         self.anchor_layer = min(order)  # the executor hands its input to every later call (`LayerView.anchor`)
         self.weight = weight.double()
         self.budgets, self.drops, self.prices = budgets, drops.long(), prices
-        self.window, self.bypass = int(window), bool(bypass)
+        if bypass is not None and not isinstance(bypass, str):
+            raise TypeError(f"bypass must be the label of the layer bypass it was fitted with (or None), got {bypass!r}")
+        self.window, self.bypass = int(window), bypass
         # the price's units: a SKIPPED and a DROPPED layer's share of a processed one over the fitting windows
         self.skip_fraction, self.drop_fraction = float(skip_fraction), float(drop_fraction)
 
@@ -181,6 +184,5 @@ def check_fitted_for(config: dict, executor) -> None:
     if (executor.adapter.num_layers, executor.adapter.dims.hidden + POSITION_FEATURES) != (config["num_layers"], n):
         raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, the model has "
                          f"{executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
-    if config["bypass"] != (executor.bypass is not None):
-        raise ValueError(f"fitted {'with' if config['bypass'] else 'without'} the layer bypass; run it in an executor "
-                         f"{'with' if config['bypass'] else 'without'} one")
+    check_same_bypass(config["bypass"], executor.bypass, "the KL-profile controller",
+                      "run it in an executor with that bypass (or refit it in this one)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...core.bypass import bypass_label
 from ...core.scalars import integer
 from ..controllers.kl_profile import KLProfileController, depth_options, profile_features
 from ..executor import AdaptiveExecutor
@@ -110,5 +111,6 @@ def fit_kl_profile(executor: AdaptiveExecutor, windows: list[torch.Tensor], orde
     predicted = (x[~fit] @ weight).numpy()
     correlation = [float(np.corrcoef(predicted[:, k], profiles.kl[k, (~fit).numpy()])[0, 1]) for k in range(1, max_depth + 1)]
     controller = KLProfileController(order, L, weight, torch.tensor([r["budget"] for r in rows], dtype=torch.float64),
-                                     torch.tensor([r["dropped"] for r in rows]), torch.tensor([r["price"] for r in rows], dtype=torch.float64), T, executor.bypass is not None, skip_fraction, drop_fraction)
+                                     torch.tensor([r["dropped"] for r in rows]), torch.tensor([r["price"] for r in rows], dtype=torch.float64), T, bypass_label(executor.bypass),
+                                     skip_fraction, drop_fraction)
     return KLProfileFit(controller, ridge, rows, {s: c[2] for s, c in candidates.items()}, correlation)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...core.bypass import check_same_bypass
 from ...core.outputs import MethodOutput
 from ...engine.controllers.heuristic import HeuristicController
 from ...engine.controllers.kl_profile import KLProfileController
@@ -88,13 +89,17 @@ def anee_heuristic_every_layer(ctx: EvalContext, budget: float, bypass: bool = F
     return executor_method(executor, HeuristicController(get_profiler(ctx, executor)), budget)
 
 
-def trained_executor(ctx: EvalContext, path: Path, with_bypass: bool, bypass: bool | None) -> AdaptiveExecutor:
-    """The executor a checkpoint at `path` was trained or fitted in (`with_bypass`: with the layer
-    bypass); `bypass`, when given, must agree with the checkpoint."""
+def trained_executor(ctx: EvalContext, path: Path, trained: str | None, bypass: bool | None) -> AdaptiveExecutor:
+    """The executor a checkpoint at `path` was trained or fitted in (`trained`: the label of the layer
+    bypass it recorded, None without one), checked to run that bypass; `bypass`, when given, must
+    agree with the checkpoint."""
+    with_bypass = trained is not None
     if bypass is not None and bypass != with_bypass:
         raise ValueError(f"{path} was trained {'with' if with_bypass else 'without'} the layer bypass; "
                          f"evaluate it with bypass={with_bypass}")
-    return ctx.executor_for(with_bypass)
+    executor = ctx.executor_for(with_bypass)
+    check_same_bypass(trained, executor.bypass, str(path), "evaluate it in a context with the bypass notebook 02 chose")
+    return executor
 
 
 def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
@@ -103,7 +108,7 @@ def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) 
     agree with the checkpoint."""
     path = checkpoint_dir(ctx) / file
     policy = load_policy(path, ctx.adapter.num_layers)
-    executor = trained_executor(ctx, path, policy.trained_for.get("bypass") is not None, bypass)
+    executor = trained_executor(ctx, path, policy.trained_for.get("bypass"), bypass)
     return executor, LearnedController.as_trained(policy, get_profiler(ctx, executor))
 
 
@@ -127,5 +132,5 @@ def anee_kl_profile(ctx: EvalContext, budget: float, bypass: bool | None = None)
         raise ValueError(f"{path} not found: run notebook 03 first")
     controller = KLProfileController.from_checkpoint(path)
     executor = trained_executor(ctx, path, controller.bypass, bypass)
-    controller.check_model(executor)
+    controller.check_model(executor)  # its width and depth
     return executor_method(executor, controller, budget)

@@ -68,6 +68,10 @@ def test_learned_controllers_run_in_the_executor_they_were_trained_in(tiny, tmp_
         METHODS["anee_warmstart"](ctx, budget=0.5, seed=0, bypass=False)
     with pytest.raises(ValueError, match=r"rl-s1.safetensors was trained without the layer bypass; evaluate it with bypass=False"):
         METHODS["anee_rl"](ctx, budget=0.5, seed=1, bypass=True)
+    save_policy(tmp_path / policy_file("rl", 2), PolicyNet(len(FEATURES)), "rl", 6, plan=PlanConfig(marginal=2),
+                bypass="diag_lowrank-8 tuned", seed=2)  # another family than the context's bypass
+    with pytest.raises(ValueError, match=r"rl-s2.safetensors was trained with the layer bypass 'diag_lowrank-8 tuned', the executor runs 'linear'"):
+        METHODS["anee_rl"](ctx, budget=0.5, seed=2)
     with pytest.raises(ValueError, match="rl-s0.safetensors not found"):
         METHODS["anee_rl"](ctx, budget=0.5)  # seed 0 of rl was never trained
     # the bypass policy is evaluated in the bypass executor: its skipped layers run (and pay for) the bypass
