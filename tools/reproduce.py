@@ -44,7 +44,26 @@ def provenance() -> dict:
 
     return {"code_commit": git("rev-parse", "HEAD"), "code_dirty": bool(dirty), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # e.g. AVX2, AVX512: INT8 kernels differ by it
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512: INT8 kernels differ by it
+            **cpu_model()}
+
+
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_model(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and which of `VECTOR_FLAGS` it has (from /proc/cpuinfo; {} where there is
+    none): PyTorch's capability can say AVX2 on a CPU whose BLAS kernels use AVX-512, and float
+    results differ between such instances in their last digits."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return {}
+        cpuinfo = path.read_text()
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)  # the last processor's (all alike)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", ""), "cpu_flags": [f for f in VECTOR_FLAGS if f in flags]}
 
 
 AFTER_SHIPPING = ("01", "09")  # notebooks that demonstrate anee/defaults/ (see the module docstring)

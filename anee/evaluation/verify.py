@@ -387,6 +387,9 @@ RULES: tuple[Rule, ...] = (
     Rule("02_entropy_estimator", "eval"), Rule("02_layer_importance", "eval"),
     Rule("02_*", "decision", reference="bypass", why=_DOWNSTREAM + "; heuristic and hindsight decisions are thresholds"),
     # 03-04: the learned controllers over their seeds (and the bypass they were trained with)
+    Rule("03_kl_profile_*", "decision", reference="bypass",
+         why=_DOWNSTREAM + "; each row is the calibrated choice (drops, price) for a budget (an AVX-512 run moved two "
+             "valid perplexities by 2e-4 from an AVX2 one's)"),
     Rule("03_warmstart_history", "trained", keys=("policy", "epoch"), reference="bypass"),
     Rule("03_warmstart_runs", "trained", keys=("policy",), reference="bypass"),
     Rule("03_skip_calibration*", "trained", keys=("policy", "round", "budget"), reference="bypass"),
@@ -395,6 +398,9 @@ RULES: tuple[Rule, ...] = (
     Rule("03_warmstart_summary", "trained", ("val_accuracy*",), reference="bypass"),
     Rule("03_warmstart_summary", "decision", reference="bypass", why=_DOWNSTREAM + " (the labels)"),
     Rule("04_skip_calibration*", "trained", keys=("round", "budget"), reference="bypass"),
+    Rule("04_rl_history", "report", ("loss",),
+         why="the per-step REINFORCE loss, an advantage-weighted log-probability near zero (an AVX-512 run moved steps "
+             "by up to 0.08); what training produced is checked in 04_budget_adherence, 04_skip_calibration* and 06"),
     Rule("04_rl_history", "trained", keys=("step",), reference="bypass"),
     # 05: the hierarchical model over its seeds; exits and per-layer usage are of the seed-0 model
     Rule("05_causality", "bound", ("first_half_max_logit_diff",), bound=1e-4),  # float rounding of gathered rows

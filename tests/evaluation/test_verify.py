@@ -316,3 +316,11 @@ def test_a_key_on_one_side_fails_unless_its_rule_skips_it():
         checks = compare_files({"06_findings.json": json.dumps(committed)}, {"06_findings.json": json.dumps(fresh)}, RULES).checks
         assert [(c.column, c.ok) for c in checks] == [("(keys)", False)]
         assert checks[0].committed + checks[0].fresh == ["kl"]
+
+
+def test_the_kl_profile_files_run_with_the_tuned_bypass_and_the_rl_loss_is_per_step():
+    table = kind_of(RULES, "03_kl_profile_table", "valid_ppl", True)
+    assert (table.kind, table.reference) == ("decision", "bypass")
+    assert kind_of(RULES, "03_kl_profile_summary", "bypass", False).kind == "exact"  # the bypass's label
+    assert kind_of(RULES, "04_rl_history", "loss", True).kind == "report"
+    assert kind_of(RULES, "04_rl_history", "kl", True).kind == "trained"

@@ -85,3 +85,9 @@ def test_cell_wall_times_are_read_from_papermill_metadata_and_merged_per_noteboo
     tool.record_cells("01_x", [], fresh=True)  # a complete run starts afresh
     assert json.loads(path.read_text()) == {"01_x": []}
     assert path.name.startswith("timings_reproduce")  # verify skips it, like every wall time
+
+
+def test_the_cpu_model_and_its_vector_flags_are_read_from_cpuinfo(tool):
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512bw amx_tile\n\n"
+    assert tool.cpu_model(info * 2) == {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "avx512f", "amx_tile"]}
+    assert tool.cpu_model("") == {"cpu_model": "", "cpu_flags": []}
