@@ -53,8 +53,8 @@ VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 def cpu_model(cpuinfo: str | None = None) -> dict:
     """The CPU's model name and which of `VECTOR_FLAGS` it has (from /proc/cpuinfo; {} where there is
-    none): PyTorch's capability can say AVX2 on a CPU whose BLAS kernels use AVX-512, and float
-    results differ between such instances in their last digits."""
+    none): PyTorch's capability has no level above AVX512, so it cannot tell an AVX-512 instance with
+    AMX from one without, and instance types differ in speed and in the last digits of float results."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         if not path.is_file():
