@@ -17,12 +17,13 @@ _HUB_SPLIT = {"valid": "validation", "test": "test"}
 # Spans of the valid split (token offsets) that notebooks 02-03 keep apart, so that what one fit
 # tunes on is unseen text for the next: layer importance (with the greedy removal search and the
 # profiler), the bypass's closed-form fit, its end-to-end tuning, the choice of its family and removal
-# order, then the KL-profile controller's windows (`anee.evaluation.budget.kl_profile_windows`).
+# order, then the KL-profile controller's windows (`anee.evaluation.budget.kl_profile_windows`; open-ended:
+# the rest of the split).
 VALID_IMPORTANCE = slice(0, 4096)
 VALID_BYPASS_FIT = slice(4096, 20_000)
 VALID_BYPASS_TUNING = slice(20_000, 40_000)
 VALID_BYPASS_CHOICE = slice(40_000, 44_000)
-VALID_KL_PROFILE_START = VALID_BYPASS_CHOICE.stop
+VALID_KL_PROFILE = slice(VALID_BYPASS_CHOICE.stop, None)
 
 
 def data_dir() -> Path:
@@ -77,12 +78,16 @@ def code_tokens(tokenizer, max_tokens: int | None = None) -> torch.Tensor:
 
 
 def span_windows(ids: torch.Tensor, span: slice, count: int, length: int) -> torch.Tensor:
-    """The first `count` consecutive windows [count, length] of `span` (one of the `VALID_*` spans)
-    in token ids [1, N]; ValueError when they would run past the span (into text kept for another use)."""
-    have = min(span.stop, ids.shape[1]) - span.start
+    """The first `count` consecutive windows [count, length] of `span` (one of the `VALID_*` spans;
+    `stop` None: to the end of the split) in token ids [1, N]; ValueError when they would run past
+    the span (into text kept for another use) or past the ids."""
+    ids_end_first = span.stop is None or ids.shape[1] < span.stop
+    have = (ids.shape[1] if ids_end_first else span.stop) - span.start
     if count * length > have:
+        fix = ("pass more of the split (wikitext_tokens(tokenizer, 'valid') without a token limit)" if ids_end_first
+               else "ask for fewer or shorter windows")
         raise ValueError(f"{count} windows of {length} tokens need {count * length} tokens, the span "
-                         f"{span.start}:{span.stop} has {have}: ask for fewer or shorter windows")
+                         f"{span.start}:{'' if span.stop is None else span.stop} has {have}: {fix}")
     return ids[0, span.start : span.start + count * length].view(count, length)
 
 

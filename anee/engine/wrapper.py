@@ -36,6 +36,18 @@ from .executor import AdaptiveExecutor, Weights, check_input_ids
 from .sampling import SamplingConfig, next_token
 
 
+def real_positions(padding_mask: torch.Tensor, trace: Trace) -> torch.Tensor:
+    """[B, T] bool over the trace's positions (the last generated token was never fed back): not padding."""
+    return padding_mask[:, : trace.decisions.shape[1]]
+
+
+def generated_positions(real: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """[B, T] bool like `real`: the generated tokens fed back (from the prompt's length on)."""
+    mask = torch.zeros_like(real)
+    mask[:, prompt_length:] = True
+    return mask
+
+
 @dataclass
 class GenerationResult:
     sequences: torch.Tensor  # [B, prompt + new] token ids (prompt left-padded in batches)
@@ -53,25 +65,23 @@ class GenerationResult:
                    prefill: str, cost_model) -> GenerationResult:
         """The result with its costs counted from `trace`: `cost` over the real tokens, `decode_cost`
         over the generated ones fed back."""
-        result = cls(sequences, new_tokens, trace, None, padding_mask, None, prefill)
-        generated = result.generated()
-        result.cost = trace.cost(cost_model, result.real())  # MACs are integers in float64: sums are exact in any order
-        result.decode_cost = trace.cost(cost_model, generated) if generated.any() else None
-        return result
+        real = real_positions(padding_mask, trace)
+        generated = generated_positions(real, sequences.shape[1] - new_tokens.shape[1])
+        cost = trace.cost(cost_model, real)  # MACs are integers in float64: sums are exact in any order
+        decode_cost = trace.cost(cost_model, generated) if generated.any() else None
+        return cls(sequences, new_tokens, trace, cost, padding_mask, decode_cost, prefill)
 
     @property
     def prompt_length(self) -> int:
         return self.sequences.shape[1] - self.new_tokens.shape[1]
 
     def real(self) -> torch.Tensor:
-        """[B, T] bool over the trace's positions (the last generated token was never fed back): not padding."""
-        return self.padding_mask[:, : self.trace.decisions.shape[1]]
+        """`real_positions`: the trace's positions that are not padding."""
+        return real_positions(self.padding_mask, self.trace)
 
     def generated(self) -> torch.Tensor:
-        """[B, T] bool over the trace's positions: the generated tokens fed back (from the prompt's length on)."""
-        mask = torch.zeros_like(self.real())
-        mask[:, self.prompt_length :] = True
-        return mask
+        """`generated_positions`: the generated tokens fed back."""
+        return generated_positions(self.real(), self.prompt_length)
 
     def governed(self) -> torch.Tensor:
         """[B, T] bool over the trace's positions: those the controller and the budget governed. Every

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..core.data import VALID_KL_PROFILE_START, sample_windows
+from ..core.data import VALID_KL_PROFILE, sample_windows, span_windows
 from ..engine.executor import AdaptiveExecutor
 from ..engine.prefix_memo import shared_prefixes
 from .notebook import pick
@@ -36,14 +36,11 @@ def skip_calibration_windows(valid: torch.Tensor, profile: str, seed: int) -> Sk
 
 
 def kl_profile_windows(valid: torch.Tensor, profile: str) -> list[torch.Tensor]:
-    """Windows [1, T] of valid-split ids the KL-profile controller is fitted on: from
-    `VALID_KL_PROFILE_START` on, after the text notebook 02 tunes the bypass on and chooses it with,
-    so the profiles see the bypass as it does on unseen text."""
+    """Windows [1, T] of valid-split ids the KL-profile controller is fitted on: the first of
+    `VALID_KL_PROFILE`, after the text notebook 02 tunes the bypass on and chooses it with, so the
+    profiles see the bypass as it does on unseen text."""
     count, length = pick(profile, quick=(4, 128), full=(32, 512))
-    start = VALID_KL_PROFILE_START
-    if valid.shape[1] < start + count * length:
-        raise ValueError(f"need {start + count * length} valid tokens, got {valid.shape[1]}: pass wikitext_tokens(tokenizer, 'valid')")
-    return [valid[:, start + length * i : start + length * (i + 1)] for i in range(count)]
+    return list(span_windows(valid, VALID_KL_PROFILE, count, length).unsqueeze(1))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anee.core.data import VALID_BYPASS_CHOICE, VALID_BYPASS_TUNING, VALID_KL_PROFILE_START, sample_windows
+from anee.core.data import VALID_BYPASS_CHOICE, VALID_BYPASS_TUNING, VALID_KL_PROFILE, sample_windows
 from anee.evaluation.budget import kl_profile_windows, skip_calibration_windows
 
 
@@ -41,9 +41,10 @@ def test_kl_profile_windows_follow_the_bypass_text_without_overlap(profile, coun
     windows = kl_profile_windows(valid, profile)
     offsets = torch.cat([w[0] for w in windows])
     assert len(windows) == count and all(w.shape == (1, length) for w in windows)
-    assert torch.equal(offsets, torch.arange(VALID_KL_PROFILE_START, VALID_KL_PROFILE_START + count * length))
+    start = VALID_KL_PROFILE.start
+    assert torch.equal(offsets, torch.arange(start, start + count * length))
     # the spans notebook 02 tunes the bypass on and chooses it with come first, and apart
     assert VALID_BYPASS_TUNING.stop <= VALID_BYPASS_CHOICE.start and VALID_BYPASS_CHOICE.stop <= int(offsets.min())
-    need = VALID_KL_PROFILE_START + count * length
-    with pytest.raises(ValueError, match=f"need {need} valid tokens, got {need - 1}"):
+    need = start + count * length
+    with pytest.raises(ValueError, match=f"the span {start}: has {count * length - 1}: pass more of the split"):
         kl_profile_windows(valid[:, : need - 1], profile)

@@ -132,5 +132,5 @@ def anee_kl_profile(ctx: EvalContext, budget: float, bypass: bool | None = None)
         raise ValueError(f"{path} not found: run notebook 03 first")
     controller = KLProfileController.from_checkpoint(path)
     executor = trained_executor(ctx, path, controller.bypass, bypass)
-    controller.check_model(executor)  # its width and depth
+    controller.check_model(executor)  # the layers and width it was fitted for (its bypass label was checked above)
     return executor_method(executor, controller, budget)
