@@ -15,7 +15,7 @@ Wall times per notebook go to results/timings_reproduce.json (merged per noteboo
 replaces the entries of the notebooks it ran), the only file here allowed to differ between runs.
 `--record-make-since EPOCH` (called by `make reproduce` after its benchmarks) writes the wall time of
 the whole target, set-up included, to results/timings_reproduce_make.json, beside a probe of how fast
-the instance is (`machine_probe`). The wall time of every code cell of a full-profile run goes to
+the instance is (`machine_probe`) and the allocator setting it ran with (the Makefile's `GLIBC_TUNABLES`). The wall time of every code cell of a full-profile run goes to
 results/timings_reproduce_cells.json (merged per notebook as well), to show where a notebook spends its time.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def record_make_wall(since: float, now: float | None = None, probe: float | None
         raise ValueError(f"--record-make-since {since} is not a start time within the last day (now {now:.0f})")
     path = ROOT / "results" / "timings_reproduce_make.json"
     record = {"seconds": round(now - since, 1), "covers": "make reproduce: set-up, notebooks, "
-              "shipped defaults, bench, int8_bench (not the README or verify)"}
+              "shipped defaults, bench, int8_bench (not the README or verify)",
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # the Makefile's allocator setting: it changes the time
     if probe is not None:
         record |= {"machine_probe_seconds": round(probe, 3), "machine_probe": probe_description(**PROBE)}
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -28,10 +28,14 @@ def test_notebooks_showing_the_shipped_defaults_run_after_the_others_in_the_full
 
 def test_the_wall_time_of_make_reproduce_is_recorded_apart(tool, tmp_path, monkeypatch):
     monkeypatch.setattr(tool, "ROOT", tmp_path)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
     (tmp_path / "results").mkdir()
     path = tool.record_make_wall(1000.0, now=4600.5)
     assert path.name.startswith("timings_reproduce")  # verify skips it: a wall time is never compared
     assert json.loads(path.read_text())["seconds"] == 3600.5
+    assert json.loads(path.read_text())["glibc_tunables"] == "glibc.malloc.mmap_max=0"  # the setting it ran with
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert json.loads(tool.record_make_wall(1000.0, now=4600.5).read_text())["glibc_tunables"] == ""
     with pytest.raises(ValueError, match="not a start time"):
         tool.record_make_wall(5000.0, now=4600.5)  # a start after now
     probed = json.loads(tool.record_make_wall(1000.0, now=4600.5, probe=1.25).read_text())
