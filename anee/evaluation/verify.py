@@ -360,7 +360,7 @@ _GENERATIONS = "greedy generations and teacher-forced top-1 of the shipped (seed
 _DOWNSTREAM = "run with the one deployed bypass (seed 0), whose own seed spread is measured in 02_bypass_families"
 RULES: tuple[Rule, ...] = (
     # wall-clock, the run's provenance: reported, never compared
-    Rule("timings_reproduce*", "skip"), Rule("*_timings", "skip"), Rule("bench_decode", "skip"), Rule("provenance", "skip"),
+    Rule("timings_*", "skip"), Rule("*_timings", "skip"), Rule("bench_decode", "skip"), Rule("provenance", "skip"),
     # a verdict thresholds a difference against the seed spread: near it, another machine may say "a tie"
     # (the perplexities and spreads beside it are compared as trained numbers)
     Rule("06_comparisons", "decision", ("verdict",), why="better / worse / a tie: a threshold on the difference "
