@@ -51,9 +51,26 @@ def worker() -> dict:
 
 
 def run(tunables: str | None) -> dict:
+    """One worker in a fresh process, with `tunables` as its GLIBC_TUNABLES (None: glibc's defaults)."""
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
-    out = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the bench's worker failed (GLIBC_TUNABLES={tunables!r}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: dict[str, list[dict]], tunables: str) -> dict:
+    """The record of `runs` {"default": [...], "tuned": [...]}: medians, the speed-up of the median wall
+    time, and a refusal if the setting changed the workload's result."""
+    values = {r["kl_hex"] for rs in runs.values() for r in rs}
+    if len(values) != 1:
+        raise SystemExit(f"the allocator setting changed the workload's result: {sorted(values)}")
+    median = {name: {key: statistics.median(r[key] for r in rs) for key in ("wall", "user", "sys", "minor_faults")}
+              for name, rs in runs.items()}
+    return {"glibc_tunables": tunables, "reps": len(runs["tuned"]), "median": median,
+            "speedup": round(median["default"]["wall"] / median["tuned"]["wall"], 3), "same_result": True,
+            "runs": runs, "workload": "3 x (2 forward passes of 2 x 512 valid tokens with logits + per-token KL), "
+            "embedded model, 2 threads, one fresh process per run"}
 
 
 def main() -> int:
@@ -71,15 +88,8 @@ def main() -> int:
     for _ in range(args.reps):  # alternate, so that a drift of the instance's speed hits both alike
         runs["default"].append(run(None))
         runs["tuned"].append(run(tunables))
-    values = {r["kl_hex"] for rs in runs.values() for r in rs}
-    if len(values) != 1:
-        raise SystemExit(f"the allocator setting changed the workload's result: {sorted(values)}")
-    median = {name: {key: statistics.median(r[key] for r in rs) for key in ("wall", "user", "sys", "minor_faults")}
-              for name, rs in runs.items()}
-    record = {"glibc_tunables": tunables, "reps": args.reps, "median": median,
-              "speedup": round(median["default"]["wall"] / median["tuned"]["wall"], 3), "same_result": True,
-              "runs": runs, "workload": "3 x (2 forward passes of 2 x 512 valid tokens with logits + per-token KL), "
-              "embedded model, 2 threads, one fresh process per run"}
+    record = summarize(runs, tunables)
+    median = record["median"]
     path = ROOT / "results" / "timings_malloc.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"allocator setting: {record['speedup']}x faster (median wall {median['default']['wall']:.2f} s -> "
