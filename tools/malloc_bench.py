@@ -2,8 +2,8 @@
 
 Why it helps: a full-vocabulary logit tensor (2 x 512 tokens x 49,152 x 4 bytes = 201 MB) is far
 above glibc's largest mmap threshold (32 MB), so by default every such tensor is mapped fresh and
-returned on free, and the next one page-faults all of its pages in again: about a third of the CPU
-time of a scoring pass here was the kernel's (minor faults), not PyTorch's. With mmap off and no trim,
+returned on free, and the next one page-faults all of its pages in again: a fifth to a third of the
+CPU time of this workload was the kernel's (minor faults), not PyTorch's, in runs on one instance. With mmap off and no trim,
 freed memory stays in the heap and is reused. The arithmetic is the same, so the numbers are too;
 this bench checks that (the workload's KL, bit for bit) beside the speed.
 
