@@ -3,6 +3,9 @@ settings of the property-based tests."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from _anee_tiny import llama
@@ -18,6 +21,14 @@ VOCAB = 97
 settings.register_profile("anee", max_examples=15, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile("anee")
+
+
+def load_tool(name: str):
+    """A fresh module of tools/<name>.py (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,16 +1,12 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SPEC = importlib.util.spec_from_file_location("make_readme", Path(__file__).resolve().parents[2] / "tools" / "make_readme.py")
+from conftest import load_tool
 
 
 @pytest.fixture()
 def readme(tmp_path, monkeypatch):
-    mod = importlib.util.module_from_spec(SPEC)
-    SPEC.loader.exec_module(mod)
+    mod = load_tool("make_readme")
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "t.csv").write_text("method,setting,ppl\nfull,,20.5\nbi,n=3,30.25\nbi,n=6,61.0\n")
@@ -37,8 +33,7 @@ def test_ambiguous_or_missing_cells(readme):
 
 def test_repository_address_is_set_once_in_pyproject():
     """The Colab badges and CITATION.cff take the address from pyproject.toml [project.urls]."""
-    make_readme = importlib.util.module_from_spec(SPEC)
-    SPEC.loader.exec_module(make_readme)
+    make_readme = load_tool("make_readme")
     url = make_readme.repository_url()
     assert url.startswith("https://github.com/") and make_readme.REPO_SLUG == url.removeprefix("https://github.com/")
     assert f"github/{make_readme.REPO_SLUG}/blob/main/notebooks/01_sanity_check.ipynb" in make_readme.colab("01_sanity_check")
@@ -75,8 +70,7 @@ def test_holds_checks_a_stated_comparison(readme):
 
 def test_committed_readme_is_the_rendered_template():
     """README.md is regenerated from the committed results, and every comparison its prose states holds."""
-    make_readme = importlib.util.module_from_spec(SPEC)
-    SPEC.loader.exec_module(make_readme)
+    make_readme = load_tool("make_readme")
     committed = (make_readme.ROOT / "README.md").read_text()
     assert committed == make_readme.readme(), "README.md is stale: run `make readme` and commit it"  # raises if a {{holds:...}} is false
     for note in ("not checked", "not yet generated", "(n/a"):

@@ -1,19 +1,12 @@
 """tools/malloc_bench.py: the record it writes, and its refusals (the timed workload itself is not run here)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("malloc_bench", ROOT / "tools" / "malloc_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("malloc_bench")
 
 
 def _run(wall, sys_, kl="0x1.2p+3"):

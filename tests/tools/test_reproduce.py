@@ -1,21 +1,16 @@
 """tools/reproduce.py: run order around shipping the defaults, per-notebook provenance merging."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
     pytest.importorskip("papermill")
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("reproduce")
 
 
 def test_notebooks_showing_the_shipped_defaults_run_after_the_others_in_the_full_profile(tool):

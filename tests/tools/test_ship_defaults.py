@@ -1,12 +1,11 @@
 """tools/ship_defaults.py on a tiny model's checkpoint folder laid out as notebooks 02-04 write it."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import load_tool, tiny_llama
 
 import anee
 import anee.engine.defaults as defaults
@@ -15,16 +14,13 @@ from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import PolicyNet, save_policy
 from anee.engine.profiler import FEATURES
 
-SPEC = importlib.util.spec_from_file_location("ship_defaults", Path(__file__).resolve().parents[2] / "tools" / "ship_defaults.py")
 TABLE = ("method,0.1,0.1_std,0.2,0.2_std,n_seeds\nanee_heuristic+bypass,21.6,0,23.5,0,1\n"
          "anee_warmstart+bypass,20.0,0,22.9,0,1\nanee_rl+bypass,20.0,0,,0,1\n")
 
 
 @pytest.fixture(scope="module")
 def tool():
-    mod = importlib.util.module_from_spec(SPEC)
-    SPEC.loader.exec_module(mod)
-    return mod
+    return load_tool("ship_defaults")
 
 
 @pytest.fixture(scope="module")
