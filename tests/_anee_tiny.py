@@ -22,7 +22,8 @@ def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: 
     so attention would be nearly uniform and position bugs would go unnoticed)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=positions, **special_ids)
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=positions,
+                      **special_ids)
     model = LlamaForCausalLM(cfg).eval()
     if qk_scale != 1.0:
         with torch.no_grad():
@@ -38,7 +39,8 @@ def tiny_tokenizer(vocab: int = 97) -> PreTrainedTokenizerFast:
     words = ["<s>", "</s>", "[UNK]"] + [f"w{i}" for i in range(3, vocab)]
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
 
 
 def tiny_llama(layers: int = 6, seed: int = 0) -> LlamaForCausalLM:

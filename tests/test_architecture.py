@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "anee"
 # a module may import from its own subpackage and from any subpackage of a lower level
-LEVELS = {"core": 0, "engine": 1, "hierarchical": 1, "granularity": 1, "evaluation": 2, "viz": 2, "cli": 3, "__main__": 4}
+LEVELS = {"core": 0, "engine": 1, "hierarchical": 1, "granularity": 1, "evaluation": 2,
+          "viz": 2, "cli": 3, "__main__": 4}
 # every module is parsed with the running interpreter's grammar: a module it cannot parse breaks them all
 
 
@@ -69,7 +70,8 @@ def test_imports_flow_one_way():
             theirs = area(dep)
             if theirs is not None and theirs != mine and LEVELS[theirs] >= LEVELS[mine]:
                 bad.append(f"{name} -> {dep}")
-    assert not bad, "imports against the layering core < engine, hierarchical, granularity < evaluation, viz < cli:\n" + "\n".join(bad)
+    assert not bad, ("imports against the layering core < engine, hierarchical, granularity < evaluation, viz < cli:\n"
+                     + "\n".join(bad))
 
 
 def test_every_subpackage_has_a_level():
@@ -97,7 +99,8 @@ def test_no_import_cycles():
             visit(name, [name])
 
 
-@pytest.mark.parametrize("pattern", [r"scaled_dot_product_attention\(", r"\.mlp\(layer", r"\.qkv\(layer", r"\.attn_out\(layer"])
+@pytest.mark.parametrize("pattern", [r"scaled_dot_product_attention\(", r"\.mlp\(layer", r"\.qkv\(layer",
+                                     r"\.attn_out\(layer"])
 def test_block_attention_and_mlp_run_in_one_place(pattern):
     """Adapters define the block pieces; only the layer step calls them."""
     hits = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if re.search(pattern, p.read_text())}
@@ -110,5 +113,6 @@ def test_no_registration_by_import_side_effect():
     assert "register_method" not in text and "noqa: F401" not in text
     from anee.evaluation.methods import METHODS, baselines, controllers, hierarchical
 
-    defined = {f for m in (baselines, controllers, hierarchical) for f in vars(m).values() if callable(f) and f in METHODS.values()}
+    defined = {f for m in (baselines, controllers, hierarchical) for f in vars(m).values()
+               if callable(f) and f in METHODS.values()}
     assert defined == set(METHODS.values())

@@ -3,9 +3,9 @@
 Why it helps: a full-vocabulary logit tensor (2 x 512 tokens x 49,152 x 4 bytes = 201 MB) is far
 above glibc's largest mmap threshold (32 MB), so by default every such tensor is mapped fresh and
 returned on free, and the next one page-faults all of its pages in again: a fifth to a third of the
-CPU time of this workload was the kernel's (minor faults), not PyTorch's, in runs on one instance. With mmap off and no trim,
-freed memory stays in the heap and is reused. The arithmetic is the same, so the numbers are too;
-this bench checks that (the workload's KL, bit for bit) beside the speed.
+CPU time of this workload was the kernel's (minor faults), not PyTorch's, in runs on one instance.
+With mmap off and no trim, freed memory stays in the heap and is reused. The arithmetic is the same,
+so the numbers are too; this bench checks that (the workload's KL, bit for bit) beside the speed.
 
 Workload: two forward passes of 2 x 512 valid tokens through the embedded model with logits and the
 per-token KL between them, three times, in a fresh process per run; runs with and without the setting
@@ -52,7 +52,8 @@ def worker() -> dict:
 
 def run(tunables: str | None) -> dict:
     """One worker in a fresh process, with `tunables` as its GLIBC_TUNABLES (None: glibc's defaults)."""
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
+    env = ({k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+           | ({"GLIBC_TUNABLES": tunables} if tunables else {}))
     done = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the bench's worker failed (GLIBC_TUNABLES={tunables!r}):\n{done.stderr[-2000:]}")

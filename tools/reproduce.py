@@ -15,8 +15,9 @@ Wall times per notebook go to results/timings_reproduce.json (merged per noteboo
 replaces the entries of the notebooks it ran), the only file here allowed to differ between runs.
 `--record-make-since EPOCH` (called by `make reproduce` after its benchmarks) writes the wall time of
 the whole target, set-up included, to results/timings_reproduce_make.json, beside a probe of how fast
-the instance is (`machine_probe`) and the allocator setting it ran with (the Makefile's `GLIBC_TUNABLES`). The wall time of every code cell of a full-profile run goes to
-results/timings_reproduce_cells.json (merged per notebook as well), to show where a notebook spends its time.
+the instance is (`machine_probe`) and the allocator setting it ran with (the Makefile's `GLIBC_TUNABLES`).
+The wall time of every code cell of a full-profile run goes to results/timings_reproduce_cells.json
+(merged per notebook as well), to show where a notebook spends its time.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def cpu_model(cpuinfo: str | None = None) -> dict:
         if not path.is_file():
             return {}
         cpuinfo = path.read_text()
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)  # the last processor's (all alike)
+    # the last processor's (all alike)
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set(fields.get("flags", "").split())
     return {"cpu_model": fields.get("model name", ""), "cpu_flags": [f for f in VECTOR_FLAGS if f in flags]}
@@ -129,7 +131,8 @@ PROBE = {"size": 1024, "reps": 40, "rounds": 5, "threads": 2}  # the fixed workl
 
 
 def probe_description(size: int, reps: int, rounds: int, threads: int) -> str:
-    return (f"seconds of a fixed fp32 workload ({reps} matmuls {size}x{size} at {threads} threads, median of {rounds}): "
+    return (f"seconds of a fixed fp32 workload ({reps} matmuls {size}x{size} at {threads} threads, "
+            f"median of {rounds}): "
             "how fast this instance is")
 
 
@@ -164,7 +167,8 @@ def record_make_wall(since: float, now: float | None = None, probe: float | None
     path = ROOT / "results" / "timings_reproduce_make.json"
     record = {"seconds": round(now - since, 1), "covers": "make reproduce: set-up, notebooks, "
               "shipped defaults, bench, int8_bench (not the README or verify)",
-              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # the Makefile's allocator setting: it changes the time
+              # the Makefile's allocator setting: it changes the time
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if probe is not None:
         record |= {"machine_probe_seconds": round(probe, 3), "machine_probe": probe_description(**PROBE)}
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -221,7 +225,8 @@ def main() -> int:
         path = ROOT / "results" / "timings_reproduce.json"
     else:
         timings["total"] = elapsed
-        path = ROOT / "results" / "quick" / ("timings_reproduce_quick.json" if not args.only else f"timings_partial_{args.profile}.json")
+        path = ROOT / "results" / "quick" / ("timings_reproduce_quick.json" if not args.only
+                                             else f"timings_partial_{args.profile}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(timings, indent=2) + "\n")
     print(f"this run: {elapsed:.0f} s -> {path.relative_to(ROOT)}")

@@ -71,16 +71,20 @@ def provenance(results: Path) -> dict:
     recorded = results / "provenance.json"
     if recorded.is_file():
         p = json.loads(recorded.read_text())
-        runs = [r for name, r in (p.get("notebooks") or {}).items() if name[:2] in {nb[:2] for nb, _ in NOTEBOOKS.values()}]
+        runs = [r for name, r in (p.get("notebooks") or {}).items()
+                if name[:2] in {nb[:2] for nb, _ in NOTEBOOKS.values()}]
         if runs and len({r.get("code_commit") for r in runs}) == 1:  # the checkpoints' notebooks ran at one commit
             p = runs[0]
         elif runs:
-            return {"code_commit": None, "code_dirty": True, "commit_from": f"{recorded.name}: notebooks 02-04 ran at different commits"}
-        return {"code_commit": p.get("code_commit"), "code_dirty": p.get("code_dirty"), "commit_from": str(recorded.name)}
+            return {"code_commit": None, "code_dirty": True,
+                    "commit_from": f"{recorded.name}: notebooks 02-04 ran at different commits"}
+        return {"code_commit": p.get("code_commit"), "code_dirty": p.get("code_dirty"),
+                "commit_from": str(recorded.name)}
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "anee", "notebooks"],
                                 capture_output=True, text=True).stdout.strip())
-    return {"code_commit": head or None, "code_dirty": dirty, "commit_from": "git HEAD at shipping (no provenance.json)"}
+    return {"code_commit": head or None, "code_dirty": dirty,
+            "commit_from": "git HEAD at shipping (no provenance.json)"}
 
 
 def shipped_bytes_elsewhere(out: Path) -> int:
@@ -137,13 +141,14 @@ def ship(profile: str = "full", results: Path | None = None, seed: int = 0, meth
     plan = (load_policy(warm, adapter.num_layers).plan_config() if warm.is_file() else None) or PlanConfig()
     total = sum(p.stat().st_size for p in sources.values()) + shipped_bytes_elsewhere(out)
     if total > MAX_SHIPPED_BYTES:
-        raise SystemExit(f"the package's shipped files would total {total / 1e6:.2f} MB, over the {MAX_SHIPPED_BYTES / 1e6:g} MB cap")
+        raise SystemExit(f"the package's shipped files would total {total / 1e6:.2f} MB, "
+                         f"over the {MAX_SHIPPED_BYTES / 1e6:g} MB cap")
     with folder_writer(out) as tmp:
         for dest, src in sources.items():
             shutil.copyfile(unchanged_or(src, out / dest), tmp / dest)
         write_manifest(tmp, {"model": model_fingerprint(adapter, model_name), "method": method, "plan": asdict(plan),
-                             "source": {"kind": "notebook run", "profile": profile, "seed": seed, "chosen_by": chosen_by,
-                                        "notebooks": {d: NOTEBOOKS[d][0] for d in sources},
+                             "source": {"kind": "notebook run", "profile": profile, "seed": seed,
+                                        "chosen_by": chosen_by, "notebooks": {d: NOTEBOOKS[d][0] for d in sources},
                                         "checkpoints": {d: src.name for d, src in sources.items()},
                                         **provenance(results)}})
         defaults = read_defaults(tmp)
@@ -177,10 +182,12 @@ def probe_ids(wrapper):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("quick", "full"), default="full")
-    parser.add_argument("--results", type=Path, default=None, help="results folder holding checkpoints/ (default: the profile's)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results folder holding checkpoints/ (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the policies to ship")
     parser.add_argument("--method", choices=("auto", "heuristic", "warmstart", "rl"), default="auto")
-    parser.add_argument("--level", type=float, default=0.2, help="net saving at which --method auto compares (06's columns)")
+    parser.add_argument("--level", type=float, default=0.2,
+                        help="net saving at which --method auto compares (06's columns)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=None, help="default: anee/defaults/<model>/ (package data)")
     args = parser.parse_args(argv)

@@ -29,8 +29,8 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
     commands.required = True
     for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0].split(": ", 1)[1], description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0].split(": ", 1)[1],
+                                  description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, parser=sub)
     return parser
@@ -40,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (argparse exits with 2 on wrong arguments)."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: print(f"anee {args.command}: warning: {message}", file=sys.stderr)
+        warnings.showwarning = lambda message, *_, **__: print(f"anee {args.command}: warning: {message}",
+                                                               file=sys.stderr)
         try:
             args.run(args)
-        except (ValueError, TypeError, ModelNotAvailableError, FileNotFoundError) as e:  # the package refused an argument
+        # the package refused an argument
+        except (ValueError, TypeError, ModelNotAvailableError, FileNotFoundError) as e:
             args.parser.error(str(e))
     return 0
 

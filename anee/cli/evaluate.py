@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hierarchical model (notebook 05's checkpoint)")
     group.add_argument("--hierarchical", action="store_true", help="evaluate the FFN routers at --capacities instead")
     group.add_argument("--capacities", type=checked(float, check_capacity), nargs="+", default=[0.9, 0.7])
-    group.add_argument("--checkpoint-dir", default=None, help="where notebook 05 wrote its checkpoint (default: results/checkpoints)")
+    group.add_argument("--checkpoint-dir", default=None,
+                       help="where notebook 05 wrote its checkpoint (default: results/checkpoints)")
     add_model_arguments(parser)
 
 

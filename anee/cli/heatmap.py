@@ -15,7 +15,8 @@ from .options import add_generation_arguments, add_model_arguments, load_wrapper
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser, default_budget=0.8)
-    parser.add_argument("--out", type=Path, default=Path("execution_map.png"), help="PNG to write (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("execution_map.png"),
+                        help="PNG to write (default %(default)s)")
     add_model_arguments(parser)
 
 
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> None:
     decisions = result.trace.decisions[0].cpu()
     tokens = [wrapper.tokenizer.decode([t]) for t in result.sequences[0, : decisions.shape[0]].tolist()]
     governed = result.budget_cost
-    fraction = (f"layer fraction {result.cost.layer_fraction:.3f} (prompt at full depth, no token under the budget)" if governed is None
-                else f"layer fraction {governed.layer_fraction:.3f}" + (" (generated tokens)" if result.prefill == "full" else ""))
+    fraction = (f"layer fraction {result.cost.layer_fraction:.3f} (prompt at full depth, no token under the budget)"
+                if governed is None
+                else f"layer fraction {governed.layer_fraction:.3f}" + (" (generated tokens)"
+                                                                        if result.prefill == "full" else ""))
     ax = execution_map(decisions, tokens, f"{args.model}, {wrapper.method}, budget {args.budget:g}: {fraction}")
     print(save_png(ax.figure, args.out))

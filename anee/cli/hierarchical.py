@@ -24,20 +24,24 @@ CALIBRATION_TOKENS = 4096
 
 def load_trained(args: argparse.Namespace):
     """(model, tokenizer, notebook 05's hierarchical model on it, valid calibration windows)."""
-    path = checkpoint_path(Path(args.checkpoint_dir) if args.checkpoint_dir else repo_root() / "results" / "checkpoints")
+    path = checkpoint_path(Path(args.checkpoint_dir) if args.checkpoint_dir
+                           else repo_root() / "results" / "checkpoints")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the hierarchical model is trained by notebook 05 (make reproduce) and not "
+        raise FileNotFoundError(f"{path} not found: the hierarchical model is trained by notebook 05 "
+                                "(make reproduce) and not "
                                 "shipped (it is ~47 MB); run it, or pass --checkpoint-dir")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     hm = HierarchicalModel.load(path, model).eval()
-    calib = calibration_windows(wikitext_tokens(tokenizer, "valid", CALIBRATION_TOKENS).to(next(model.parameters()).device))
+    calib = calibration_windows(wikitext_tokens(tokenizer, "valid", CALIBRATION_TOKENS)
+                                .to(next(model.parameters()).device))
     return model, tokenizer, hm, calib
 
 
 def load(args: argparse.Namespace):
     """(model, tokenizer, hierarchical model, capacity, thresholds) for --capacity / --target-speedup."""
     model, tokenizer, hm, calib = load_trained(args)
-    capacity = args.capacity if args.capacity is not None else hm.capacity_for_speedup(calib, args.target_speedup, args.exits)
+    capacity = (args.capacity if args.capacity is not None
+                else hm.capacity_for_speedup(calib, args.target_speedup, args.exits))
     return model, tokenizer, hm, capacity, hm.calibrate(calib, capacity, args.exits)
 
 
@@ -50,7 +54,8 @@ def bench(args: argparse.Namespace) -> pd.DataFrame:
     ids = wikitext_tokens(tokenizer, "test", args.tokens).to(next(model.parameters()).device)
     thresholds = {c: hm.calibrate(calib, c, False) for c in args.capacities}
     table = timing_table(model, hm, ids, thresholds, args.repeats)
-    saved = {c: hm.cost_report(hm.sparse_forward(ids, thresholds.get(c)), routed=c < 1.0).as_dict() for c in table.capacity}
+    saved = {c: hm.cost_report(hm.sparse_forward(ids, thresholds.get(c)), routed=c < 1.0).as_dict()
+             for c in table.capacity}
     return table.assign(layer_saved_net=[saved[c]["layer_saved_net"] for c in table.capacity],
                         total_saved_net=[saved[c]["total_saved_net"] for c in table.capacity])
 
@@ -75,7 +80,9 @@ def generate(args: argparse.Namespace) -> None:
     record = hm.sparse_forward(sequence[:, :-1], thresholds if routed else None, args.exits)  # every token that ran
     print(tokenizer.decode(sequence[0], skip_special_tokens=True))
     print()
-    print(f"hierarchical        : capacity {capacity:.3f}" + (f" (for target speedup {args.target_speedup:g})" if args.target_speedup else "")
-          + f", exits {'on' if args.exits else 'off'}; FFNs run per token: {' '.join(map(str, record.ffn.sum(-1)[0].tolist()))}")
+    print(f"hierarchical        : capacity {capacity:.3f}"
+          + (f" (for target speedup {args.target_speedup:g})" if args.target_speedup else "")
+          + f", exits {'on' if args.exits else 'off'}; "
+            f"FFNs run per token: {' '.join(map(str, record.ffn.sum(-1)[0].tolist()))}")
     report(record.active.sum(-1)[0], ids.shape[1], hm.num_layers, hm.cost_report(record, routed=routed),
            sequence.shape[1] - ids.shape[1], clock.seconds)

@@ -48,8 +48,10 @@ def positive_int(text: str) -> int:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder or Hub name (default %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:<i> (default %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="embedded name, local folder or Hub name (default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:<i> (default %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="(default %(default)s)")
 
 
@@ -68,9 +70,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser, default_budget: fl
 
 def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", default="default", choices=CONTROLLERS,
-                        help="default: the model's shipped or calibrated method; budget: the seed's policy (default %(default)s)")
-    parser.add_argument("--defaults-dir", default=None, help="a defaults folder from `anee calibrate` (default: the shipped one)")
-    parser.add_argument("--min-layers", type=int, default=2, help="layers every token processes first (default %(default)s)")
+                        help="default: the model's shipped or calibrated method; budget: the seed's policy "
+                             "(default %(default)s)")
+    parser.add_argument("--defaults-dir", default=None,
+                        help="a defaults folder from `anee calibrate` (default: the shipped one)")
+    parser.add_argument("--min-layers", type=int, default=2,
+                        help="layers every token processes first (default %(default)s)")
 
 
 def load_wrapper(args: argparse.Namespace) -> ANEEWrapper:

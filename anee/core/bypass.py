@@ -15,7 +15,8 @@ Every family except `mlp` is fitted by least squares from sufficient statistics 
 collected on the valid split (`BypassStats`): ridge regression for `linear` (closed form); for
 `diag_lowrank`, alternating least squares between the per-coordinate part and a reduced-rank
 regression of what it leaves (the best rank-r map for these inputs, not a truncated SVD of W), ten
-rounds from sufficient statistics (an approximation of the joint least-squares fit). `mlp` starts from the reduced-rank solution.
+rounds from sufficient statistics (an approximation of the joint least-squares fit). `mlp` starts from the
+reduced-rank solution.
 Any family can then be tuned end to end with KL to the full model (`anee.engine.training.bypass`).
 
 A `BypassBank` holds one bypass per layer, all of one family and size, so that skipping costs the
@@ -201,8 +202,10 @@ class BypassConfig:
             raise ValueError(f"bypass family must be one of {FAMILIES}, got {self.family!r}")
         if self.target not in TARGETS:
             raise ValueError(f"bypass target must be one of {TARGETS}, got {self.target!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0 or (self.family in ("diag_lowrank", "mlp")) != (self.rank > 0):
-            raise ValueError(f"rank must be a positive integer for diag_lowrank / mlp and 0 otherwise, got {self.rank!r}")
+        if (not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0
+                or (self.family in ("diag_lowrank", "mlp")) != (self.rank > 0)):
+            raise ValueError(f"rank must be a positive integer for diag_lowrank / mlp and 0 otherwise, "
+                             f"got {self.rank!r}")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
 
@@ -221,7 +224,8 @@ def check_same_bypass(trained: str | None, bank: BypassBank | None, source: str,
     fitted with; `trained` is the label it recorded (notebook 02 appends " tuned" to a tuned bank's; None: none)."""
     running = bypass_label(bank)
     if (trained.split()[0] if trained else None) != running:
-        raise ValueError(f"{source} was trained with the layer bypass {trained!r}, the executor runs {running!r}: {fix}")
+        raise ValueError(f"{source} was trained with the layer bypass {trained!r}, "
+                         f"the executor runs {running!r}: {fix}")
 
 
 class BypassBank(Checkpointable, nn.Module):
@@ -232,7 +236,8 @@ class BypassBank(Checkpointable, nn.Module):
 
     def __init__(self, config: BypassConfig, hidden: int, num_layers: int):
         super().__init__()
-        if config.rank > hidden:  # a low-rank factor wider than the stream it maps is no longer low rank (and cannot be fitted)
+        # a low-rank factor wider than the stream it maps is no longer low rank (and cannot be fitted)
+        if config.rank > hidden:
             raise ValueError(f"a {config.label} bypass needs rank <= the hidden size {hidden}: pass a smaller rank")
         self.config, self.hidden, self.num_layers = config, hidden, num_layers
         self.blocks = nn.ModuleList(CLASSES[config.family](hidden, config.rank) for _ in range(num_layers))
@@ -296,6 +301,7 @@ class BypassBank(Checkpointable, nn.Module):
                 raise ValueError(f"{key}={config[key]!r} does not match the model's {want}")
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-        bank = cls(BypassConfig(config["family"], config["rank"], config["target"], config["ridge"]), config["hidden"], config["num_layers"])
+        bank = cls(BypassConfig(config["family"], config["rank"], config["target"], config["ridge"]), config["hidden"],
+                   config["num_layers"])
         bank.info = dict(config.get("info", {}))
         return bank

@@ -57,7 +57,8 @@ def load_checkpoint(path: str | Path, format: str, fix: str) -> tuple[dict[str, 
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for truncated or garbled files
-        raise ValueError(f"checkpoint {path} is not a valid safetensors file ({type(e).__name__}: {e}); {fix}") from None
+        raise ValueError(f"checkpoint {path} is not a valid safetensors file ({type(e).__name__}: {e}); "
+                         f"{fix}") from None
     if meta.get("format") != format:
         raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, expected {format!r}; {fix}")
     if not set(meta) <= HEADER_KEYS:  # e.g. a damaged "sha256" key, which would otherwise skip the check
@@ -87,15 +88,18 @@ def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> st
     return h.hexdigest()
 
 
-def check_tensors(path: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], fix: str) -> None:
+def check_tensors(path: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                  fix: str) -> None:
     """ValueError naming `fix` unless `tensors` has exactly the names and shapes of `expected` and
     every floating-point value is finite."""
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}; {fix}")
+        raise ValueError(f"checkpoint {path}: missing tensors {missing[:5]}, "
+                         f"unexpected tensors {unexpected[:5]}; {fix}")
     for key, t in tensors.items():
         if tuple(t.shape) != tuple(expected[key].shape):
-            raise ValueError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}; {fix}")
+            raise ValueError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, "
+                             f"expected {tuple(expected[key].shape)}; {fix}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"checkpoint {path}: tensor {key!r} holds non-finite values; {fix}")
 
@@ -135,7 +139,8 @@ class Checkpointable:
         try:
             obj = cls.from_config(config, *args, **kwargs)
         except Exception as e:  # any failure to build from a checked config means the config is bad
-            raise ValueError(f"checkpoint {path}: its config does not describe a valid {cls.__name__} ({_reason(e)}); {cls.FIX}") from None
+            raise ValueError(f"checkpoint {path}: its config does not describe a valid {cls.__name__} "
+                             f"({_reason(e)}); {cls.FIX}") from None
         check_tensors(path, tensors, obj.checkpoint_tensors(), cls.FIX)
         try:
             obj.load_checkpoint_tensors_(tensors)

@@ -153,7 +153,8 @@ def bypassed(decisions: torch.Tensor) -> torch.Tensor:
     return (decisions == SKIP) | ((decisions == DROP) & ~exited)
 
 
-def trace_cost(cost: CostModel, decisions: torch.Tensor, context: torch.Tensor, overhead_macs: torch.Tensor | None = None) -> CostReport:
+def trace_cost(cost: CostModel, decisions: torch.Tensor, context: torch.Tensor,
+               overhead_macs: torch.Tensor | None = None) -> CostReport:
     """Cost of a decision tensor [B, T, L] whose tokens attend to `context` [B, T] keys each."""
     processed = (decisions == PROCESS).sum(-1)
     skipped = ((decisions == SKIP) | (decisions == EXIT)).sum(-1)

@@ -45,12 +45,14 @@ def load_wikitext(split: str = "test", source: str = "vendored") -> str:
         raise ValueError("source must be 'vendored' or 'hub'")
     path = data_dir() / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run from a checkout of the anee repository (data/ is vendored there)")
+        raise FileNotFoundError(f"{path} is missing: run from a checkout of the anee repository "
+                                "(data/ is vendored there)")
     ds = load_dataset("text", data_files={split: str(path)}, sample_by="document", split=split)
     return ds[0]["text"]
 
 
-def wikitext_tokens(tokenizer, split: str = "test", max_tokens: int | None = None, source: str = "vendored") -> torch.Tensor:
+def wikitext_tokens(tokenizer, split: str = "test", max_tokens: int | None = None,
+                    source: str = "vendored") -> torch.Tensor:
     """Token ids [1, N] of a split (the first `max_tokens` when given), without special tokens."""
     text = load_wikitext(split, source)
     if max_tokens is not None:
@@ -68,7 +70,8 @@ def code_tokens(tokenizer, max_tokens: int | None = None) -> torch.Tensor:
     kind than WikiText-2, for out-of-domain evaluation only (the first `max_tokens` when given)."""
     path = data_dir().parent / "python-stdlib" / "code.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run from a checkout of the anee repository (data/ is vendored there)")
+        raise FileNotFoundError(f"{path} is missing: run from a checkout of the anee repository "
+                                "(data/ is vendored there)")
     ids = tokenizer(path.read_text(), add_special_tokens=False, return_tensors="pt")["input_ids"]
     if max_tokens is not None:
         if ids.shape[1] < max_tokens:

@@ -49,7 +49,8 @@ def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
         return dtype
     if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be a name such as 'float32' or a torch.dtype, got {type(dtype).__name__} {dtype!r}")
+        raise TypeError(f"dtype must be a name such as 'float32' or a torch.dtype, "
+                        f"got {type(dtype).__name__} {dtype!r}")
     name = dtype.strip().lower().removeprefix("torch.")
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

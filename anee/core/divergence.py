@@ -48,7 +48,8 @@ class KLReference:
         return kl_log_probs(self.logp, logp, self.p)
 
 
-def kl_log_probs(reference_logp: torch.Tensor, logp: torch.Tensor, reference_p: torch.Tensor | None = None) -> torch.Tensor:
+def kl_log_probs(reference_logp: torch.Tensor, logp: torch.Tensor,
+                 reference_p: torch.Tensor | None = None) -> torch.Tensor:
     """`token_kl` from both sides' `log_probs`, with the same arithmetic (equal bit for bit), for
     callers that score many passes against one reference (`reference_p`: its `exp()`, computed once
     too) or need the model's log-probabilities for its NLL as well."""

@@ -87,7 +87,8 @@ def verify_files(folder: Path, record: dict, fix: str) -> None:
         if _state(path, f["sha256"]) in _VERIFIED:
             continue
         if _sha256(path) != f["sha256"]:
-            raise IntegrityError(f"{path} does not match the sha256 recorded at conversion: it changed on disk since; {fix}")
+            raise IntegrityError(f"{path} does not match the sha256 recorded at conversion: "
+                                 f"it changed on disk since; {fix}")
         _VERIFIED.add(_state(path, f["sha256"]))
 
 
@@ -95,8 +96,10 @@ def check_weights(model: torch.nn.Module, where: str, fix: str, parameters: int 
     """IntegrityError naming `fix` if the model has another parameter count than recorded, or a non-finite weight."""
     count = parameter_count(model)
     if parameters is not None and count != parameters:
-        raise IntegrityError(f"{where}: the model has {count:,} parameters, {parameters:,} were recorded at conversion; {fix}")
-    suspect = [(name, p) for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p.detach().sum())]
+        raise IntegrityError(f"{where}: the model has {count:,} parameters, "
+                             f"{parameters:,} were recorded at conversion; {fix}")
+    suspect = [(name, p) for name, p in model.named_parameters()
+               if p.is_floating_point() and not torch.isfinite(p.detach().sum())]
     bad = {name: int((~torch.isfinite(p.detach())).sum()) for name, p in suspect}
     bad = {name: n for name, n in bad.items() if n}  # a sum can also overflow with finite values only
     if bad:

@@ -34,7 +34,8 @@ CAUSAL = "causal"  # attention mask: causal within the chunk, no cache (SDPA's i
 Mask = torch.Tensor | str | None  # bool [.., T, S] (True = may attend), CAUSAL, or None (attend to all)
 
 
-def attend(adapter: ModelAdapter, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: Mask) -> torch.Tensor:
+def attend(adapter: ModelAdapter, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+           mask: Mask) -> torch.Tensor:
     """Scaled dot-product attention of q [B, H, T, hd] over keys/values [B, Hkv, S, hd]; heads
     merged: [B, T, H*hd]. Grouped-query heads are shared, not copied."""
     causal = isinstance(mask, str)
@@ -125,7 +126,8 @@ def mlp_rows(adapter: ModelAdapter, layer: int, mid: torch.Tensor, run: torch.Te
     return out.unsqueeze(0)
 
 
-def bypass_step(bypass: BypassBank | None, layer: int, h: torch.Tensor, bypassed: torch.Tensor | None = None) -> torch.Tensor:
+def bypass_step(bypass: BypassBank | None, layer: int, h: torch.Tensor,
+                bypassed: torch.Tensor | None = None) -> torch.Tensor:
     """h + bypass(h) where `bypassed` [B, T] (everywhere when None); h itself with the identity."""
     if bypass is None or bypass.is_identity:
         return h

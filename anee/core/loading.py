@@ -84,11 +84,13 @@ def load_model(
                 integrity.verify_files(path, record, fix)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        integrity.check_weights(model, f"model {name!r} from {path}", fix, None if record is None else record["parameters"])
+        integrity.check_weights(model, f"model {name!r} from {path}", fix,
+                                None if record is None else record["parameters"])
     except integrity.IntegrityError as err:  # names the fix itself
         raise ModelNotAvailableError(f"could not load model {name!r}: {err}") from None
     except Exception as err:  # corrupt files raise safetensors/json/OS errors alike
-        raise ModelNotAvailableError(f"could not load model {name!r} from {path}: {type(err).__name__}: {err}; {fix}") from err
+        raise ModelNotAvailableError(f"could not load model {name!r} from {path}: {type(err).__name__}: {err}; "
+                                     f"{fix}") from err
     if name in EMBEDDED and record is None:
         _adopt(path, model)
     return model.to(device).eval(), tokenizer
@@ -146,7 +148,8 @@ def _cache_state(target: Path, name: str) -> str:
     if not target.is_dir():
         raise ModelNotAvailableError(f"the cache path {target} of {name!r} is not a folder; {fix}")
     entries = list(target.iterdir())
-    foreign = [p.name for p in entries if not p.is_file() or not any(fnmatch.fnmatch(p.name, pat) for pat in CONVERTED_FILES)]
+    foreign = [p.name for p in entries
+               if not p.is_file() or not any(fnmatch.fnmatch(p.name, pat) for pat in CONVERTED_FILES)]
     if foreign:
         raise ModelNotAvailableError(f"the cache folder {target} holds {sorted(foreign)[:5]}, which a conversion of "
                                      f"{name!r} does not write: it is not ours; {fix}")
@@ -158,7 +161,8 @@ def _cache_state(target: Path, name: str) -> str:
         record is None or integrity.files_complete(target, record))
     if complete:
         return "complete"
-    warnings.warn(f"removing the half-made cache folder {target} (missing or truncated files) to convert {name!r} again",
+    warnings.warn(f"removing the half-made cache folder {target} (missing or truncated files) "
+                  f"to convert {name!r} again",
                   stacklevel=3)
     shutil.rmtree(target)
     return "missing"
@@ -179,7 +183,8 @@ def _local_folder(name: str) -> Path:
         raise ModelNotAvailableError(f"{path} is a file, not a model folder; give the folder that holds config.json")
     if not (path / "config.json").is_file():
         raise ModelNotAvailableError(f"the folder {path} has no config.json: it is not a saved model "
-                                     "(write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))")
+                                     "(write one with model.save_pretrained(folder) and "
+                                     "tokenizer.save_pretrained(folder))")
     return path
 
 

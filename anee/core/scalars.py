@@ -31,7 +31,8 @@ def _scalar(value) -> int | float | None:
     return None
 
 
-def real(name: str, value, low: float = -math.inf, high: float = math.inf, open_low: bool = False, what: str = "") -> float:
+def real(name: str, value, low: float = -math.inf, high: float = math.inf, open_low: bool = False,
+         what: str = "") -> float:
     """`value` as a finite float in [low, high] (low excluded with `open_low`); `what` says what it means."""
     x = _scalar(value)
     need = f"{name} must be a finite number{_interval(low, high, open_low)}{what}"

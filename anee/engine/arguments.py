@@ -44,7 +44,8 @@ def check_prompts(prompt) -> tuple[list[str], bool]:
     elif isinstance(prompt, Iterable) and not isinstance(prompt, Mapping):
         prompts, single = list(prompt), False
     else:
-        raise TypeError(f"prompt must be a str or a sequence of str (list, tuple, generator), got {type(prompt).__name__}")
+        raise TypeError(f"prompt must be a str or a sequence of str (list, tuple, generator), "
+                        f"got {type(prompt).__name__}")
     if not prompts:
         raise ValueError("empty prompt: give at least one non-blank prompt")
     for i, p in enumerate(prompts):

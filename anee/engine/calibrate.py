@@ -51,15 +51,18 @@ def calibration_ids(tokenizer, text_or_ids, tokens: int) -> tuple[torch.Tensor, 
     [N] or [1, N], or None for the vendored WikiText-2 valid split."""
     if text_or_ids is None:
         if tokenizer is None:
-            raise ValueError("pass a tokenizer (to read the vendored WikiText-2 valid split) or text_or_ids as token ids")
+            raise ValueError("pass a tokenizer (to read the vendored WikiText-2 valid split) "
+                             "or text_or_ids as token ids")
         return wikitext_tokens(tokenizer, "valid", tokens), "wikitext-2 valid (vendored)"
     if isinstance(text_or_ids, str):
         if tokenizer is None:
             raise ValueError("a text needs its tokenizer: calibrate(model, tokenizer, text, out=...)")
         ids = tokenizer(text_or_ids, add_special_tokens=False, return_tensors="pt")["input_ids"]
         return ids[:, :tokens], "text"
-    if not isinstance(text_or_ids, torch.Tensor) or text_or_ids.ndim not in (1, 2) or (text_or_ids.ndim == 2 and text_or_ids.shape[0] != 1):
-        got = f"a tensor of shape {tuple(text_or_ids.shape)}" if isinstance(text_or_ids, torch.Tensor) else type(text_or_ids).__name__
+    if (not isinstance(text_or_ids, torch.Tensor) or text_or_ids.ndim not in (1, 2)
+            or (text_or_ids.ndim == 2 and text_or_ids.shape[0] != 1)):
+        got = (f"a tensor of shape {tuple(text_or_ids.shape)}" if isinstance(text_or_ids, torch.Tensor)
+               else type(text_or_ids).__name__)
         raise TypeError(f"text_or_ids must be a str, token ids [N] or [1, N], or None (WikiText-2 valid), got {got}")
     return text_or_ids.reshape(1, -1)[:, :tokens], "token ids"
 
@@ -119,7 +122,8 @@ def calibrate(model, tokenizer=None, text_or_ids=None, out: str | Path = "anee-d
         write_manifest(tmp, {"model": model_fingerprint(adapter, name), "method": "heuristic", "plan": asdict(plan),
                              "source": {"kind": "anee.calibrate", "data": source, "tokens": int(ids.shape[1]),
                                         "bypass": None if bypass is None else bypass.label,
-                                        "removal_order": f"greedy ({greedy_steps} steps)" if greedy_steps else "block_influence"}})
+                                        "removal_order": f"greedy ({greedy_steps} steps)" if greedy_steps
+                                                         else "block_influence"}})
         steps.update()
     steps.close()
     return read_defaults(out)

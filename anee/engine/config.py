@@ -62,7 +62,8 @@ class ANEEConfig:
         self.exit_budget_threshold = real("exit_budget_threshold", self.exit_budget_threshold, 0.0, 1.0)
         self.seed = check_seed(self.seed)
         if not isinstance(self.controller, str) or self.controller not in CONTROLLERS:
-            raise ValueError(f"controller must be one of {', '.join(repr(c) for c in CONTROLLERS)}, got {self.controller!r}; "
+            raise ValueError(f"controller must be one of {', '.join(repr(c) for c in CONTROLLERS)}, "
+                             f"got {self.controller!r}; "
                              "to use another controller object, pass it as ANEEWrapper(config, controller=...)")
         check_prefill(self.prefill)
         if self.defaults_dir is not None and not isinstance(self.defaults_dir, (str, os.PathLike)):

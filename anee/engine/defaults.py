@@ -66,7 +66,8 @@ def shipped_models() -> list[str]:
 def model_fingerprint(adapter, name: str) -> dict:
     """What a defaults folder records of its model, and checks against the model it is given."""
     d = adapter.dims
-    return {"name": name, "model_type": str(adapter.model.config.model_type), "num_layers": d.num_layers, "hidden": d.hidden,
+    return {"name": name, "model_type": str(adapter.model.config.model_type), "num_layers": d.num_layers,
+            "hidden": d.hidden,
             "vocab": d.vocab}
 
 
@@ -100,14 +101,16 @@ def check_manifest(manifest, where: Path) -> dict:
                           "anee.calibrate for your own)")
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise bad(f"not an anee defaults manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+        raise bad("not an anee defaults manifest "
+                  f"(format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                   f"expected {FORMAT!r})")
     model = manifest.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not all(k in model for k in MODEL_KEYS):
         raise bad(f"'model' must describe the model ({', '.join(('name',) + MODEL_KEYS)})")
     files = manifest.get("files")
     if not isinstance(files, dict) or not set(files) <= set(FILES) or not all(
-            isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int) for f in files.values()):
+            isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int)
+            for f in files.values()):
         raise bad(f"'files' must map some of {FILES} to their sha256 and bytes")
     if PROFILER_FILE not in files:
         raise bad(f"{PROFILER_FILE} is missing: every method needs the profiler")
@@ -160,8 +163,9 @@ class Defaults:
         got = model_fingerprint(adapter, want["name"])
         wrong = [f"{k} {got[k]!r} (files: {want[k]!r})" for k in MODEL_KEYS if got[k] != want[k]]
         if wrong:
-            raise ValueError(f"the defaults in {self.folder} are for {want['name']!r}, but this model differs: {', '.join(wrong)}. "
-                             "Set ANEEConfig(model_name=...) to the model you pass, or build its own with anee.calibrate "
+            raise ValueError(f"the defaults in {self.folder} are for {want['name']!r}, but this model differs: "
+                             f"{', '.join(wrong)}. Set ANEEConfig(model_name=...) to the model you pass, "
+                             "or build its own with anee.calibrate "
                              "and point ANEEConfig(defaults_dir=...) at that folder")
 
     def bypass(self, adapter) -> BypassBank | None:
@@ -169,7 +173,8 @@ class Defaults:
         if BYPASS_FILE not in self.manifest["files"]:
             return None
         bank = BypassBank.from_checkpoint(self.folder / BYPASS_FILE, adapter.dims.hidden, adapter.num_layers)
-        return bank.to(model_device(adapter.model))  # float32 weights: the bypass computes in float32 at any model dtype
+        # float32 weights: the bypass computes in float32 at any model dtype
+        return bank.to(model_device(adapter.model))
 
     def profiler(self, executor) -> Profiler:
         """The profiler bound to `executor` (its costs, bypass included, set the plans)."""
@@ -181,7 +186,8 @@ class Defaults:
         if method == "heuristic":
             return HeuristicController(profiler, plan=self.plan)
         controller = load_controller(self.folder / POLICY_FILES[method], profiler)
-        check_same_bypass(controller.policy.trained_for.get("bypass"), executor.bypass, str(self.folder / POLICY_FILES[method]),
+        check_same_bypass(controller.policy.trained_for.get("bypass"), executor.bypass,
+                          str(self.folder / POLICY_FILES[method]),
                           "use the folder's own bypass (pass no bypass= to ANEEWrapper)")
         controller.policy.to(model_device(executor.adapter.model))
         return controller
@@ -214,7 +220,8 @@ def read_defaults(folder: str | Path) -> Defaults:
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{folder} is not a defaults folder (no {MANIFEST}); write one with anee.calibrate(model, tokenizer, "
+        raise ValueError(f"{folder} is not a defaults folder (no {MANIFEST}); "
+                         "write one with anee.calibrate(model, tokenizer, "
                          f"text, out='{folder}') or `python -m anee calibrate`")
     try:
         manifest = json.loads(path.read_text())
@@ -224,10 +231,12 @@ def read_defaults(folder: str | Path) -> Defaults:
     for name, record in manifest["files"].items():
         file = folder / name
         if not file.is_file():
-            raise ValueError(f"{file} is listed in {path} but missing; rebuild the folder (or reinstall the package for "
+            raise ValueError(f"{file} is listed in {path} but missing; "
+                             "rebuild the folder (or reinstall the package for "
                              "shipped defaults)")
         if file.stat().st_size != record["bytes"] or file_record(file)["sha256"] != record["sha256"]:
-            raise ValueError(f"{file} does not match the size / sha256 in {path} (damaged or replaced); rebuild the folder "
+            raise ValueError(f"{file} does not match the size / sha256 in {path} (damaged or replaced); "
+                             "rebuild the folder "
                              "(or reinstall the package for shipped defaults)")
     return Defaults(folder, manifest)
 
@@ -244,8 +253,9 @@ def missing_defaults(model_name: str, controller: str) -> str:
     """What to run when a controller needs a defaults folder and `model_name` has none."""
     shipped = ", ".join(repr(m) for m in shipped_models()) or "none"
     out = f"anee-{_slug(model_name)}"
-    return (f"controller={controller!r} needs a profiler (and a layer bypass) for {model_name!r}, and no defaults are shipped "
-            f"for it (shipped: {shipped}). Build them once with anee.calibrate(model, tokenizer, text, out={out!r}) "
+    return (f"controller={controller!r} needs a profiler (and a layer bypass) for {model_name!r}, "
+            f"and no defaults are shipped for it (shipped: {shipped}). "
+            f"Build them once with anee.calibrate(model, tokenizer, text, out={out!r}) "
             f"(or `python -m anee calibrate --model {model_name} --out {out}`), then pass "
             f"ANEEConfig(defaults_dir={out!r}); or choose controller='budget' or 'full', which need nothing.")
 

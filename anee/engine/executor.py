@@ -54,7 +54,8 @@ class AdaptiveExecutor:
     """Runs a HF causal LM's layers one by one under a controller; leaves the model's weights as it
     found them (with `weights`, each forward runs on those and restores the model's own after)."""
 
-    def __init__(self, adapter: ModelAdapter, min_layers: int = 0, bypass: BypassBank | None = None, weights: Weights | None = None):
+    def __init__(self, adapter: ModelAdapter, min_layers: int = 0, bypass: BypassBank | None = None,
+                 weights: Weights | None = None):
         if bypass is not None and not isinstance(bypass, BypassBank):
             raise TypeError(f"bypass must be a BypassBank (anee.core.bypass) or None, got {type(bypass).__name__}")
         if bypass is not None and (bypass.num_layers, bypass.hidden) != (adapter.num_layers, adapter.dims.hidden):
@@ -63,12 +64,14 @@ class AdaptiveExecutor:
         if bypass is not None and bypass.config.target != "layer":
             raise ValueError(f"the executor needs a layer bypass, got target={bypass.config.target!r}")
         if weights is not None and weights.adapter.model is not adapter.model:
-            raise ValueError("weights belong to another model's adapter: build the WeightBank from this executor's adapter")
+            raise ValueError("weights belong to another model's adapter: "
+                             "build the WeightBank from this executor's adapter")
         self.adapter = adapter
         self.weights = weights
         self.bypass = None if bypass is None or bypass.is_identity else bypass
         self.cost = CostModel(adapter.dims, self.bypass.macs if self.bypass is not None else 0)
-        self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers, what=" (the model's number of layers)")
+        self.min_layers = integer("min_layers", min_layers, 0, adapter.num_layers,
+                                  what=" (the model's number of layers)")
         self.prefix_memo: PrefixMemo | None = None  # set by `anee.engine.prefix_memo.shared_prefixes`
 
     @torch.no_grad()
@@ -101,21 +104,24 @@ class AdaptiveExecutor:
         `with_logits=False` leaves out the LM head (`logits` is None) for callers that read only the
         trace or the hidden states: on this model the head is about a quarter of a pass's MACs.
         """
-        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits)
+        return self.forward_grad(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume,
+                                 with_logits)
 
     def weights_applied(self) -> AbstractContextManager:
         """The executor's `weights` in place (nothing without them): a generation loop enters it once
         so that its per-token forwards swap nothing."""
         return nullcontext() if self.weights is None else self.weights.applied()
 
-    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None, collect_hidden=False,
-                     resume=None, with_logits=True) -> ExecutorOutput:
+    def forward_grad(self, input_ids, cache=None, controller=None, decisions=None, budget=1.0, padding_mask=None,
+                     collect_hidden=False, resume=None, with_logits=True) -> ExecutorOutput:
         """`forward` without the no-grad guard, for training controllers or gates through it (not
         through INT8 kernel `weights`: they have no gradient)."""
         with self.weights_applied():
-            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits)
+            return self._run(input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume,
+                             with_logits)
 
-    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume, with_logits) -> ExecutorOutput:
+    def _run(self, input_ids, cache, controller, decisions, budget, padding_mask, collect_hidden, resume,
+             with_logits) -> ExecutorOutput:
         adapter, L = self.adapter, self.adapter.num_layers
         check_input_ids(input_ids, adapter.dims.vocab)
         with_logits = flag("with_logits", with_logits)
@@ -143,8 +149,8 @@ class AdaptiveExecutor:
         hidden_states = [] if collect_hidden else None
         # a fresh, unpadded chunk inside `shared_prefixes`: fully processed leading layers come from the memo
         prefix = None
-        if self.prefix_memo is not None and resume is None and past == 0 and attn_mask is not None and padding_mask is None \
-                and cache.padding_mask is None and all(k is None for k in cache.keys):
+        if self.prefix_memo is not None and resume is None and past == 0 and attn_mask is not None \
+                and padding_mask is None and cache.padding_mask is None and all(k is None for k in cache.keys):
             prefix = self.prefix_memo.prefix(adapter.model, self.weights, input_ids, h)
         if decisions is None and hasattr(controller, "static_decisions"):
             decisions = controller.static_decisions(B, T, L)
@@ -164,19 +170,21 @@ class AdaptiveExecutor:
                 if hidden_states is not None:
                     hidden_states.append(h)
                 process = record[:, :, layer] == PROCESS if 0 < process_counts[layer] < B * T else None
-                h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer], layer in dropped,
-                               self.bypass, None if by is None else by[:, :, layer])
+                h = layer_step(adapter, layer, h, pos, cache, attn_mask, process, process_counts[layer],
+                               layer in dropped, self.bypass, None if by is None else by[:, :, layer])
                 if prefix is not None and layer < shared:
                     prefix.extend(layer, h, cache)
         else:
-            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context, hidden_states, prefix)
+            h, record, overhead = self._decide_and_run(h, pos, cache, attn_mask, controller, budget_t, context,
+                                                       hidden_states, prefix)
         if hidden_states is not None:
             hidden_states.append(h)
         cache.advance(T)
         logits = adapter.logits(h) if with_logits else None
         return ExecutorOutput(logits, Trace(record, context, overhead), cache, h, hidden_states)
 
-    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states, prefix: Prefix | None = None):
+    def _decide_and_run(self, h, pos, cache, attn_mask, controller, budget, context, hidden_states,
+                        prefix: Prefix | None = None):
         """The dynamic loop: before each layer the controller sees every token's state and budget.
         A controller with a `plan(budget, num_layers)` fixes some layers in advance (PROCESS, SKIP
         or DROP for every token) and is asked, and charged, only at the layers its plan marks ASK.
@@ -212,7 +220,8 @@ class AdaptiveExecutor:
             elif fixed != ASK:
                 action = torch.where(exited, EXIT, fixed)
             else:
-                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan, exited, anchor)
+                view = LayerView(layer, L, h, prev, spent, full, layer_cost, budget, adapter, self.cost, plan, exited,
+                                 anchor)
                 action = torch.where(exited, EXIT, controller.decide(view).long())
                 overhead += layer_overhead(controller, view) * (~exited)
             process = action == PROCESS
@@ -223,10 +232,12 @@ class AdaptiveExecutor:
             if fixed == DROP:
                 spent += by * float(self.cost.drop_path)
             else:
-                spent += torch.where(process, layer_cost, torch.where(by, float(self.cost.skip_path), float(self.cost.kv_only)))
+                spent += torch.where(process, layer_cost,
+                                     torch.where(by, float(self.cost.skip_path), float(self.cost.kv_only)))
             exited = exited | (action == EXIT)
-            prev, h = h, layer_step(adapter, layer, h, pos, cache, attn_mask, process if 0 < n_process < B * T else None,
-                                    n_process, fixed == DROP, self.bypass, by)
+            prev, h = h, layer_step(adapter, layer, h, pos, cache, attn_mask,
+                                    process if 0 < n_process < B * T else None, n_process, fixed == DROP,
+                                    self.bypass, by)
             if prefix is not None and layer < shared:
                 prefix.extend(layer, h, cache)
         return h, record, overhead
@@ -244,7 +255,8 @@ class AdaptiveExecutor:
                 return position_ids, None
             causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
             return position_ids, causal.expand(B, 1, T, past + T)
-        old = cache.padding_mask if cache.padding_mask is not None else torch.ones(B, past, dtype=torch.bool, device=device)
+        old = (cache.padding_mask if cache.padding_mask is not None
+               else torch.ones(B, past, dtype=torch.bool, device=device))
         new = padding_mask if padding_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
         full_mask = torch.cat([old, new], dim=1)
         cache.padding_mask = full_mask
@@ -273,7 +285,8 @@ def _check_resume(resume, decisions, past: int, shape: tuple[int, int, int], L: 
     if decisions is None or past > 0:
         raise ValueError("resume continues a teacher-forced pass: pass decisions, and no cache (or an empty one)")
     if not 0 <= layer <= L or tuple(h.shape) != shape:
-        raise ValueError(f"resume needs a layer in 0..{L} and a hidden state of shape {shape}, got {layer} and {tuple(h.shape)}")
+        raise ValueError(f"resume needs a layer in 0..{L} and a hidden state of shape {shape}, "
+                         f"got {layer} and {tuple(h.shape)}")
     return layer
 
 
@@ -281,8 +294,10 @@ def check_input_ids(input_ids, vocab: int) -> None:
     """TypeError / ValueError unless `input_ids` is a non-empty integer tensor [batch, tokens] of ids in [0, vocab)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype.is_floating_point \
             or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        got = f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise TypeError("input_ids must be an integer tensor [batch, tokens] (e.g. tokenizer(text, return_tensors='pt').input_ids; "
+        got = (f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
+               else type(input_ids).__name__)
+        raise TypeError("input_ids must be an integer tensor [batch, tokens] "
+                        "(e.g. tokenizer(text, return_tensors='pt').input_ids; "
                         f"for text use ANEEWrapper.generate(prompt=...)), got {got}")
     if input_ids.numel() == 0:
         raise ValueError(f"empty prompt: input_ids of shape {tuple(input_ids.shape)} holds no token")

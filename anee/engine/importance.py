@@ -23,13 +23,15 @@ from .prefix_memo import PrefixMemo, shared_prefixes
 
 
 @torch.no_grad()
-def block_influence(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, window: int = 256, max_windows: int = 8) -> torch.Tensor:
+def block_influence(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, window: int = 256,
+                    max_windows: int = 8) -> torch.Tensor:
     """Block Influence per layer [L]: 1 - mean cos(h_in, h_out) over calibration tokens."""
     L = executor.adapter.num_layers
     total, count = torch.zeros(L, dtype=torch.float64), 0
     n = calibration_ids.shape[1]
     for begin in range(0, min(n - window + 1, window * max_windows), window):
-        hs = executor.forward(calibration_ids[:, begin : begin + window], collect_hidden=True, with_logits=False).hidden_states
+        hs = executor.forward(calibration_ids[:, begin : begin + window], collect_hidden=True,
+                              with_logits=False).hidden_states
         for layer in range(L):
             cos = F.cosine_similarity(hs[layer].double(), hs[layer + 1].double(), dim=-1)
             total[layer] += cos.sum()
@@ -104,7 +106,8 @@ def greedy_removal_order(executor: AdaptiveExecutor, windows: torch.Tensor, step
 
 
 @torch.no_grad()
-def removal_scores(executor: AdaptiveExecutor, windows: torch.Tensor, removed: list[int], candidates: Sequence[int]) -> dict[int, float]:
+def removal_scores(executor: AdaptiveExecutor, windows: torch.Tensor, removed: list[int],
+                   candidates: Sequence[int]) -> dict[int, float]:
     """`removal_ppl` over `windows` [N, T] with `removed` plus one more layer removed, for each of
     `candidates`, bit for bit. Each window's pass with only `removed` runs once; candidate i's pass
     starts at layer i from that pass's state (`resume`: before i their decisions agree), so it

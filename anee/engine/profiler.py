@@ -53,7 +53,8 @@ class ShortlistEntropy:
     def k(self) -> int:
         return int(self.token_ids.numel())
 
-    def stats(self, executor: AdaptiveExecutor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def stats(self, executor: AdaptiveExecutor,
+              hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shortlist entropy, log-sum-exp and max logit [..., 3] plus max prob [...], from hidden [..., D]."""
         adapter = executor.adapter
         head = adapter.lm_head()
@@ -80,7 +81,8 @@ def exact_entropy(executor: AdaptiveExecutor, hidden: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def calibration_hidden(executor: AdaptiveExecutor, ids: torch.Tensor, window: int = 256, max_windows: int = 2, tokens_per_layer: int = 64, seed: int = 0) -> torch.Tensor:
+def calibration_hidden(executor: AdaptiveExecutor, ids: torch.Tensor, window: int = 256, max_windows: int = 2,
+                       tokens_per_layer: int = 64, seed: int = 0) -> torch.Tensor:
     """Hidden states [N, D] sampled from every layer input of the full model on calibration ids."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -93,7 +95,8 @@ def calibration_hidden(executor: AdaptiveExecutor, ids: torch.Tensor, window: in
 
 
 @torch.no_grad()
-def fit_shortlist(executor: AdaptiveExecutor, ids: torch.Tensor, k: int = 64, hidden: torch.Tensor | None = None) -> ShortlistEntropy:
+def fit_shortlist(executor: AdaptiveExecutor, ids: torch.Tensor, k: int = 64,
+                  hidden: torch.Tensor | None = None) -> ShortlistEntropy:
     """Shortlist = the k most frequent tokens of `ids`; calibration = least squares on `hidden`."""
     vocab = executor.adapter.dims.vocab
     counts = torch.bincount(ids.flatten(), minlength=vocab)
@@ -135,7 +138,8 @@ class Profiler(Checkpointable):
 
     budget_index = FEATURES.index("budget")  # where a controller finds the token's budget in the state
 
-    def __init__(self, entropy: ShortlistEntropy, importance: torch.Tensor, executor: AdaptiveExecutor, entropy_median: float = 0.1):
+    def __init__(self, entropy: ShortlistEntropy, importance: torch.Tensor, executor: AdaptiveExecutor,
+                 entropy_median: float = 0.1):
         L = executor.adapter.num_layers
         if importance.shape != (L,):
             raise ValueError(f"importance must have one value per layer ({L}), got shape {tuple(importance.shape)}")
@@ -203,13 +207,15 @@ class Profiler(Checkpointable):
         return self._raw_importance
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        return {"shortlist_ids": self.entropy.token_ids.long().contiguous(), "entropy_coef": self.entropy.coef.float().contiguous(),
+        return {"shortlist_ids": self.entropy.token_ids.long().contiguous(),
+                "entropy_coef": self.entropy.coef.float().contiguous(),
                 "importance_raw": self._raw_importance.contiguous(),
                 "entropy_median": torch.tensor([self.entropy_median])}
 
     def checkpoint_config(self) -> dict:
         d = self.executor.adapter.dims
-        return {"features": list(FEATURES), "num_layers": d.num_layers, "hidden": d.hidden, "vocab": d.vocab, "k": self.entropy.k}
+        return {"features": list(FEATURES), "num_layers": d.num_layers, "hidden": d.hidden, "vocab": d.vocab,
+                "k": self.entropy.k}
 
     @classmethod
     def from_config(cls, config: dict, executor: AdaptiveExecutor) -> Profiler:
@@ -219,7 +225,8 @@ class Profiler(Checkpointable):
             if config[key] != value or type(config[key]) is not type(value):
                 raise ValueError(f"{key}={config[key]!r} does not match this model/profiler ({value!r})")
         k = integer("k", config["k"], 1, d.vocab, what=" (the vocabulary)")
-        return cls(ShortlistEntropy(torch.zeros(k, dtype=torch.long), torch.zeros(4)), torch.arange(d.num_layers, dtype=torch.float32), executor)
+        return cls(ShortlistEntropy(torch.zeros(k, dtype=torch.long), torch.zeros(4)),
+                   torch.arange(d.num_layers, dtype=torch.float32), executor)
 
     def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
         ids = tensors["shortlist_ids"]
@@ -233,8 +240,9 @@ class Profiler(Checkpointable):
 
 
 @torch.no_grad()
-def calibrate_profiler(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, k: int = 64, window: int = 256, max_windows: int = 2,
-                       importance_windows: int = 8, importance: torch.Tensor | None = None) -> Profiler:
+def calibrate_profiler(executor: AdaptiveExecutor, calibration_ids: torch.Tensor, k: int = 64, window: int = 256,
+                       max_windows: int = 2, importance_windows: int = 8,
+                       importance: torch.Tensor | None = None) -> Profiler:
     """Shortlist entropy (from `max_windows` windows) + Block-Influence importance (from
     `importance_windows`, the Block-Influence baseline's default, so both rank layers from the same
     data: middle layers differ by ~0.01 in influence and 512 tokens reorder them), valid split only."""

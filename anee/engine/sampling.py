@@ -43,12 +43,14 @@ class SamplingConfig:
             return
         object.__setattr__(self, "temperature", real("temperature", self.temperature, 0.0, open_low=True, what=GREEDY))
         object.__setattr__(self, "top_k", integer("top_k", self.top_k, what=" (0 turns top-k off)"))
-        object.__setattr__(self, "top_p", real("top_p", self.top_p, 0.0, 1.0, open_low=True, what=" (1 turns top-p off)"))
+        object.__setattr__(self, "top_p", real("top_p", self.top_p, 0.0, 1.0, open_low=True,
+                                               what=" (1 turns top-p off)"))
         self.generation_config().validate(strict=True)
 
     def generation_config(self) -> GenerationConfig:
         """These arguments as transformers' own description of a generation (what `validate` checks)."""
-        return GenerationConfig(do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return GenerationConfig(do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k,
+                                top_p=self.top_p)
 
     def warpers(self) -> LogitsProcessorList | None:
         """HF's warpers for these arguments (None when greedy), as `GenerationMixin._get_logits_processor`
@@ -73,7 +75,8 @@ def next_token(logits: torch.Tensor, warpers: LogitsProcessorList | None, genera
         return logits.argmax(-1)
     probs = torch.softmax(warpers(sequences, logits.to(torch.float32)), -1)
     if not torch.isfinite(probs).all():  # else multinomial's bare RuntimeError
-        raise ValueError("the sampling distribution is not finite: the model gave non-finite logits, or the temperature "
-                         "is so small that the scaled scores overflow float32; raise temperature or use do_sample=False")
+        raise ValueError("the sampling distribution is not finite: the model gave non-finite logits, or the "
+                         "temperature is so small that the scaled scores overflow float32; raise temperature or use "
+                         "do_sample=False")
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 

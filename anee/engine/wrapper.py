@@ -99,13 +99,15 @@ class GenerationResult:
 class ANEEWrapper(nn.Module):
     """Wraps a HF causal LM (weights untouched) and runs it layer by layer under a controller."""
 
-    def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None, controller: Controller | None = None,
-                 bypass: BypassBank | None = None, weights: Weights | None = None):
+    def __init__(self, config: ANEEConfig, model: nn.Module | None = None, tokenizer=None,
+                 controller: Controller | None = None, bypass: BypassBank | None = None,
+                 weights: Weights | None = None):
         super().__init__()
         if not isinstance(config, ANEEConfig):
             raise TypeError(f"config must be an ANEEConfig, got {type(config).__name__}")
         if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a HF causal LM (a torch.nn.Module, e.g. from anee.load_model), got {type(model).__name__}; "
+            raise TypeError("model must be a HF causal LM (a torch.nn.Module, e.g. from anee.load_model), "
+                            f"got {type(model).__name__}; "
                             "to load one by name, set ANEEConfig(model_name=...) and pass no model")
         self.config = config
         if model is None:
@@ -131,8 +133,8 @@ class ANEEWrapper(nn.Module):
         if self.defaults is None:
             if name != "default":
                 raise ValueError(missing_defaults(model_name, name))
-            warnings.warn(missing_defaults(model_name, name) + " Falling back to the seed's budget policy, which degrades "
-                          "text quickly below budget 1.0.", UserWarning, stacklevel=3)
+            warnings.warn(missing_defaults(model_name, name) + " Falling back to the seed's budget policy, "
+                          "which degrades text quickly below budget 1.0.", UserWarning, stacklevel=3)
             return "budget"
         self.defaults.check_model(self.adapter)
         return self.defaults.resolve(name)
@@ -152,10 +154,12 @@ class ANEEWrapper(nn.Module):
     def num_layers(self) -> int:
         return self.adapter.num_layers
 
-    def forward(self, input_ids: torch.Tensor, energy_budget: float | None = None, decisions: torch.Tensor | None = None, **kwargs) -> ExecutorOutput:
+    def forward(self, input_ids: torch.Tensor, energy_budget: float | None = None,
+                decisions: torch.Tensor | None = None, **kwargs) -> ExecutorOutput:
         """Teacher-forced parallel pass over a whole sequence; returns logits and the trace."""
         budget = self.config.energy_budget if energy_budget is None else check_budget(energy_budget)
-        return self.executor.forward(input_ids, controller=self.controller, decisions=decisions, budget=budget, **kwargs)
+        return self.executor.forward(input_ids, controller=self.controller, decisions=decisions, budget=budget,
+                                     **kwargs)
 
     @torch.no_grad()
     def generate_ids(
@@ -189,7 +193,8 @@ class ANEEWrapper(nn.Module):
         controller = controller or self.controller
         prefill = check_prefill(self.config.prefill if prefill is None else prefill)
         if not callable(getattr(controller, "decide", None)):
-            raise TypeError(f"controller must have a decide(view) method (see anee.engine.controllers.base), got {type(controller).__name__}")
+            raise TypeError("controller must have a decide(view) method (see anee.engine.controllers.base), "
+                            f"got {type(controller).__name__}")
         if prefill == "full" and isinstance(controller, LearnedController):
             controller = controller.for_full_prompt()  # its SKIP offsets for tokens after a full-depth prompt
         mask = self._check_ids(input_ids, padding_mask, max_new_tokens)
@@ -210,13 +215,16 @@ class ANEEWrapper(nn.Module):
                 if sequences.shape[1] - input_ids.shape[1] == max_new_tokens or finished.all():
                     break
                 step = self.executor.forward(token[:, None], cache=cache, controller=controller, budget=budget,
-                                             padding_mask=None if padding_mask is None else torch.ones(B, 1, dtype=torch.bool, device=input_ids.device))
+                                             padding_mask=None if padding_mask is None
+                                             else torch.ones(B, 1, dtype=torch.bool, device=input_ids.device))
                 traces.append(step.trace)
                 logits = step.logits[:, -1]
         new = sequences[:, input_ids.shape[1] :]
-        result = GenerationResult.from_trace(sequences, new, Trace.cat(traces), torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1),
+        result = GenerationResult.from_trace(sequences, new, Trace.cat(traces),
+                                             torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1),
                                              prefill, self.cost_model)
-        if result.budget_cost is not None:  # nothing governed (a full-depth prompt, one new token): nothing to warn about
+        # nothing governed (a full-depth prompt, one new token): nothing to warn about
+        if result.budget_cost is not None:
             self._warn_if_min_layers_override(budget, result.budget_cost)
         return result
 
@@ -225,9 +233,12 @@ class ANEEWrapper(nn.Module):
         if isinstance(input_ids, torch.Tensor) and input_ids.numel() == 0:
             raise ValueError("empty prompt: every row needs at least one token")
         check_input_ids(input_ids, self.adapter.dims.vocab)
-        if padding_mask is not None and (not isinstance(padding_mask, torch.Tensor) or padding_mask.shape != input_ids.shape):
-            got = f"shape {tuple(padding_mask.shape)}" if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
-            raise TypeError(f"padding_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+        if padding_mask is not None and (not isinstance(padding_mask, torch.Tensor)
+                                         or padding_mask.shape != input_ids.shape):
+            got = (f"shape {tuple(padding_mask.shape)}" if isinstance(padding_mask, torch.Tensor)
+                   else type(padding_mask).__name__)
+            raise TypeError(f"padding_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                            f"got {got}")
         mask = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
         if not mask.any(-1).all():
             raise ValueError("empty prompt: every row needs at least one token")
@@ -251,8 +262,8 @@ class ANEEWrapper(nn.Module):
                 f"{cost.layer_fraction:.3f}. Lower ANEEConfig.min_layers to honour budgets below {floor:.3f}.",
                 UserWarning, stacklevel=3)
 
-    def generate(self, tokenizer=None, prompt: str | Iterable[str] = "", max_new_tokens: int = 20, energy_budget: float | None = None,
-                 return_result: bool = False, **kwargs):
+    def generate(self, tokenizer=None, prompt: str | Iterable[str] = "", max_new_tokens: int = 20,
+                 energy_budget: float | None = None, return_result: bool = False, **kwargs):
         """Generate text from a prompt: a str gives a str; any sequence of str (list, tuple,
         generator; left-padded into one batch) gives a list. Returns the full texts (prompt included)
         and, with `return_result`, the `GenerationResult`. `kwargs` go to `generate_ids`."""
@@ -260,7 +271,8 @@ class ANEEWrapper(nn.Module):
         if tokenizer is None:
             raise ValueError("pass tokenizer=... (anee.load_model returns one)")
         if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
-            raise TypeError(f"tokenizer must be a HF tokenizer (anee.load_model returns one), got {type(tokenizer).__name__}")
+            raise TypeError("tokenizer must be a HF tokenizer (anee.load_model returns one), "
+                            f"got {type(tokenizer).__name__}")
         prompts, single = check_prompts(prompt)
         return_result = flag("return_result", return_result)
         input_ids, padding_mask = _left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer)
@@ -268,7 +280,8 @@ class ANEEWrapper(nn.Module):
         device = model_device(self.model)
         result = self.generate_ids(input_ids.to(device), max_new_tokens, energy_budget,
                                    padding_mask=None if padding_mask.all() else padding_mask.to(device), **kwargs)
-        texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(result.sequences, result.padding_mask)]
+        texts = [tokenizer.decode(row[m], skip_special_tokens=True)
+                 for row, m in zip(result.sequences, result.padding_mask)]
         text = texts[0] if single else texts
         return (text, result) if return_result else text
 

@@ -36,7 +36,8 @@ def layers_to_skip(wrapper: ANEEWrapper, fraction: float) -> int:
     return min(L - 3, max(1, round(fraction * L / per_skip)))
 
 
-def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int, new_tokens: int) -> tuple[float, float]:
+def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int,
+                      new_tokens: int) -> tuple[float, float]:
     """(layer compute saved, predicted tokens/s ratio) for decoding with a static pattern."""
     cost = wrapper.cost_model
     contexts = torch.arange(prompt_len + 1, prompt_len + new_tokens, dtype=torch.float64)
@@ -47,8 +48,8 @@ def predicted_speedup(wrapper: ANEEWrapper, pattern: list[int], prompt_len: int,
     return layer_saved, float(full.sum() / skipped.sum())
 
 
-def run(model_name: str = "smollm2-135m", new_tokens: int = 64, repeats: int = 3, skip_fraction: float = 0.3, write: bool = True,
-        bypass: BypassBank | None = None, device: str = "auto", dtype: str = "float32") -> dict:
+def run(model_name: str = "smollm2-135m", new_tokens: int = 64, repeats: int = 3, skip_fraction: float = 0.3,
+        write: bool = True, bypass: BypassBank | None = None, device: str = "auto", dtype: str = "float32") -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     # prefill="adaptive": the pattern on every position, prompt included, as `predicted_speedup` counts it
@@ -69,7 +70,8 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 64, repeats: int = 3
         "anee_budget_1.0": lambda: wrapper.generate_ids(ids, new_tokens, energy_budget=1.0),
         "anee_skip_pattern": lambda: wrapper.generate_ids(ids, new_tokens, controller=skipper),
     }
-    if bypass is not None:  # the same kind of pattern with the layer bypass, skipping enough layers for the same net saving
+    # the same kind of pattern with the layer bypass, skipping enough layers for the same net saving
+    if bypass is not None:
         by_wrapper = ANEEWrapper(config, model=model, tokenizer=tokenizer, bypass=bypass)
         by_pattern = skip_pattern(by_wrapper.num_layers, layers_to_skip(by_wrapper, skip_fraction))
         by_skipper = FixedController(by_pattern)
@@ -96,7 +98,8 @@ def run(model_name: str = "smollm2-135m", new_tokens: int = 64, repeats: int = 3
         by_measured = tps["anee_bypass_pattern"] / tps["anee_budget_1.0"]
         result.update({"bypass": bypass.config.label, "bypass_skip_layers": [i for i, a in enumerate(by_pattern) if a],
                        "bypass_layer_compute_saved": by_saved, "bypass_predicted_speedup": by_predicted,
-                       "bypass_measured_speedup": by_measured, "bypass_measured_over_predicted": by_measured / by_predicted})
+                       "bypass_measured_speedup": by_measured,
+                       "bypass_measured_over_predicted": by_measured / by_predicted})
     if write:
         save_json(result, "bench_decode", "full")
     return result
@@ -117,7 +120,8 @@ def print_report(r: dict) -> None:
     for name, v in r["tokens_per_s"].items():
         print(f"{name:>20}: {v:7.1f} tokens/s")
     print(f"ANEE budget 1.0 / HF generate       : {r['anee_full_vs_hf']:.3f}x")
-    print(f"skip pattern ({len(r['skip_layers'])} layers, {100 * r['skip_layer_compute_saved']:.1f}% layer compute saved)")
+    print(f"skip pattern ({len(r['skip_layers'])} layers, "
+          f"{100 * r['skip_layer_compute_saved']:.1f}% layer compute saved)")
     print(f"  predicted speedup (MAC counts)     : {r['skip_predicted_speedup']:.3f}x")
     print(f"  measured speedup (tokens/s)        : {r['skip_measured_speedup']:.3f}x")
     print(f"  measured / predicted               : {r['skip_measured_over_predicted']:.3f}")

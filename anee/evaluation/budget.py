@@ -44,7 +44,8 @@ def kl_profile_windows(valid: torch.Tensor, profile: str) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.Tensor, budgets: list[float], window: int = 256) -> pd.DataFrame:
+def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.Tensor, budgets: list[float],
+                     window: int = 256) -> pd.DataFrame:
     """Realized layer fraction and net saving per controller and budget over ids [1, N] (non-overlapping windows)."""
     rows = []
     chunks = [ids[:, i : i + window] for i in range(0, ids.shape[1] - 1, window)]
@@ -53,11 +54,13 @@ def budget_adherence(executor: AdaptiveExecutor, controllers: dict, ids: torch.T
             for b in budgets:
                 layer = full = over = 0.0
                 for c in chunks:
-                    rep = executor.forward(c, controller=controller, budget=b, with_logits=False).trace.cost(executor.cost)
+                    rep = executor.forward(c, controller=controller, budget=b,
+                                           with_logits=False).trace.cost(executor.cost)
                     layer += float(rep.layer_macs.sum())
                     full += float(rep.full_layer_macs.sum())
                     over += float(rep.overhead_macs.sum())
                 frac = layer / full
-                rows.append({"controller": name, "budget": b, "layer_fraction": frac, "layer_saved_net": 1 - (layer + over) / full,
+                rows.append({"controller": name, "budget": b, "layer_fraction": frac,
+                             "layer_saved_net": 1 - (layer + over) / full,
                              "overhead_fraction": over / full, "abs_error": abs(frac - b)})
     return pd.DataFrame(rows)

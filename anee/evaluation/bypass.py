@@ -35,9 +35,9 @@ def ppl_at_net_saving(executor: AdaptiveExecutor, ks: Sequence[int], ppls: Seque
     return float(np.exp(np.interp(saving, x, np.log(np.asarray(ppls, dtype=float)))))
 
 
-def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits: dict[str, torch.Tensor], order: list[int],
-                ks: Sequence[int], levels: Sequence[float], full: dict[str, float], memo: PrefixMemo | None = None,
-                **extra) -> list[dict]:
+def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits: dict[str, torch.Tensor],
+                order: list[int], ks: Sequence[int], levels: Sequence[float], full: dict[str, float],
+                memo: PrefixMemo | None = None, **extra) -> list[dict]:
     """One row per split: the family, its MACs (and as a fraction of a layer), perplexity at each
     removal count and at each net-saving level (`full`: the full model's perplexity per split).
     `memo`: a prefix memo shared with other families' rows on the same windows (same numbers, less work)."""
@@ -49,7 +49,8 @@ def family_rows(label: str, bank: BypassBank, executor: AdaptiveExecutor, splits
             row = {"bypass": label, "family": bank.family, "rank": bank.config.rank, "macs": bank.macs,
                    "macs_fraction_of_layer": executor.cost.drop_fraction(), "split": split, **extra}
             row.update({f"ppl_k{k}": p for k, p in zip(ks, ppls)})
-            row.update({f"ppl_at_{s:g}": ppl_at_net_saving(executor, [0, *ks], [full[split], *ppls], s) for s in levels})
+            row.update({f"ppl_at_{s:g}": ppl_at_net_saving(executor, [0, *ks], [full[split], *ppls], s)
+                        for s in levels})
             rows.append(row)
     return rows
 
@@ -63,8 +64,8 @@ def choose_family(table: pd.DataFrame, level: float, split: str = "valid") -> st
 
 def tune_and_score(identity: AdaptiveExecutor, stats: list[BypassStats], config: BypassConfig, tune_ids: torch.Tensor,
                    order: list[int], tune: BypassTuneConfig, splits: dict[str, torch.Tensor], ks: Sequence[int],
-                   levels: Sequence[float], full: dict[str, float],
-                   closed_form: BypassBank | None = None, memo: PrefixMemo | None = None) -> tuple[BypassBank, list[dict], list[dict]]:
+                   levels: Sequence[float], full: dict[str, float], closed_form: BypassBank | None = None,
+                   memo: PrefixMemo | None = None) -> tuple[BypassBank, list[dict], list[dict]]:
     """Fit `config` in closed form, tune it end to end with `tune` (its seed included) and score it
     like `family_rows`: (bank, per-step tuning log, rows labelled "<family> tuned"). `closed_form`:
     that fit already made from the same `stats` (a copy is tuned; the fit is deterministic, so this
@@ -76,4 +77,5 @@ def tune_and_score(identity: AdaptiveExecutor, stats: list[BypassStats], config:
     executor = AdaptiveExecutor(identity.adapter, bypass=bank)
     label = f"{bank.config.label} tuned"
     history = [dict(r, bypass=label, seed=tune.seed) for r in tune_bypass_(executor, tune_ids, order, tune)]
-    return bank, history, family_rows(label, bank, executor, splits, order, ks, levels, full, memo, tuned=True, seed=tune.seed)
+    return bank, history, family_rows(label, bank, executor, splits, order, ks, levels, full, memo, tuned=True,
+                                      seed=tune.seed)

@@ -52,7 +52,8 @@ def trained_engine(checkpoint_dir: Path, adapter) -> tuple[AdaptiveExecutor, Pro
     return executor, Profiler.from_checkpoint(Path(checkpoint_dir) / PROFILER_FILE, executor)
 
 
-def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4096, min_layers: int = 0) -> EvalContext:
+def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4096,
+                     min_layers: int = 0) -> EvalContext:
     """EvalContext with valid-split calibration tokens, the profile's checkpoint folder and, when
     notebook 02 has written it, an executor with its layer bypass."""
     adapter = adapter_for(model)
@@ -62,7 +63,8 @@ def frontier_context(model, tokenizer, profile: str, calibration_tokens: int = 4
     bypass = load_bypass(checkpoints, adapter)
     return EvalContext(model, tokenizer, executor, calibration,
                        extras={"checkpoint_dir": checkpoints, "profile": profile},
-                       bypass_executor=None if bypass is None else AdaptiveExecutor(adapter, min_layers=min_layers, bypass=bypass))
+                       bypass_executor=None if bypass is None
+                       else AdaptiveExecutor(adapter, min_layers=min_layers, bypass=bypass))
 
 
 def method_label(name: str, setting: dict) -> str:
@@ -70,8 +72,10 @@ def method_label(name: str, setting: dict) -> str:
     return f"{name}+bypass" if setting.get("bypass") else name
 
 
-def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None, seeds=(0,)) -> list[tuple[str, dict]]:
-    """Rows contributed by the ANEE controllers (02-04, the KL-profile controller fitted in 03) and the hierarchical model (05). Their
+def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None,
+                seeds=(0,)) -> list[tuple[str, dict]]:
+    """Rows contributed by the ANEE controllers (02-04, the KL-profile controller fitted in 03) and the
+    hierarchical model (05). Their
     checkpoints must exist in the profile's checkpoint folder: run those notebooks first. The
     planned controllers are cheap to evaluate, so they may get a denser grid (`planned_budgets`);
     the learned ones and the hierarchical model run once per training seed. The heuristic runs with
@@ -99,7 +103,8 @@ def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Ten
         for name, setting in specs:
             method = build_method(name, ctx, **setting)
             text = ",".join(f"{k}={v}" for k, v in setting.items() if k not in ("seed", "bypass"))
-            result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text, progress=progress)
+            result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text,
+                              progress=progress)
             rows.append({**result.row(), "seed": int(setting.get("seed", -1))})
     table = pd.DataFrame(rows)
     return table[["method", "setting", "seed"] + [c for c in table.columns if c not in ("method", "setting", "seed")]]
@@ -121,7 +126,8 @@ def full_model_ppl(table: pd.DataFrame) -> float:
     """The full model's perplexity in a `run_frontier` table (its one "full" row), the reference of every ratio."""
     full = table.loc[table.method == "full", "ppl"]
     if len(full) != 1:
-        raise ValueError(f'the table needs exactly one row of method "full" (the reference), found {len(full)}: add ("full", {{}}) to the specs')
+        raise ValueError(f'the table needs exactly one row of method "full" (the reference), found {len(full)}: '
+                         f'add ("full", {{}}) to the specs')
     return float(full.iloc[0])
 
 
@@ -143,7 +149,8 @@ def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(hull)
 
 
-def ppl_at_saving(df: pd.DataFrame, levels: list[float], saved_col: str = "layer_saved_net", hull: bool = False) -> pd.DataFrame:
+def ppl_at_saving(df: pd.DataFrame, levels: list[float], saved_col: str = "layer_saved_net",
+                  hull: bool = False) -> pd.DataFrame:
     """Perplexity of each method (and seed, when the table has a `seed` column) at the given net
     savings, interpolating log-ppl linearly between evaluated settings (NaN outside the evaluated
     range). With `hull=True` only the points on each method's lower convex hull are used: every
@@ -173,7 +180,8 @@ def anchored(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def equal_saving_tables(table: pd.DataFrame, levels: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def equal_saving_tables(table: pd.DataFrame,
+                        levels: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Perplexity at each net-saving level, interpolated between each method's points and on each
     method's lower convex hull (both anchored at the full model): one wide table each (a row per
     method: the mean over seeds at each level, `<level>_std` beside it, `n_seeds`), and every
@@ -206,8 +214,9 @@ def comparisons(levels_table: pd.DataFrame, pairs: Sequence[tuple[str, str]], le
         ra, rb = levels_table.loc[a], levels_table.loc[b]
         for level in levels:
             col = f"{level:g}"
-            rows.append({"a": a, "b": b, "net_saved": level, "a_ppl": ra[col], "a_std": ra[f"{col}_std"], "b_ppl": rb[col],
-                         "b_std": rb[f"{col}_std"], "verdict": verdict(ra[col], ra[f"{col}_std"], rb[col], rb[f"{col}_std"])})
+            rows.append({"a": a, "b": b, "net_saved": level, "a_ppl": ra[col], "a_std": ra[f"{col}_std"],
+                         "b_ppl": rb[col], "b_std": rb[f"{col}_std"],
+                         "verdict": verdict(ra[col], ra[f"{col}_std"], rb[col], rb[f"{col}_std"])})
     return pd.DataFrame(rows, columns=["a", "b", "net_saved", "a_ppl", "a_std", "b_ppl", "b_std", "verdict"])
 
 
@@ -237,8 +246,8 @@ def findings(verdicts: pd.DataFrame, at_levels: pd.DataFrame, full_ppl: float, l
     return out
 
 
-def bypass_ablation(ctx: EvalContext, banks: dict[str, BypassBank | None], n_removed: int, ids: torch.Tensor, window: int,
-                    stride: int) -> pd.DataFrame:
+def bypass_ablation(ctx: EvalContext, banks: dict[str, BypassBank | None], n_removed: int, ids: torch.Tensor,
+                    window: int, stride: int) -> pd.DataFrame:
     """Static removal of the `n_removed` lowest-Block-Influence layers with each bypass of `banks`
     (label -> bank, None: the identity) on the same windows: perplexity, its ratio to the identity's,
     and the net saving (each bypass charged)."""

@@ -71,7 +71,8 @@ def capacity_table(reference: SettingResult, results: dict[float, SettingResult]
     for c, r in [(1.0, reference), *results.items()]:
         row = dict(r.row)
         row["ppl_increase_pct"] = 100 * (row["ppl"] / reference.row["ppl"] - 1)
-        row["seed_speedup_tinyllama"], row["seed_ppl_increase_tinyllama"] = SEED_CLAIMS.get(c, ("1.0x", "0 %") if c == 1.0 else ("n/a", "n/a"))
+        row["seed_speedup_tinyllama"], row["seed_ppl_increase_tinyllama"] = SEED_CLAIMS.get(
+            c, ("1.0x", "0 %") if c == 1.0 else ("n/a", "n/a"))
         rows.append(row)
     return pd.DataFrame(rows)[CAPACITY_COLUMNS]
 
@@ -84,7 +85,8 @@ def exit_table(results: dict[str, SettingResult], reference_ppl: float) -> pd.Da
 
 
 @torch.no_grad()
-def timing_table(base: torch.nn.Module, model: HierarchicalModel, ids: torch.Tensor, thresholds: dict[float, torch.Tensor],
+def timing_table(base: torch.nn.Module, model: HierarchicalModel, ids: torch.Tensor,
+                 thresholds: dict[float, torch.Tensor],
                  rounds: int) -> pd.DataFrame:
     """Wall-clock of the sparse inference path on ids [B, T] at each capacity (its `thresholds`) and
     at capacity 1.0, against the plain HF forward, timed in interleaved rounds (minimum over rounds)."""

@@ -1,6 +1,7 @@
 """The real INT8 path against fp32: quality, and measured decode speed against the cost model.
 
-    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 64] [--rounds 2] [--threads 1]
+    python -m anee.evaluation.int8_bench [--model smollm2-135m] [--eval-tokens 2048] [--new-tokens 64]
+        [--rounds 2] [--threads 1]
 
 Quality (`results/int8_quality.json`, deterministic): WikiText-2 test perplexity on notebook 06's
 full-profile windows (the first `eval_tokens` tokens, non-overlapping windows of 512) of fp32, of INT8
@@ -8,7 +9,8 @@ kernels on smoothed blocks (`anee.granularity.int8`, calibrated on the valid spl
 kernels without smoothing; KL to fp32 and top-1 agreement on the first window.
 
 Speed (`results/int8_timings.json`, a timings file): batch 1, greedy, exactly `new_tokens` tokens with
-ANEE's decode loop on `threads` torch threads (quality runs on the process's own count), all contenders interleaved in one run (minimum over rounds): fp32, every layer at
+ANEE's decode loop on `threads` torch threads (quality runs on the process's own count), all contenders
+interleaved in one run (minimum over rounds): fp32, every layer at
 INT8, and half of six segments at INT8 (the INT8-sensitive half stays fp32). Each is set against the
 cost model's prediction, the ratio of weight bytes read per token (LM head fp32 in every variant).
 """
@@ -83,9 +85,11 @@ def run(model_name: str = "smollm2-135m", eval_tokens: int = EVAL_TOKENS, new_to
         order = sorted(range(segs), key=lambda s: -sens[s])
         budget = segment_budget(smoothed_bank, parts, segs // 2, cheap_bits=8, order=order)
         half = segment_schedule(smoothed_bank, parts, budget, levels=(FP32, 8), order=order)
-    contenders = {"fp32": FP32_DECODE, "int8": Decode(weights=smoothed_bank.at(8)), "int8_half_segments": Decode(weights=smoothed_bank.at(half))}
+    contenders = {"fp32": FP32_DECODE, "int8": Decode(weights=smoothed_bank.at(8)),
+                  "int8_half_segments": Decode(weights=smoothed_bank.at(half))}
     with torch_threads(threads):
-        seconds = dict(zip(contenders, decode_seconds(model, tokenizer, list(contenders.values()), new_tokens, rounds, warmup=1)))
+        seconds = dict(zip(contenders, decode_seconds(model, tokenizer, list(contenders.values()), new_tokens, rounds,
+                                                      warmup=1)))
         used_threads = torch.get_num_threads()
     predicted = {"fp32": 1.0, "int8": smoothed_bank.full_bytes / smoothed_bank.token_bytes([8] * L),
                  "int8_half_segments": smoothed_bank.full_bytes / smoothed_bank.token_bytes(half)}
@@ -108,7 +112,8 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the decode timings (1: the reference decode setting)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the decode timings (1: the reference decode setting)")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -116,7 +121,8 @@ def main() -> None:
     print(f"fp32 ppl {quality['fp32_ppl']:.3f}")
     for name in ("int8_smoothed", "int8_unsmoothed"):
         q = quality[name]
-        print(f"{name:>16}: ppl {q['ppl']:.3f} ({100 * (q['ppl_rel_fp32'] - 1):+.2f} %), KL {q['kl_first_window']:.4f}, "
+        print(f"{name:>16}: ppl {q['ppl']:.3f} ({100 * (q['ppl_rel_fp32'] - 1):+.2f} %), "
+              f"KL {q['kl_first_window']:.4f}, "
               f"top-1 {q['top1_agreement_first_window']:.3f}")
     for k in timings["tokens_per_s"]:
         print(f"{k:>20}: {timings['tokens_per_s'][k]:6.1f} tokens/s, {timings['speed_rel_fp32'][k]:.2f}x fp32 "

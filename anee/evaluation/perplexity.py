@@ -50,7 +50,8 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     return spans
 
 
-def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int = 256, name: str = "", setting: str = "", progress: bool = False) -> PerplexityResult:
+def evaluate(method: Method, ids: torch.Tensor, window: int = 512, stride: int = 256, name: str = "", setting: str = "",
+             progress: bool = False) -> PerplexityResult:
     """Token-weighted perplexity of `method` on ids [1, N], with compute averaged over scored tokens."""
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 2:
         raise ValueError("ids must be [1, N] with N >= 2")

@@ -35,16 +35,19 @@ def held_out_prompts(n: int, words: int = 8, split: str = "test") -> list[str]:
     if n < 1 or words < 1:
         raise ValueError(f"need n >= 1 and words >= 1, got n={n}, words={words}")
     paragraphs = [_detokenize(line).split() for line in load_wikitext(split).split("\n")]
-    body = [p for p in paragraphs if len(p) >= 4 * words and not p[0].startswith("=") and "<unk>" not in " ".join(p[:words])]
+    body = [p for p in paragraphs if len(p) >= 4 * words and not p[0].startswith("=")
+            and "<unk>" not in " ".join(p[:words])]
     if len(body) < n:
-        raise ValueError(f"WikiText-2 {split} has {len(body)} body paragraphs of >= {4 * words} words, fewer than n={n}")
+        raise ValueError(f"WikiText-2 {split} has {len(body)} body paragraphs of >= {4 * words} words, "
+                         f"fewer than n={n}")
     step = len(body) // n
     return [" ".join(body[i * step][:words]) for i in range(n)]
 
 
 def _detokenize(text: str) -> str:
     """Undo the common cases of WikiText's tokenisation ("1 @,@ 000", "turn @-@ of", "it 's", " , ")."""
-    for spaced, plain in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" 's", "'s"), (" ,", ","), (" .", "."), (" ;", ";")):
+    for spaced, plain in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" 's", "'s"), (" ,", ","), (" .", "."),
+                          (" ;", ";")):
         text = text.replace(spaced, plain)
     return text
 
@@ -81,10 +84,12 @@ def prompt_generations(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapp
                 row = torch.zeros_like(real)
                 row[p] = True
                 extra = {} if out.prefill == "adaptive" else {
-                    "prefill": out.prefill, "layer_fraction_with_prompt": out.trace.cost(wrapper.cost_model, real & row).layer_fraction}
+                    "prefill": out.prefill,
+                    "layer_fraction_with_prompt": out.trace.cost(wrapper.cost_model, real & row).layer_fraction}
                 rows.append({"prompt_index": p, "prompt": prompt, "controller": name, "method": wrapper.method,
                              "budget": budget, **out.trace.cost(wrapper.cost_model, governed & row).as_dict(), **extra,
-                             "new_tokens": out.new_tokens.shape[1], "matching_prefix": matching_prefix(out.new_tokens[p], full[p]),
+                             "new_tokens": out.new_tokens.shape[1],
+                             "matching_prefix": matching_prefix(out.new_tokens[p], full[p]),
                              "text": tokenizer.decode(out.new_tokens[p], skip_special_tokens=True)})
     return pd.DataFrame(rows)
 
@@ -129,15 +134,18 @@ def top1_agreement(wrappers: Mapping[str, ANEEWrapper], reference: ANEEWrapper, 
     return pd.DataFrame(rows)
 
 
-def api_perplexity(wrapper: ANEEWrapper, ids: torch.Tensor, budgets: Sequence[float], window: int, stride: int) -> pd.DataFrame:
+def api_perplexity(wrapper: ANEEWrapper, ids: torch.Tensor, budgets: Sequence[float], window: int,
+                   stride: int) -> pd.DataFrame:
     """Sliding-window perplexity of the wrapper's own executor and controller at each budget (what
     `anee eval` prints): one row per budget."""
     rows = []
     with shared_prefixes(wrapper.executor):  # as in notebook 06's frontier, whose rows these must equal
         for budget in budgets:
-            r = evaluate(executor_method(wrapper.executor, wrapper.controller, budget), ids, window, stride, name=wrapper.method)
+            r = evaluate(executor_method(wrapper.executor, wrapper.controller, budget), ids, window, stride,
+                         name=wrapper.method)
             rows.append({"method": wrapper.method, "budget": budget, "ppl": r.ppl, "tokens": r.tokens,
-                         "layer_fraction": r.layer_fraction, "layer_saved_net": r.layer_saved_net, "total_saved_net": r.total_saved_net})
+                         "layer_fraction": r.layer_fraction, "layer_saved_net": r.layer_saved_net,
+                         "total_saved_net": r.total_saved_net})
     return pd.DataFrame(rows)
 
 

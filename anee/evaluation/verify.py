@@ -71,13 +71,15 @@ class Rule:
     reference: str = ""  # a relative seed spread measured elsewhere (`REFERENCES`) that floors the tolerance
     why: str = ""
     cpu_kernel: bool = False  # computed by an instruction-set-specific kernel: compared only on the same CPU kind
-    where: tuple[str, str] = ()  # (column, text): only the table rows whose `column` reads `text` (one file mixes kinds of row)
+    # (column, text): only the table rows whose `column` reads `text` (one file mixes kinds of row)
+    where: tuple[str, str] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.where and (len(self.where) != 2 or self.kind == "trained"):
-            raise ValueError(f"where must be (column, text) on a rule that is not `trained` (its spread is per column), got {self.where!r}")
+            raise ValueError("where must be (column, text) on a rule that is not `trained` "
+                             f"(its spread is per column), got {self.where!r}")
 
     def covers(self, file: str, column: str) -> bool:
         """Whether `column` of `file` is among the rule's, whatever its `where`."""
@@ -122,7 +124,8 @@ class Report:
         return pd.DataFrame(rows, columns=["file", "column", "row", "committed", "fresh", "tolerance", "kind", "ok"])
 
 
-def kind_of(rules: Sequence[Rule], file: str, column: str, numeric: bool, row: Mapping[str, object] | None = None) -> Rule:
+def kind_of(rules: Sequence[Rule], file: str, column: str, numeric: bool,
+            row: Mapping[str, object] | None = None) -> Rule:
     """The first rule that covers `column` of `file` (and `row`, for the row-scoped ones); an
     unlisted number is an evaluation, anything else must match exactly."""
     for rule in rules:
@@ -216,7 +219,8 @@ def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rule
     if len(committed) != len(fresh):
         return [Check(name, "(rows)", "", len(committed), len(fresh), "exact", "exact", False)]
     checks, tolerances = [], {}
-    seeds_column = pd.to_numeric(committed["n_seeds"], errors="coerce").fillna(1) if "n_seeds" in committed.columns else None
+    seeds_column = (pd.to_numeric(committed["n_seeds"], errors="coerce").fillna(1) if "n_seeds" in committed.columns
+                    else None)
     for column in committed.columns:
         numeric = pd.api.types.is_numeric_dtype(committed[column]) and pd.api.types.is_numeric_dtype(fresh[column])
         rule = kind_of(rules, name, column, numeric)
@@ -238,7 +242,8 @@ def compare_tables(name: str, committed: pd.DataFrame, fresh: pd.DataFrame, rule
         for i, (a, b) in enumerate(zip(committed[column].tolist(), fresh[column].tolist())):
             row_rule = kind_of(rules, name, column, numeric, committed.iloc[i].to_dict()) if scoped else rule
             # a spread moves with the values it is the spread of: never tighter than their tolerance
-            check = _check(name, column, str(i), a, b, row_rule, numeric, 0.0 if spread is None else float(spread.iloc[i]),
+            check = _check(name, column, str(i), a, b, row_rule, numeric,
+                           0.0 if spread is None else float(spread.iloc[i]),
                            references, floor=base[i] if i < len(base) else 0.0)
             own.append(check.tolerance if isinstance(check.tolerance, float) else 0.0)
             checks.append(check)
@@ -257,18 +262,21 @@ def _flatten(obj, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix, obj
 
 
-def compare_json(name: str, committed, fresh, rules: Sequence[Rule], references: dict[str, float] | None = None) -> list[Check]:
+def compare_json(name: str, committed, fresh, rules: Sequence[Rule],
+                 references: dict[str, float] | None = None) -> list[Check]:
     a, b = dict(_flatten(committed)), dict(_flatten(fresh))
     # a key on one side only fails, unless its rule skips it (a timing or provenance record gained a field)
     only = {k for k in set(a) ^ set(b) if kind_of(rules, name, k, False).kind != "skip"}
     if only:
-        return [Check(name, "(keys)", "", sorted(only - set(b))[:5], sorted(only - set(a))[:5], "exact", "exact", False)]
+        return [Check(name, "(keys)", "", sorted(only - set(b))[:5], sorted(only - set(a))[:5], "exact", "exact",
+                      False)]
     checks = []
     for key in sorted(set(a) & set(b)):
         x, y = a[key], b[key]
         numeric = _is_number(x) and _is_number(y)
         rule = kind_of(rules, name, key, numeric)
-        std = abs(x) if key.endswith("_std") and _is_number(x) else a.get(f"{key}_std")  # a spread may move by its own size
+        # a spread may move by its own size
+        std = abs(x) if key.endswith("_std") and _is_number(x) else a.get(f"{key}_std")
         checks.append(_check(name, key, "", x, y, rule, numeric, float(std) if _is_number(std) else 0.0, references))
     return checks
 
@@ -288,7 +296,8 @@ def compare_files(committed: dict[str, str], fresh: dict[str, str], rules: Seque
             side = "fresh" if fname not in fresh else "committed"
             if any(r.kind == "skip" and fnmatch.fnmatch(stem, r.file) for r in rules):
                 continue
-            report.checks.append(Check(stem, "(file)", "", fname in committed, fname in fresh, f"missing in {side}", "exact", False))
+            report.checks.append(Check(stem, "(file)", "", fname in committed, fname in fresh, f"missing in {side}",
+                                       "exact", False))
             continue
         a, b = read_result(committed[fname], suffix), read_result(fresh[fname], suffix)
         if suffix == ".csv":
@@ -329,7 +338,8 @@ class Reference:
                     continue
                 rel = pd.to_numeric(table[f"{c}_std"], errors="coerce") / values.abs()
             else:
-                keys = [k for k in self.keys if k in table.columns]  # a file from before a key was added: its own groups
+                # a file from before a key was added: its own groups
+                keys = [k for k in self.keys if k in table.columns]
                 grouped = values.groupby([table[k] for k in keys]) if keys else values.groupby(lambda _: 0)
                 rel = grouped.std(ddof=1) / grouped.mean().abs()
             if rel.notna().any():
@@ -339,7 +349,8 @@ class Reference:
 
 REFERENCES = {
     # the layer bypass: static removal perplexity over its tuning seeds (notebook 02)
-    "bypass": Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"), where=(("tuned", True),)),
+    "bypass": Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"),
+                        where=(("tuned", True),)),
     # the learned ANEE controllers: perplexity at equal savings over their training seeds (notebook 06)
     "controllers": Reference("06_ppl_at_equal_savings", ("0.*",), where=(("method", "anee_"),), std_columns=True),
     # the hierarchical model: perplexity per capacity over its training seeds (notebook 05)
@@ -356,7 +367,8 @@ def reference_spreads(files: dict[str, str]) -> dict[str, float]:
     return out
 
 
-_GENERATIONS = "greedy generations and teacher-forced top-1 of the shipped (seed-0) controllers; their seed spread is in 06"
+_GENERATIONS = ("greedy generations and teacher-forced top-1 of the shipped (seed-0) controllers; their seed spread "
+                "is in 06")
 _DOWNSTREAM = "run with the one deployed bypass (seed 0), whose own seed spread is measured in 02_bypass_families"
 RULES: tuple[Rule, ...] = (
     # wall-clock, the run's provenance: reported, never compared
@@ -366,15 +378,18 @@ RULES: tuple[Rule, ...] = (
     Rule("06_comparisons", "decision", ("verdict",), why="better / worse / a tie: a threshold on the difference "
          "against the larger seed spread (another CPU turned one 'b' into 'tie')"),
     # labels and counts
-    Rule("*", "exact", ("seed", "n_seeds", "tokens", "setting", "method", "policy", "controller", "split", "bypass", "family",
+    Rule("*", "exact", ("seed", "n_seeds", "tokens", "setting", "method", "policy", "controller", "split",
+                        "bypass", "family",
                         "rank", "macs", "tuned", "curve", "a", "b", "variant", "strategy", "granularity", "energy_unit",
-                        "quality_metric", "source", "hindsight", "verdict", "params", "policy_macs", "overhead_macs_per_call")),
+                        "quality_metric", "source", "hindsight", "verdict", "params", "policy_macs",
+                        "overhead_macs_per_call")),
     # 01, 09: the budget-1.0 executor is the HF model; the shipped controllers' greedy generations (trained,
     # seed 0) may flip a token on a near-tie, and the prefix and fractions after it move with it
     Rule("01_exactness", "bound", ("max_abs_logit_diff",), bound=1e-4),
     Rule("0[19]_*generations*", "decision", ("text",), why="greedy tokens: a near-tie between two logits can flip"),
     Rule("0[19]_*generations*", "report", ("layer_fraction*", "*_saved_net", "matching_prefix"),
-         why="one prompt's numbers after a flipped greedy token (another machine moved them by up to 0.03 of the layers); "
+         why="one prompt's numbers after a flipped greedy token (another machine moved them by up to 0.03 of the "
+             "layers); "
              "their means over the prompts are checked in 09's summaries"),
     Rule("09_*summary", "decision", ("matching_prefix*",), atol=0.1, reference="controllers",
          why="a mean over 20 prompts of whole tokens moves in steps of 0.05: two prompts' flipped first tokens"),
@@ -385,7 +400,8 @@ RULES: tuple[Rule, ...] = (
     Rule("02_bypass_families", "trained", ("ppl_*",), keys=("bypass", "removal_order", "split")),
     Rule("02_bypass_training", "trained", ("kl",), keys=("bypass", "step")),
     Rule("02_entropy_estimator", "eval"), Rule("02_layer_importance", "eval"),
-    Rule("02_*", "decision", reference="bypass", why=_DOWNSTREAM + "; heuristic and hindsight decisions are thresholds"),
+    Rule("02_*", "decision", reference="bypass",
+         why=_DOWNSTREAM + "; heuristic and hindsight decisions are thresholds"),
     # 03-04: the learned controllers over their seeds (and the bypass they were trained with)
     Rule("03_kl_profile_*", "decision", reference="bypass",
          why=_DOWNSTREAM + "; each row is the calibrated choice (drops, price) for a budget (an AVX-512 run moved two "
@@ -410,21 +426,27 @@ RULES: tuple[Rule, ...] = (
     Rule("05_capacity_runs", "trained", keys=("capacity",)),
     Rule("05_capacity_table", "trained"),
     Rule("05_training_history", "report", ("loss", "kl*", "lens_kl", "exited", "mean_depth"),
-         why="per-step values of a training trajectory; the exit phase has seed 0 only and samples hard Gumbel gates, and "
-             "another CPU moved its steps by up to half (loss by 15 %); what training produced is checked in 05_capacity_*, "
+         why="per-step values of a training trajectory; the exit phase has seed 0 only and samples hard Gumbel "
+             "gates, and "
+             "another CPU moved its steps by up to half (loss by 15 %); what training produced is checked in "
+             "05_capacity_*, "
              "05_exits and 05_exit_depths"),
     Rule("05_training_history", "trained", keys=("phase", "lens", "step"), reference="hierarchical"),
     Rule("05_layer_allocation", "eval"),
-    Rule("05_*", "decision", reference="hierarchical", why="the seed-0 hierarchical model; its seed spread is in 05_capacity_table"),
+    Rule("05_*", "decision", reference="hierarchical",
+         why="the seed-0 hierarchical model; its seed spread is in 05_capacity_table"),
     # 06: every method over its seeds, the bypass rows also over the bypass's
-    Rule("06_*frontier", "trained", keys=("method", "setting"), reference="bypass"),  # 06's test windows, code, last test tokens
+    # 06's test windows, code, last test tokens
+    Rule("06_*frontier", "trained", keys=("method", "setting"), reference="bypass"),
     Rule("06_ppl_at_equal_savings_runs", "trained", keys=("method", "net_saved", "curve"), reference="bypass"),
     Rule("06_*ppl_at_equal_savings*", "trained", reference="bypass"),
     Rule("06_comparisons", "trained", ("a_*", "b_*"), reference="bypass"),
     Rule("06_bypass_ablation", "decision", ("ppl", "ppl_vs_identity"), reference="bypass",
-         why="the deployed row is the tuned bypass (its seed spread floors the tolerance); identity and closed form are evaluation-only"),
+         why="the deployed row is the tuned bypass (its seed spread floors the tolerance); identity and closed form "
+             "are evaluation-only"),
     Rule("06_findings", "trained", ("ratio_to_full*", "best_anee_ratio_to_full*"), reference="controllers"),
-    Rule("06_findings", "decision", why="verdict words and the best method: a difference near the seed spread may become a tie elsewhere"),
+    Rule("06_findings", "decision",
+         why="verdict words and the best method: a difference near the seed spread may become a tie elsewhere"),
     Rule("06_headroom", "decision", reference="bypass", why=_DOWNSTREAM + "; the oracle picks by argmin"),
     # 07: the seed-0 RL controller's decisions, per token
     Rule("07_per_token_compute", "decision", ("layers_processed", "last_processed"), rtol=0.25,
@@ -449,7 +471,8 @@ RULES: tuple[Rule, ...] = (
              "0.1 %; an AVX-512 run and an AVX2 one differ by up to 2.8 %): compared on the same CPU kind only"),
     Rule("08_pool", "eval", why="its fp32 and fake-quant rows are plain evaluations (an AVX-512 run and an AVX2 one "
                                 "agree to 1e-5 on them)"),
-    Rule("08_*", "decision", reference="controllers", why="selectors' per-window choices, the seed-0 RL controller and 06's rows"),
+    Rule("08_*", "decision", reference="controllers",
+         why="selectors' per-window choices, the seed-0 RL controller and 06's rows"),
 )
 
 
@@ -484,11 +507,13 @@ def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
 # manifest names the commit they come from), the executed notebooks from the run itself; and code no
 # notebook runs: the command line (the top layer: nothing in the package imports it, tests/test_architecture.py)
 # and this checker
-NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli", ":(exclude)anee/__main__.py",
+NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli",
+            ":(exclude)anee/__main__.py",
             ":(exclude)anee/evaluation/verify.py")
 
 
-def stale_by_notebook(root: Path, provenance: dict, paths: Sequence[str] = ("anee", "notebooks")) -> dict[str, list[str]]:
+def stale_by_notebook(root: Path, provenance: dict,
+                      paths: Sequence[str] = ("anee", "notebooks")) -> dict[str, list[str]]:
     """{notebook: files under `paths` (code and its notebook source, not `NOT_CODE`) that differ between the
     commit it ran at and the working tree}; notebooks whose results come from this code are left out.
     Without per-notebook records (`provenance["notebooks"]`), one entry "" for the whole run."""
@@ -515,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .results import repo_root
 
-    parser = argparse.ArgumentParser(description="Compare a fresh results/ with the committed one, with a tolerance per quantity.")
+    parser = argparse.ArgumentParser(description="Compare a fresh results/ with the committed one, with a tolerance "
+                                                 "per quantity.")
     parser.add_argument("--against", default="HEAD", help="the commit holding the reference results (default HEAD)")
     parser.add_argument("--all", action="store_true", help="print every compared value, not only the failures")
     args = parser.parse_args(argv)
@@ -539,8 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prov = root / "results" / PROVENANCE
     if prov.is_file():
         for name, changed in stale_by_notebook(root, json.loads(prov.read_text())).items():
-            print(f"WARNING: code changed since {name or 'the results'} ran ({len(changed)} files: {', '.join(changed[:6])}"
-                  f"{' ...' if len(changed) > 6 else ''}); rerun `make reproduce` and commit the results", file=sys.stderr)
+            print(f"WARNING: code changed since {name or 'the results'} ran ({len(changed)} files: "
+                  f"{', '.join(changed[:6])}"
+                  f"{' ...' if len(changed) > 6 else ''}); rerun `make reproduce` and commit the results",
+                  file=sys.stderr)
     if not report.ok:
         print(f"FAILED: {len(report.failures)} values differ beyond their tolerance", file=sys.stderr)
         return 1

@@ -109,7 +109,8 @@ class BranchyNet(nn.Module):
         return [total(s) for s in self.stages], [total(e) for e in self.exits]
 
 
-def train_branchynet(model: BranchyNet, x: torch.Tensor, y: torch.Tensor, epochs: int = 40, lr: float = 3e-3, batch: int = 64, weights: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0) -> list[float]:
+def train_branchynet(model: BranchyNet, x: torch.Tensor, y: torch.Tensor, epochs: int = 40, lr: float = 3e-3,
+                     batch: int = 64, weights: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0) -> list[float]:
     """Joint training: weighted sum of every exit's cross-entropy (BranchyNet's recipe). Returns epoch losses."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

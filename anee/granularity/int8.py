@@ -142,7 +142,8 @@ class Smoothing(Checkpointable):
         return len(self.scales)
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"layer{i}.{fold.source}": s.contiguous() for i, row in enumerate(self.scales) for fold, s in zip(FOLDS, row)}
+        return {f"layer{i}.{fold.source}": s.contiguous() for i, row in enumerate(self.scales)
+                for fold, s in zip(FOLDS, row)}
 
     def checkpoint_config(self) -> dict:
         return {"alpha": self.alpha, "num_layers": self.num_layers, "folds": [f.source for f in FOLDS],
@@ -152,7 +153,8 @@ class Smoothing(Checkpointable):
     def from_config(cls, config: dict) -> Smoothing:
         if config["folds"] != [f.source for f in FOLDS]:
             raise ValueError(f"folds {config['folds']} differ from this version's {[f.source for f in FOLDS]}")
-        return cls([[torch.ones(int(n)) for n in config["channels"]] for _ in range(int(config["num_layers"]))], config["alpha"])
+        return cls([[torch.ones(int(n)) for n in config["channels"]] for _ in range(int(config["num_layers"]))],
+                   config["alpha"])
 
     def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
         if any(bool((t <= 0).any()) for t in tensors.values()):
@@ -163,7 +165,8 @@ class Smoothing(Checkpointable):
         """ValueError naming the fix unless these scales fit the model's blocks."""
         check_llama_blocks(adapter)
         if self.num_layers != adapter.num_layers:
-            raise ValueError(f"the smoothing is for {self.num_layers} layers, the model has {adapter.num_layers}; {self.FIX}")
+            raise ValueError(f"the smoothing is for {self.num_layers} layers, the model has {adapter.num_layers}; "
+                             f"{self.FIX}")
         block = adapter.layer(0)
         for fold, s in zip(FOLDS, self.scales[0]):
             width = block.get_submodule(fold.targets[0]).in_features

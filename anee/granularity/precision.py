@@ -32,7 +32,8 @@ from .quantize import FP32, WeightBank
 
 
 @torch.no_grad()
-def mixed_precision_forward(adapter: ModelAdapter, bank: WeightBank, input_ids: torch.Tensor, bits: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
+def mixed_precision_forward(adapter: ModelAdapter, bank: WeightBank, input_ids: torch.Tensor,
+                            bits: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
     """Logits [B, T, V] of a causal chunk with a bit width per token and layer (`bits` [B, T, L],
     a per-layer list, or one int). Weights are restored to fp32 afterwards."""
     B, T = input_ids.shape
@@ -56,7 +57,8 @@ def mixed_precision_forward(adapter: ModelAdapter, bank: WeightBank, input_ids: 
                 bank.set_bits(layer, levels[0])
                 h = layer_step(adapter, layer, h, pos, None, causal)
             else:
-                groups = [(bits[:, :, layer] == lv, lambda lv=lv, layer=layer: bank.set_bits(layer, lv)) for lv in levels]
+                groups = [(bits[:, :, layer] == lv, lambda lv=lv, layer=layer: bank.set_bits(layer, lv))
+                          for lv in levels]
                 h = grouped_layer_step(adapter, layer, h, pos, causal, groups)
     finally:
         bank.restore()
@@ -81,7 +83,8 @@ def segments(num_layers: int, num_segments: int) -> list[list[int]]:
     return [list(range(edges[i], edges[i + 1])) for i in range(num_segments)]
 
 
-def segment_schedule(bank: WeightBank, segs: list[list[int]], budget: float, levels: Sequence[int] = (FP32, 8, 4), order: Sequence[int] | None = None) -> list[int]:
+def segment_schedule(bank: WeightBank, segs: list[list[int]], budget: float, levels: Sequence[int] = (FP32, 8, 4),
+                     order: Sequence[int] | None = None) -> list[int]:
     """Bit width per layer: each segment (in `order`) gets the highest precision in `levels` that the
     remaining budget affords with every later segment still payable at the cheapest level.
 
@@ -98,7 +101,8 @@ def segment_schedule(bank: WeightBank, segs: list[list[int]], budget: float, lev
     spent = bank.head_bytes
     reserve = sum(seg_bytes[cheapest])
     if spent + reserve > allowed:
-        raise ValueError(f"budget {budget:.3f} is below the cheapest schedule ({(spent + reserve) / bank.full_bytes:.3f})")
+        raise ValueError(f"budget {budget:.3f} is below the cheapest schedule "
+                         f"({(spent + reserve) / bank.full_bytes:.3f})")
     choice = {}
     for s in order:
         reserve -= seg_bytes[cheapest][s]  # what the later segments need at least
@@ -114,7 +118,8 @@ def segment_schedule(bank: WeightBank, segs: list[list[int]], budget: float, lev
     return pattern
 
 
-def segment_budget(bank: WeightBank, segs: list[list[int]], cheap_segments: int, cheap_bits: int = 8, order: Sequence[int] | None = None) -> float:
+def segment_budget(bank: WeightBank, segs: list[list[int]], cheap_segments: int, cheap_bits: int = 8,
+                   order: Sequence[int] | None = None) -> float:
     """The byte budget (rounded up to 3 decimals) at which `segment_schedule` with levels
     (fp32, `cheap_bits`) keeps the first segments in `order` at fp32 and runs the last
     `cheap_segments` at `cheap_bits`."""
@@ -127,7 +132,8 @@ def segment_budget(bank: WeightBank, segs: list[list[int]], cheap_segments: int,
 
 
 @torch.no_grad()
-def segment_sensitivity(adapter: ModelAdapter, bank: WeightBank, windows: torch.Tensor, segs: list[list[int]], bits: int = 4) -> list[float]:
+def segment_sensitivity(adapter: ModelAdapter, bank: WeightBank, windows: torch.Tensor, segs: list[list[int]],
+                        bits: int = 4) -> list[float]:
     """Mean NLL increase on calibration windows [N, T] when only one segment runs at `bits`."""
     def nll(pattern):
         total, count = 0.0, 0
@@ -147,7 +153,10 @@ def segment_sensitivity(adapter: ModelAdapter, bank: WeightBank, windows: torch.
 
 
 @torch.no_grad()
-def progressive_refinement(adapter: ModelAdapter, bank: WeightBank, input_ids: torch.Tensor, budget: float, threshold: float, cheap_bits: int = 4, fine_bits: int = FP32, cheap_logits: torch.Tensor | None = None, spent_before: float = 0.0, tokens_before: int = 0, count_last: bool = True) -> dict:
+def progressive_refinement(adapter: ModelAdapter, bank: WeightBank, input_ids: torch.Tensor, budget: float,
+                           threshold: float, cheap_bits: int = 4, fine_bits: int = FP32,
+                           cheap_logits: torch.Tensor | None = None, spent_before: float = 0.0, tokens_before: int = 0,
+                           count_last: bool = True) -> dict:
     """Cheap pass, then re-execution at `fine_bits` of the tokens whose entropy exceeds `threshold`,
     in token order, while the running spend stays within `budget` x fp32 bytes x tokens so far.
 
@@ -190,7 +199,8 @@ def progressive_refinement(adapter: ModelAdapter, bank: WeightBank, input_ids: t
 
 
 @torch.no_grad()
-def refinement_threshold(adapter: ModelAdapter, bank: WeightBank, windows: torch.Tensor, budget: float, cheap_bits: int = 4, fine_bits: int = 8) -> float:
+def refinement_threshold(adapter: ModelAdapter, bank: WeightBank, windows: torch.Tensor, budget: float,
+                         cheap_bits: int = 4, fine_bits: int = 8) -> float:
     """Entropy threshold for `progressive_refinement` from calibration windows [N, T]: the quantile
     that re-executes the fraction of tokens the budget pays for, (budget - cheap) / extra."""
     L = adapter.num_layers

@@ -107,18 +107,21 @@ class WeightBank:
     levels of one layer share its norms and can mix between tokens.
     """
 
-    def __init__(self, adapter: ModelAdapter, bits: Sequence[int] = BITS, kernels: bool = False, smoothing: Smoothing | None = None):
+    def __init__(self, adapter: ModelAdapter, bits: Sequence[int] = BITS, kernels: bool = False,
+                 smoothing: Smoothing | None = None):
         self.adapter = adapter
         self.bits = tuple(sorted(set(bits) | {FP32}))
         if kernels and 8 not in self.bits:
-            raise ValueError(f"kernels=True runs the 8-bit level with INT8 kernels: include 8 in bits (got {tuple(bits)})")
+            raise ValueError("kernels=True runs the 8-bit level with INT8 kernels: include 8 in bits "
+                             f"(got {tuple(bits)})")
         if kernels or smoothing is not None:
             check_llama_blocks(adapter)
         if smoothing is not None:
             smoothing.check(adapter)
         L = adapter.num_layers
         if any(isinstance(m, Int8Linear) for i in range(L) for m in adapter.layer(i).modules()):
-            raise ValueError("the model runs another bank's INT8 kernels: build a bank while every other bank is restored")
+            raise ValueError("the model runs another bank's INT8 kernels: build a bank "
+                             "while every other bank is restored")
         self.kernel_bits = frozenset({8} if kernels else ())
         self.smoothing = smoothing
         self.linears = [layer_linears(adapter, i) for i in range(L)]
@@ -139,7 +142,8 @@ class WeightBank:
         self.kernels: list[list[Int8Linear]] = []
         for b in self.bits:
             if b in self.kernel_bits:
-                self.kernels = [[int8_linear(m, w) for (_, m, _), w in zip(lin, ws)] for lin, ws in zip(self.linears, base)]
+                self.kernels = [[int8_linear(m, w) for (_, m, _), w in zip(lin, ws)]
+                                for lin, ws in zip(self.linears, base)]
             elif b < FP32:
                 self.variants[b] = [[fake_quantize(w, b, axis) for (_, _, axis), w in zip(lin, ws)]
                                     for lin, ws in zip(self.linears, base)]

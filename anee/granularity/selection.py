@@ -189,7 +189,8 @@ class GatingSelector(_Selector):
     routed average cost on the calibration features meets the budget; the guard enforces it.
     """
 
-    def __init__(self, pool, calibration_features: np.ndarray, calibration_nll: np.ndarray, lam: float = 1.0, tau: float = 0.05, steps: int = 300, weight_decay: float = 1e-2, seed: int = 0):
+    def __init__(self, pool, calibration_features: np.ndarray, calibration_nll: np.ndarray, lam: float = 1.0,
+                 tau: float = 0.05, steps: int = 300, weight_decay: float = 1e-2, seed: int = 0):
         super().__init__(pool)
         f = torch.tensor(np.asarray(calibration_features), dtype=torch.float32)
         self.mean = f.mean(0)

@@ -19,7 +19,8 @@ from torch import nn
 SEED_EXIT_FRACTIONS = (4 / 22, 8 / 22, 12 / 22, 16 / 22, 19 / 22)
 
 
-def default_exit_layers(num_layers: int, fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 23 / 30, 0.9)) -> tuple[int, ...]:
+def default_exit_layers(num_layers: int,
+                        fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 23 / 30, 0.9)) -> tuple[int, ...]:
     """Exit depths scaled to `num_layers` (6, 12, 18, 23, 27 for 30 layers), unique, in [1, L-1]."""
     depths = sorted({min(max(round(f * num_layers), 1), num_layers - 1) for f in fractions})
     if num_layers < 2 or not depths:

@@ -14,7 +14,8 @@ final norm and the LM head. Its K/V at the layers it no longer runs come from th
 ANEE's SKIP, so the cache stays aligned and each later token sees exactly one key per position.
 
 Cost (per token, MACs from `anee.core.cost.CostModel`): a processed layer with its FFN costs
-`layer(context)`, without it `layer(context) - mlp` plus the FFN bypass's MACs; a layer after the exit costs `kv_only`; router
+`layer(context)`, without it `layer(context) - mlp` plus the FFN bypass's MACs; a layer after the exit
+costs `kv_only`; router
 (2*D per processed layer), exit gates (2*D per gate reached) and the tuned lens (D*D at the exit) are
 overhead. Reported savings are net of all of it.
 
@@ -229,7 +230,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
                         exit_depth = torch.where(leave, layer, exit_depth)
                         active = active & ~leave
             act_rec[:, :, layer] = active
-            mid = step.attention_residual(a, layer, h, pos, None, step.CAUSAL)  # an exited token's K/V come from its frozen h
+            # an exited token's K/V come from its frozen h
+            mid = step.attention_residual(a, layer, h, pos, None, step.CAUSAL)
             logits_r = self.routers[layer](mid)
             router_logits.append(logits_r)
             s = score(logits_r).detach()
@@ -259,7 +261,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         context = torch.arange(1, T + 1, device=dev, dtype=torch.float64).expand(B, T)
         if routing in ("all", "topk"):
             used = torch.full((L,), float("nan"), dtype=torch.float64)
-        return HierarchicalOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits, exit_hidden,
+        return HierarchicalOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits,
+                                  exit_hidden,
                                   final if collect_final else None)
 
     # -- sparse (gathered, the timed inference path) -----------------------------------------------
@@ -275,7 +278,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         thr = torch.full((L,), float("-inf"), dtype=torch.float64) if thresholds is None else thresholds.double().cpu()
         thr_list = thr.tolist()
         exit_at = {d: i for i, d in enumerate(self.exit_layers)}
-        logits_rows, act_rec, ffn_rec = [], torch.zeros(B, T, L, dtype=torch.bool), torch.zeros(B, T, L, dtype=torch.bool)
+        logits_rows, act_rec, ffn_rec = ([], torch.zeros(B, T, L, dtype=torch.bool),
+                                         torch.zeros(B, T, L, dtype=torch.bool))
         exit_depth = torch.full((B, T), L, dtype=torch.long)
         for b in range(B):
             row = ids[b : b + 1]
@@ -302,7 +306,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
                     run = None
                     ffn_rec[b, live[0].cpu(), layer] = True
                 else:
-                    run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]  # live tokens in position order
+                    # live tokens in position order
+                    run = causal_center(score(self.routers[layer](mid))) > thr_list[layer]
                     ffn_rec[b, live[0].nonzero().squeeze(1)[run[0]].cpu(), layer] = True
                 mid = step.mlp_rows(a, layer, mid, run, self.ffn_bypass)
                 if every:
@@ -324,7 +329,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         n_active = out.active.sum(-1).double()
         n_ffn = out.ffn.sum(-1).double()
         # a processed token not routed to the FFN runs the FFN bypass instead
-        layer_macs = n_active * per_layer - (n_active - n_ffn) * (c.mlp - self.ffn_bypass.macs) + (L - n_active) * c.kv_only
+        layer_macs = (n_active * per_layer - (n_active - n_ffn) * (c.mlp - self.ffn_bypass.macs)
+                      + (L - n_active) * c.kv_only)
         overhead = n_active * self.routers[0].macs if routed else torch.zeros_like(layer_macs)
         if out.exits_enabled:
             gates_seen = torch.zeros_like(layer_macs)
@@ -373,14 +379,16 @@ class HierarchicalModel(Checkpointable, nn.Module):
     def checkpoint_config(self) -> dict:
         d = self.adapter.dims
         return {"model_name": self.model_name, "model_type": self.base.config.model_type, "num_layers": d.num_layers,
-                "hidden": d.hidden, "vocab": d.vocab, "exit_layers": list(self.exit_layers), "tuned_lens": self.tuned_lens,
+                "hidden": d.hidden, "vocab": d.vocab, "exit_layers": list(self.exit_layers),
+                "tuned_lens": self.tuned_lens,
                 "ffn_bypass": asdict(self.ffn_bypass.config), "ffn_bypass_info": self.ffn_bypass.info,
                 "allocation_exponent": self.allocation_exponent, "extra": getattr(self, "checkpoint_extra", {})}
 
     @classmethod
     def from_config(cls, config: dict, base: nn.Module) -> HierarchicalModel:
         d = adapter_for(base).dims
-        for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab), ("model_type", base.config.model_type)):
+        for key, want in (("num_layers", d.num_layers), ("hidden", d.hidden), ("vocab", d.vocab),
+                          ("model_type", base.config.model_type)):
             if config[key] != want or type(config[key]) is not type(want):
                 raise ValueError(f"checkpoint {key}={config[key]!r} does not match the model's {want!r}")
         exits = config["exit_layers"]

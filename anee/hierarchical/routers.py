@@ -102,5 +102,6 @@ def check_capacity(capacity: float, allow_full: bool = True) -> float:
     if allow_full and c == 1.0:
         return c
     if not MIN_CAPACITY - 1e-9 <= c <= MAX_CAPACITY + 1e-9:
-        raise ValueError(f"capacity must be in [{MIN_CAPACITY}, {MAX_CAPACITY}] (or 1.0 for the full model), got {capacity!r}")
+        raise ValueError(f"capacity must be in [{MIN_CAPACITY}, {MAX_CAPACITY}] (or 1.0 for the full model), "
+                         f"got {capacity!r}")
     return c

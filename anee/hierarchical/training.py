@@ -19,7 +19,8 @@ so the routers predict the error of the bypass that inference uses, not of its c
 Exits are off.
 
 Phase 2, exits. With a tuned lens, each exit's affine map is first fitted in closed form (ridge least
-squares to the final stream on `lens_fit_windows` windows). Routers are frozen (top-k at `exit_capacity`); the stream at every exit depth is taken
+squares to the final stream on `lens_fit_windows` windows). Routers are frozen (top-k at `exit_capacity`); the
+stream at every exit depth is taken
 from that routed pass without gradient. Each gate draws a hard Gumbel-softmax sample with decoupled
 temperatures (`tau_forward` forward, `tau_backward` annealed from `tau_backward[0]` to `[1]` for the
 gradient); tokens halt at the first sampled exit. The loss is the expected (KL + `exit_cost` x depth
@@ -147,7 +148,8 @@ def train_exits(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        row = {"phase": "exit", "step": step, "tau_backward": tau_b, "loss": float(loss.detach()), "kl_final": float(kl_final.mean()),
+        row = {"phase": "exit", "step": step, "tau_backward": tau_b, "loss": float(loss.detach()),
+               "kl_final": float(kl_final.mean()),
                "lens_kl": float(lens_kl.detach()), "mean_depth": float(depth.detach().mean()),
                "exited": 1 - float(remaining.detach().mean())}
         row.update({f"kl_exit{d}": float(k.detach().mean()) for d, k in zip(model.exit_layers, kls)})
@@ -169,11 +171,13 @@ def tune_ffn_bypass(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfi
         opt.zero_grad(set_to_none=True)
         kl.backward()
         opt.step()
-        history.append({"phase": "bypass", "step": step, "capacity": capacity, "loss": float(kl.detach()), "kl": float(kl.detach())})
+        history.append({"phase": "bypass", "step": step, "capacity": capacity, "loss": float(kl.detach()),
+                        "kl": float(kl.detach())})
     return history
 
 
-def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full", config: TrainConfig | None = None) -> list[dict]:
+def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full",
+          config: TrainConfig | None = None) -> list[dict]:
     """Train on validation-split token ids [1, N] with the base frozen: phase "routers", "exit" or
     "full" (routers, then exits). Returns the per-step log (list of dicts)."""
     if phase not in PHASES:
@@ -188,7 +192,8 @@ def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full", conf
                 model.fit_ffn_bypass_(sample_windows(ids, cfg.seq_len, cfg.bypass_fit_windows, seed=cfg.seed + 13))
             if cfg.sensitivity_windows:
                 model.measure_sensitivity(sample_windows(ids, cfg.seq_len, cfg.sensitivity_windows, seed=cfg.seed + 7))
-            router_windows = sample_windows(ids, cfg.seq_len, cfg.router_init_windows, seed=cfg.seed + 5) if cfg.router_init_windows else None
+            router_windows = (sample_windows(ids, cfg.seq_len, cfg.router_init_windows, seed=cfg.seed + 5)
+                              if cfg.router_init_windows else None)
             if router_windows is not None:
                 model.init_routers(router_windows)
             history += train_routers(model, ids, cfg)
@@ -202,7 +207,8 @@ def train(model: HierarchicalModel, ids: torch.Tensor, phase: str = "full", conf
                     model.init_routers(router_windows)
         if phase in ("full", "exit"):
             if model.tuned_lens and cfg.lens_fit_windows:
-                model.fit_lenses(sample_windows(ids, cfg.seq_len, cfg.lens_fit_windows, seed=cfg.seed + 11), cfg.exit_capacity)
+                model.fit_lenses(sample_windows(ids, cfg.seq_len, cfg.lens_fit_windows, seed=cfg.seed + 11),
+                                 cfg.exit_capacity)
             with frozen(model.routers):
                 history += train_exits(model, ids, cfg)
     model.eval()

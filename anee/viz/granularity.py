@@ -18,9 +18,11 @@ def granularity_figure(table, bn_table, cap: float = 20.0):
     colors = plt.get_cmap("tab20")
     fig, grid = plt.subplots(2, 2, figsize=(15, 10.5))
     axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
-    units = {"rel_bytes": ("counted: weight bytes read per token", "weight bytes per token (fraction of fp32, counted)"),
+    units = {"rel_bytes": ("counted: weight bytes read per token",
+                           "weight bytes per token (fraction of fp32, counted)"),
              "rel_macs": ("counted: multiply-accumulates per token", "MACs per token (fraction of fp32, counted)"),
-             "rel_time": ("measured: decode time per token (batch 1, this CPU)", "decode time per token (fraction of fp32, measured)")}
+             "rel_time": ("measured: decode time per token (batch 1, this CPU)",
+                          "decode time per token (fraction of fp32, measured)")}
     for ax, unit in zip(axes, units):
         for k, (strategy, g) in enumerate(lm.groupby("strategy", sort=False)):
             label = f"{strategy} [{g.energy_unit.iloc[0]}]"
@@ -37,7 +39,8 @@ def granularity_figure(table, bn_table, cap: float = 20.0):
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.axvline(1.0, color="grey", lw=0.6, ls=":")
         title, xlabel = units[unit]
-        ax.set(yscale="log", ylim=(0.8, cap * 1.3), xlabel=xlabel, ylabel="perplexity / fp32 perplexity (same windows, log)", title=title)
+        ax.set(yscale="log", ylim=(0.8, cap * 1.3), xlabel=xlabel,
+               ylabel="perplexity / fp32 perplexity (same windows, log)", title=title)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7.5, bbox_to_anchor=(0.5, -0.1))
     ax = grid[1, 1]

@@ -79,7 +79,8 @@ print("greedy tokens identical to HF generate:", bool(exactness.greedy_tokens_id
 print("max |logit diff| <= 1e-4:", bool((exactness.max_abs_logit_diff <= 1e-4).all()))
 
 # %%
-fig = by_budget(summary.reset_index(), {"layer_fraction": "realized layer fraction", "matching_prefix": "tokens equal to full greedy"},
+fig = by_budget(summary.reset_index(),
+                {"layer_fraction": "realized layer fraction", "matching_prefix": "tokens equal to full greedy"},
                 reference="layer_fraction")
 save_figure(fig, "01_layers_per_budget", PROFILE)
 

@@ -36,7 +36,8 @@ MODEL = "smollm2-135m"
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1] full); the candidates tune with SEED
+# tuning seeds of the chosen bypass (None: the profile's, [0] quick, [0, 1] full); the candidates tune with SEED
+SEEDS = None
 SHORTLIST_K = 64
 PLAN_MARGINAL = 4  # layers decided per token; the rest of the budget is met by static DROP
 PACING_SLACK = 0.1  # per-token band around the budget for the learned controllers (notebooks 02-04)
@@ -112,7 +113,8 @@ TUNE = BypassTuneConfig(steps=pick(PROFILE, quick=2, full=120), batch=2, seq_len
 SELECT_WINDOWS, TABLE_TEST_WINDOWS = pick(PROFILE, quick=(2, 1), full=(4, 2))  # held-out valid x 256, test x 512
 REMOVED = pick(PROFILE, quick=(3, 7), full=(3, 6, 9, 12))
 # closed-form families scored; quick: the identity, the candidates and the linear map notebook 06 scores
-FAMILIES = pick(PROFILE, quick=[f for f in BYPASS_FAMILIES if f[0] in ("identity", "linear") or f in CANDIDATES], full=BYPASS_FAMILIES)
+FAMILIES = pick(PROFILE, quick=[f for f in BYPASS_FAMILIES if f[0] in ("identity", "linear") or f in CANDIDATES],
+                full=BYPASS_FAMILIES)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 PLAN, PACING = PlanConfig(marginal=PLAN_MARGINAL), PacingConfig(slack=PACING_SLACK)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
@@ -152,9 +154,10 @@ with shared_prefixes(identity, memo=memo):
     full = {split: removal_ppl(identity, windows, bi_order, 0) for split, windows in splits.items()}
 rows, banks, curves, closed_form = [], {}, [], {}
 for family, rank in FAMILIES:  # closed form
-    bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None, BypassConfig(family, rank), stats)
-    rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, bi_order, REMOVED, LEVELS, full,
-                        memo=memo, tuned=False, seed=-1, removal_order="block_influence")
+    bank = closed_form[BypassConfig(family, rank).label] = fit_layer_bypass(identity, None,
+                                                                            BypassConfig(family, rank), stats)
+    rows += family_rows(bank.config.label, bank, AdaptiveExecutor(adapter, bypass=bank), splits, bi_order, REMOVED,
+                        LEVELS, full, memo=memo, tuned=False, seed=-1, removal_order="block_influence")
     if family == "linear":  # notebook 06 scores the closed-form linear map on its own test windows
         bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
 
@@ -173,14 +176,16 @@ candidates = {BypassConfig(f, r).label + " tuned": BypassConfig(f, r) for f, r i
 for label in candidates:  # the candidates (and the compared families) tune with SEED; the choice looks at valid only
     banks[(label, SEED)], history, scored = tune_and_score(identity, stats, candidates[label], tune_ids, order,
                                                            BypassTuneConfig(**{**TUNE.__dict__, "seed": SEED}),
-                                                           splits, REMOVED, LEVELS, full, closed_form.get(candidates[label].label), memo)
+                                                           splits, REMOVED, LEVELS, full,
+                                                           closed_form.get(candidates[label].label), memo)
     curves, rows = curves + history, rows + [dict(r, removal_order=ORDER) for r in scored]
 deployable = {BypassConfig(f, r).label + " tuned" for f, r in CANDIDATES}
 CHOSEN = choose_family(pd.DataFrame(rows).query("tuned and bypass in @deployable"), CHOICE_SAVING)
 for seed in [s for s in SEEDS if s != SEED]:  # the chosen family's spread over tuning seeds
     banks[(CHOSEN, seed)], history, scored = tune_and_score(identity, stats, candidates[CHOSEN], tune_ids, order,
                                                             BypassTuneConfig(**{**TUNE.__dict__, "seed": seed}),
-                                                            splits, REMOVED, LEVELS, full, closed_form.get(candidates[CHOSEN].label), memo)
+                                                            splits, REMOVED, LEVELS, full,
+                                                            closed_form.get(candidates[CHOSEN].label), memo)
     curves, rows = curves + history, rows + [dict(r, removal_order=ORDER) for r in scored]
 family_table = pd.DataFrame(rows)
 save_table(family_table, "02_bypass_families", PROFILE)
@@ -190,9 +195,10 @@ save_figure(bypass_curves(curves), "02_bypass_training", PROFILE)
 bypass = banks[(CHOSEN, SEED)]
 bypass.save(CKPT / BYPASS_FILE)
 executor = AdaptiveExecutor(adapter, bypass=bypass)  # the executor of everything below and of notebooks 03-07
-print(f"chosen on valid at {CHOICE_SAVING:.0%} net saving: {CHOSEN} (seed {SEED}), {bypass.macs} MACs per bypassed layer "
-      f"= {executor.cost.drop_fraction():.1%} of a layer")
-family_table.groupby(["bypass", "removal_order", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]].agg(["mean", "std"]).round(2)
+print(f"chosen on valid at {CHOICE_SAVING:.0%} net saving: {CHOSEN} (seed {SEED}), {bypass.macs} MACs per "
+      f"bypassed layer = {executor.cost.drop_fraction():.1%} of a layer")
+(family_table.groupby(["bypass", "removal_order", "split"])[[f"ppl_at_{s:g}" for s in LEVELS]]
+ .agg(["mean", "std"]).round(2))
 
 # %% [markdown]
 # ## Profiler calibration and the cheap entropy estimator
@@ -201,12 +207,14 @@ family_table.groupby(["bypass", "removal_order", "split"])[[f"ppl_at_{s:g}" for 
 # valid states (a different slice from the fit).
 
 # %%
-profiler = calibrate_profiler(executor, valid[:, VALID_IMPORTANCE], k=SHORTLIST_K, window=256, max_windows=pick(PROFILE, quick=1, full=2),
+profiler = calibrate_profiler(executor, valid[:, VALID_IMPORTANCE], k=SHORTLIST_K, window=256,
+                              max_windows=pick(PROFILE, quick=1, full=2),
                               importance=influence if ORDER == "block_influence" else order_importance(order))
 profiler.save(CKPT / PROFILER_FILE)
 fit_states = calibration_hidden(executor, valid[:, VALID_IMPORTANCE], max_windows=1)
 held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
-rows = [estimator_error(executor, fit_shortlist(executor, valid[:, VALID_IMPORTANCE], k=k, hidden=fit_states), held_out) for k in (16, 64, 256)]
+rows = [estimator_error(executor, fit_shortlist(executor, valid[:, VALID_IMPORTANCE], k=k, hidden=fit_states), held_out)
+        for k in (16, 64, 256)]
 est_table = pd.DataFrame(rows)
 save_table(est_table, "02_entropy_estimator", PROFILE)
 est_table
@@ -246,14 +254,15 @@ summary
 outcomes = nested_outcomes(executor, profiler, PLAN, windows, TRACE_BUDGETS)
 allocation, prices = hindsight_allocation(outcomes, PLAN.skip_share)
 labelled = allocation_traces(executor, profiler, PLAN, windows, allocation, PACING)
-to_dataset({k: v.to_numpy() for k, v in outcomes.items()}).to_parquet(str(trace_path.parent / "02_nested_outcomes.parquet"))
+to_dataset({k: v.to_numpy() for k, v in outcomes.items()}).to_parquet(
+    str(trace_path.parent / "02_nested_outcomes.parquet"))
 to_dataset(labelled).to_parquet(str(trace_path.parent / "02_hindsight_traces.parquet"))
 hindsight = hindsight_summary(outcomes, allocation).merge(prices, on="budget")
 save_table(hindsight, "02_hindsight_allocation", PROFILE)
-save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS, "heuristic_windows": HEURISTIC_WINDOWS,
-           "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL, "pacing_slack": PACING_SLACK,
-           "hidden_size": int(labelled["hidden"].shape[1]), "bypass": CHOSEN, "bypass_macs": bypass.macs,
-           "seeds": SEEDS}, "02_trace_meta", PROFILE)
+save_json({"rows": len(df), "hindsight_rows": len(labelled["label"]), "features": list(FEATURES), "windows": N_WINDOWS,
+           "heuristic_windows": HEURISTIC_WINDOWS, "seq_len": SEQ_LEN, "plan_marginal": PLAN_MARGINAL,
+           "pacing_slack": PACING_SLACK, "hidden_size": int(labelled["hidden"].shape[1]), "bypass": CHOSEN,
+           "bypass_macs": bypass.macs, "seeds": SEEDS}, "02_trace_meta", PROFILE)
 hindsight
 
 # %% [markdown]
@@ -262,14 +271,18 @@ hindsight
 # %%
 BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 0.9, 1.0], full=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 adherence = budget_adherence(executor, {"heuristic": HeuristicController(profiler, plan=PLAN),
-                                        "heuristic_every_layer": HeuristicController(profiler)}, test, BUDGETS, window=256)
+                                        "heuristic_every_layer": HeuristicController(profiler)},
+                             test, BUDGETS, window=256)
 save_table(adherence, "02_heuristic_budget", PROFILE)
 adherence
 
 # %%
-assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02  # estimator << one layer (exact head: 8 layers)
-valid_rows = family_table[family_table.split == "valid"].set_index("bypass")  # identity: Block-Influence order; CHOSEN: ORDER
-assert (valid_rows.loc[CHOSEN, f"ppl_at_{CHOICE_SAVING:g}"].mean() < valid_rows.loc["identity", f"ppl_at_{CHOICE_SAVING:g}"]).all()
+# estimator << one layer (exact head: 8 layers)
+assert est_table.loc[est_table.k == 64, "fraction_of_layer"].item() < 0.02
+# identity: Block-Influence order; CHOSEN: ORDER
+valid_rows = family_table[family_table.split == "valid"].set_index("bypass")
+assert (valid_rows.loc[CHOSEN, f"ppl_at_{CHOICE_SAVING:g}"].mean()
+        < valid_rows.loc["identity", f"ppl_at_{CHOICE_SAVING:g}"]).all()
 assert (est_table.pearson_r > 0.4).all() and est_table.mae_nats.is_monotonic_decreasing
 assert set(np.unique(df.action)) <= {PROCESS, SKIP} and len(df) > 500  # planned: PROCESS or SKIP on the marginal layers
 assert summary.token_fraction.is_monotonic_increasing

@@ -64,7 +64,8 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 traces = datasets.Dataset.from_parquet(str(output_dir("results", PROFILE) / "traces" / "02_hindsight_traces.parquet"))
 labels = traces.remove_columns("hidden").to_pandas()
 X, H = labels[list(FEATURES)].to_numpy(np.float32), hidden_column(traces)
-print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label.mean(), 3), "| bypass:", meta["bypass"], "| seeds", SEEDS)
+print(len(labels), "labelled marginal decisions, SKIP share", round(labels.label.mean(), 3), "| bypass:",
+      meta["bypass"], "| seeds", SEEDS)
 
 # %%
 trace_budgets = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv").budget.tolist()
@@ -80,8 +81,8 @@ for seed in SEEDS:
         controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
         calibration = calibrate_skip_offsets(executor, controller, calib.text, trace_budgets, verify=False)
         if kind == "warmstart":  # the shipped kind: also the offsets for tokens generated after a full-depth prompt
-            gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, trace_budgets, full_prompt=calib.prompt,
-                                                           verify=False)
+            gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, trace_budgets,
+                                                           full_prompt=calib.prompt, verify=False)
                                     .assign(policy=kind, seed=seed))
         path = save_policy(CKPT / policy_file(kind, seed), policy, "warmstart", adapter.num_layers, plan=PLAN,
                            pacing=PACING, bypass=meta["bypass"], seed=seed)
@@ -89,9 +90,11 @@ for seed in SEEDS:
         histories.append(pd.DataFrame(info["history"]).assign(policy=kind, seed=seed))
         calibrations.append(calibration.assign(policy=kind, seed=seed))
         confusions.append(pd.DataFrame(info["confusion"], index=["PROCESS", "SKIP", "EXIT"],
-                                       columns=["pred_PROCESS", "pred_SKIP", "pred_EXIT"]).reset_index(names="hindsight").assign(policy=kind, seed=seed))
+                                       columns=["pred_PROCESS", "pred_SKIP", "pred_EXIT"])
+                          .reset_index(names="hindsight").assign(policy=kind, seed=seed))
         runs.append({"policy": kind, "seed": seed, "val_accuracy": info["val_accuracy"]})
-history, calibration, confusion, runs = (pd.concat(x, ignore_index=True) for x in (histories, calibrations, confusions, [pd.DataFrame(runs)]))
+history, calibration, confusion, runs = (pd.concat(x, ignore_index=True)
+                                         for x in (histories, calibrations, confusions, [pd.DataFrame(runs)]))
 save_table(history, "03_warmstart_history", PROFILE)
 save_table(calibration, "03_skip_calibration", PROFILE)
 save_table(pd.concat(gen_calibrations, ignore_index=True), "03_skip_calibration_full_prompt", PROFILE)
@@ -103,8 +106,10 @@ chance = max(labels.label.mean(), 1 - labels.label.mean())
 static = static_accuracy(labels)
 acc = runs.groupby("policy").val_accuracy
 print(f"{n_params} parameters, {policy.macs} MACs per call; held-out accuracy over seeds {acc.mean().to_dict()} "
-      f"(spread {acc.agg(spread).to_dict()}); one label per budget and layer: {static:.3f}; majority class {chance:.3f}")
-calibration[calibration.policy == "warmstart"].pivot_table(index="budget", columns="round", values="skip_share", aggfunc="mean")
+      f"(spread {acc.agg(spread).to_dict()}); one label per budget and layer: {static:.3f}; "
+      f"majority class {chance:.3f}")
+calibration[calibration.policy == "warmstart"].pivot_table(index="budget", columns="round", values="skip_share",
+                                                           aggfunc="mean")
 
 # %% [markdown]
 # ## Budget adherence on the test split
@@ -112,10 +117,12 @@ calibration[calibration.policy == "warmstart"].pivot_table(index="budget", colum
 # %%
 BUDGETS = pick(PROFILE, quick=[0.3, 0.6, 1.0], full=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 controllers = {"heuristic": HeuristicController(profiler, plan=PLAN)}
-controllers.update({f"warmstart-s{s}": LearnedController(policies[("warmstart", s)], profiler, pacing=PACING, plan=PLAN) for s in SEEDS})
+controllers.update({f"warmstart-s{s}": LearnedController(policies[("warmstart", s)], profiler, pacing=PACING,
+                                                         plan=PLAN) for s in SEEDS})
 adherence = split_seed(budget_adherence(executor, controllers, test, BUDGETS, window=256))
 save_table(adherence, "03_budget_adherence", PROFILE)
-reading, blind = runs[runs.policy == "warmstart"].val_accuracy, runs[runs.policy == "warmstart_profiler_only"].val_accuracy
+reading, blind = (runs[runs.policy == "warmstart"].val_accuracy,
+                  runs[runs.policy == "warmstart_profiler_only"].val_accuracy)
 save_json({"params": n_params, "rank": RANK, "seeds": SEEDS, "n_seeds": len(SEEDS),
            "val_accuracy": float(reading.mean()), "val_accuracy_std": spread(reading),
            "val_accuracy_profiler_only": float(blind.mean()), "val_accuracy_profiler_only_std": spread(blind),
@@ -130,7 +137,8 @@ assert set(np.unique(labels.label)) <= {PROCESS, SKIP} and H.shape == (len(label
 for (_, seed), g in history.groupby(["policy", "seed"]):
     assert g.train_loss.iloc[-1] < g.train_loss.iloc[0]
 assert (adherence.abs_error <= 0.05).all()
-last = calibration[calibration["round"] == calibration["round"].max()]  # the last measured round (one damped step before the final offsets)
+# the last measured round (one damped step before the final offsets)
+last = calibration[calibration["round"] == calibration["round"].max()]
 assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max() < 0.1
 
 # %% [markdown]
@@ -148,9 +156,11 @@ assert (last[last.policy == "warmstart"].skip_share - PLAN.skip_share).abs().max
 # the map predicts a token's KL on windows it has not seen.
 
 # %%
-kl_fit = fit_kl_profile(executor, kl_profile_windows(wikitext_tokens(tokenizer, "valid"), PROFILE), profiler.removal_order)
+kl_fit = fit_kl_profile(executor, kl_profile_windows(wikitext_tokens(tokenizer, "valid"), PROFILE),
+                        profiler.removal_order)
 kl_fit.controller.save(CKPT / KL_PROFILE_FILE)
-kl_controller = KLProfileController.from_checkpoint(CKPT / KL_PROFILE_FILE, executor)  # round-trip through the checked loader
+# round-trip through the checked loader
+kl_controller = KLProfileController.from_checkpoint(CKPT / KL_PROFILE_FILE, executor)
 kl_table = pd.DataFrame(kl_fit.table)
 save_table(kl_table, "03_kl_profile_table", PROFILE)
 KL_BUDGETS = [b for b in BUDGETS if b >= kl_table.budget.min()]
@@ -160,7 +170,8 @@ save_json({"order": kl_controller.order, "anchor_layer": kl_controller.anchor_la
            "ridge_mean_log_ppl": {str(k): v for k, v in kl_fit.ridge_scores.items()},
            "correlation_by_depth": kl_fit.correlation, "macs_per_call": kl_controller.overhead_macs,
            "bypass": kl_controller.bypass}, "03_kl_profile_summary", PROFILE)
-print("anchor layer", kl_controller.anchor_layer, "| ridge", kl_fit.ridge, "| correlation of predicted and true KL at k = 1, 7, 13:",
+print("anchor layer", kl_controller.anchor_layer, "| ridge", kl_fit.ridge,
+      "| correlation of predicted and true KL at k = 1, 7, 13:",
       [round(kl_fit.correlation[k - 1], 3) for k in (1, 7, 13)])
 kl_adherence
 

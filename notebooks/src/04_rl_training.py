@@ -3,7 +3,8 @@
 #
 # Starts from the warm-start policy of notebook 03 (one per seed) and trains it with REINFORCE in the
 # teacher-forced parallel mode on the **valid** split, under the same layer plan (per-token PROCESS /
-# SKIP on the marginal layers) and with notebook 02's layer bypass. Per-token reward: $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda_b\,\text{compute}$,
+# SKIP on the marginal layers) and with notebook 02's layer bypass. Per-token reward:
+# $-\mathrm{KL}(p_\text{full} \,\|\, p_\text{adaptive}) - \lambda_b\,\text{compute}$,
 # with a self-critical baseline (the same token's reward under the greedy policy). The compute price
 # $\lambda_b$ has one value per training budget, starts at the hindsight price of notebook 02 and is
 # adjusted by dual ascent so that the deployed (greedy) policy skips the plan's share of the marginal
@@ -55,11 +56,13 @@ adapter = adapter_for(model)
 executor, profiler = trained_engine(CKPT, adapter)  # with notebook 02's layer bypass and calibrated profiler
 L = adapter.num_layers
 warm = {s: load_policy(CKPT / policy_file("warmstart", s), L) for s in SEEDS}
-PLAN, PACING, BYPASS = warm[SEED].plan_config(), warm[SEED].pacing_config(), warm[SEED].trained_for["bypass"]  # of 02-03
+# of 02-03
+PLAN, PACING, BYPASS = warm[SEED].plan_config(), warm[SEED].pacing_config(), warm[SEED].trained_for["bypass"]
 prices = pd.read_csv(output_dir("results", PROFILE) / "02_hindsight_allocation.csv")
 RL = RLConfig(steps=RL_STEPS, batch=2, seq_len=256, lr=3e-4, lam_lr=0.5, mu=0.0, entropy_bonus=0.0, temperature=1.0,
               self_critical=True, shared_budget=True, budgets=tuple(b for b in prices.budget if b >= RL_MIN_BUDGET),
-              lam_by_budget={float(r.budget): price_to_lam(r.price, executor.cost, L) for r in prices.itertuples()}, seed=SEED)
+              lam_by_budget={float(r.budget): price_to_lam(r.price, executor.cost, L) for r in prices.itertuples()},
+              seed=SEED)
 valid = wikitext_tokens(tokenizer, "valid", 16384)
 test = wikitext_tokens(tokenizer, "test", TEST_TOKENS + 1)
 
@@ -71,14 +74,16 @@ train_windows = sample_windows(valid, RL.seq_len, 64, seed=SEED + 1)
 calib = skip_calibration_windows(valid, PROFILE, SEED)  # fresh valid windows, the same as notebook 03's
 policies, histories, calibrations, gen_calibrations = {}, [], [], []
 for seed in SEEDS:
-    policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows, RLConfig(**{**RL.__dict__, "seed": seed}),
-                                   pacing=PACING, plan=PLAN)
+    policy, hist = train_reinforce(executor, warm[seed], profiler, train_windows,
+                                   RLConfig(**{**RL.__dict__, "seed": seed}), pacing=PACING, plan=PLAN)
     # RL moves the policy's skip share: re-calibrate the SKIP threshold on fresh valid windows (as notebook 03
     # does; the final offsets are measured by the budget adherence on test below)
     controller = LearnedController(policy, profiler, pacing=PACING, plan=PLAN)
-    calibrations.append(calibrate_skip_offsets(executor, controller, calib.text, prices.budget.tolist(), verify=False).assign(seed=seed))
-    gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, prices.budget.tolist(), full_prompt=calib.prompt,
-                                                   verify=False).assign(seed=seed))  # for tokens generated after a full-depth prompt (prefill="full")
+    calibrations.append(calibrate_skip_offsets(executor, controller, calib.text, prices.budget.tolist(), verify=False)
+                        .assign(seed=seed))
+    # for tokens generated after a full-depth prompt (prefill="full")
+    gen_calibrations.append(calibrate_skip_offsets(executor, controller, calib.generation, prices.budget.tolist(),
+                                                   full_prompt=calib.prompt, verify=False).assign(seed=seed))
     save_policy(CKPT / policy_file("rl", seed), policy, "rl", L, {"steps": str(RL.steps), "lam_lr": str(RL.lam_lr)},
                 plan=PLAN, pacing=PACING, bypass=BYPASS, seed=seed)
     policies[seed] = policy

@@ -10,9 +10,10 @@
 #   validation split, applied to the router score minus the running mean of the earlier tokens' scores
 #   (top-k only ranks within a sequence, so absolute scores drift with the topic; the causal centring
 #   removes the drift), so a token's decision never depends on later tokens.
-# - **Exit gates** at depths 6, 12, 18, 23, 27 (at 0.2, 0.4, 0.6, 0.77, 0.9 of the depth, as the seed's 4/8/12/16/19 of 22 roughly are), trained with a
-#   hard Gumbel-softmax whose backward temperature is decoupled from the forward one. Exits decode via
-#   the final norm + LM head, either directly (logit lens) or through a per-exit affine tuned lens.
+# - **Exit gates** at depths 6, 12, 18, 23, 27 (at 0.2, 0.4, 0.6, 0.77, 0.9 of the depth, as the seed's
+#   4/8/12/16/19 of 22 roughly are), trained with a hard Gumbel-softmax whose backward temperature is
+#   decoupled from the forward one. Exits decode via the final norm + LM head, either directly (logit
+#   lens) or through a per-exit affine tuned lens.
 # - **Two phases**: routers first, then exits (`anee.hierarchical.train(phase=...)`); checkpoints are
 #   safetensors with shape/metadata checks. All training data comes from WikiText-2 *valid*; every
 #   reported number is on WikiText-2 *test*.
@@ -27,7 +28,8 @@ MODEL = "smollm2-135m"  # offline default; on Colab e.g. "TinyLlama/TinyLlama-1.
 DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1"
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
-SEEDS = None  # None: the profile's ([0] quick, [0, 1] full); phase 1 (routers, FFN bypass) per seed, exits with SEED
+# None: the profile's ([0] quick, [0, 1] full); phase 1 (routers, FFN bypass) per seed, exits with SEED
+SEEDS = None
 CAPACITIES = [0.9, 0.7, 0.55, 0.4]
 FFN_BYPASS = ("linear", 0)  # family and rank of what a token not routed to an FFN gets instead
 TARGET_SPEEDUP = 1.3
@@ -58,12 +60,15 @@ WINDOW = 256  # evaluation and calibration window (tokens); stride = window
 # on one window and routers on 8 left a 40-point gap between two seeds at capacity 0.7), and tunes the
 # bypass for 80 steps; the routers are then fitted again to the tuned bypass (`anee.hierarchical.training`).
 TRAIN = TrainConfig(seq_len=pick(PROFILE, quick=64, full=128), batch=2, router_steps=0,
-                    router_init_windows=pick(PROFILE, quick=8, full=32), bypass_fit_windows=pick(PROFILE, quick=16, full=64),
+                    router_init_windows=pick(PROFILE, quick=8, full=32),
+                    bypass_fit_windows=pick(PROFILE, quick=16, full=64),
                     bypass_steps=pick(PROFILE, quick=2, full=80), exit_steps=pick(PROFILE, quick=5, full=16),
                     sensitivity_windows=pick(PROFILE, quick=1, full=8),
                     lens_fit_windows=pick(PROFILE, quick=2, full=4), seed=SEED)
-CALIB_WINDOWS = pick(PROFILE, quick=8, full=12)  # quick: on 4, capacity 0.55 realized 0.603 (8edfa0e), outside the +-0.05 check
-TEST_TOKENS = pick(PROFILE, quick=512, full=4096)  # 1,024 tokens moved capacity 0.7 by 10-15 points between text spans
+# quick: on 4, capacity 0.55 realized 0.603 (8edfa0e), outside the +-0.05 check
+CALIB_WINDOWS = pick(PROFILE, quick=8, full=12)
+# 1,024 tokens moved capacity 0.7 by 10-15 points between text spans
+TEST_TOKENS = pick(PROFILE, quick=512, full=4096)
 TIMING_ROUNDS = pick(PROFILE, quick=2, full=5)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 valid = wikitext_tokens(tokenizer, "valid", 20_000)  # training + calibration
@@ -72,7 +77,8 @@ test = wikitext_tokens(tokenizer, "test", TEST_TOKENS)  # reported numbers only
 calib = sample_windows(valid, WINDOW, CALIB_WINDOWS, seed=SEED + 123)
 CKPT = output_dir("results", PROFILE) / "checkpoints"
 print(f"{MODEL}: {model.config.num_hidden_layers} layers; train windows {TRAIN.batch}x{TRAIN.seq_len}, "
-      f"{TRAIN.bypass_steps} bypass + {TRAIN.exit_steps} exit steps; calibration {tuple(calib.shape)}; test {TEST_TOKENS} tokens; seeds {SEEDS}")
+      f"{TRAIN.bypass_steps} bypass + {TRAIN.exit_steps} exit steps; calibration {tuple(calib.shape)}; "
+      f"test {TEST_TOKENS} tokens; seeds {SEEDS}")
 
 # %% [markdown]
 # ## Training
@@ -83,8 +89,8 @@ print(f"{MODEL}: {model.config.num_hidden_layers} layers; train windows {TRAIN.b
 # full model when the layer's FFN is replaced by its bypass for *every* token), warm-starts the
 # routers in closed form (they predict how far the bypass would leave each token from the real FFN),
 # tunes the bypasses end to end under the routers and fits the routers again to the tuned bypasses
-# (whose errors lie elsewhere than those of their closed-form start). The sensitivity decides how a requested
-# capacity is spread over layers: skip fractions `f_l = min(0.9, mu * s_l^-2)` with mean capacity as
+# (whose errors lie elsewhere than those of their closed-form start). The sensitivity decides how a
+# requested capacity is spread over layers: skip fractions `f_l = min(0.9, mu * s_l^-2)` with mean capacity as
 # requested: exponent 2 (`ALLOCATION_EXPONENT` in `anee.hierarchical.model`, where its selection on
 # held-out valid text is described) skips more of the least sensitive layers than `mu / s_l` did.
 # Phase 1 runs with every seed in `SEEDS`. Phase 2 (seed `SEED` only) fits and trains the exits twice
@@ -98,13 +104,17 @@ for seed in SEEDS:
     history += [dict(r, seed=seed, lens="") for r in train(m, valid, "routers", cfg)]
     models[seed] = m
 hm = models[SEED]
-logit_hm = HierarchicalModel(model, tuned_lens=False, model_name=MODEL, ffn_bypass=BypassConfig(*FFN_BYPASS, target="ffn"))
-logit_hm.load_state_dict({k: v for k, v in hm.state_dict().items() if not k.startswith(("gates.", "lenses."))}, strict=False)
+logit_hm = HierarchicalModel(model, tuned_lens=False, model_name=MODEL,
+                             ffn_bypass=BypassConfig(*FFN_BYPASS, target="ffn"))
+logit_hm.load_state_dict({k: v for k, v in hm.state_dict().items() if not k.startswith(("gates.", "lenses."))},
+                         strict=False)
 for variant, m in (("tuned", hm), ("logit", logit_hm)):
     history += [dict(r, seed=SEED, lens=variant) for r in train(m, valid, "exit", TRAIN)]
 for seed, m in models.items():
-    m.save(checkpoint_path(CKPT, "tuned", seed), extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": seed})
-logit_hm.save(checkpoint_path(CKPT, "logit", SEED), extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": SEED})
+    m.save(checkpoint_path(CKPT, "tuned", seed),
+           extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": seed})
+logit_hm.save(checkpoint_path(CKPT, "logit", SEED),
+              extra={"train": {k: str(v) for k, v in TRAIN.__dict__.items()}, "seed": SEED})
 history = pd.DataFrame(history)
 history["num_layers"] = hm.num_layers
 save_table(history, "05_training_history", PROFILE)
@@ -158,7 +168,8 @@ exit_results = {
 }
 target_capacity = hm.capacity_for_speedup(calib, TARGET_SPEEDUP)
 target = evaluate_setting(hm, test, calib, target_capacity, label=f"target_speedup={TARGET_SPEEDUP}")
-exits = exit_table({**exit_results, f"target_speedup={TARGET_SPEEDUP} (capacity {target_capacity:.3f})": target}, ref.row["ppl"])
+exits = exit_table({**exit_results, f"target_speedup={TARGET_SPEEDUP} (capacity {target_capacity:.3f})": target},
+                   ref.row["ppl"])
 save_table(exits, "05_exits", PROFILE)
 exits.round(3)
 
@@ -190,14 +201,16 @@ CAUSAL_ATOL = 1e-4
 causal = causality_check(hm, test, exit_results["exits, tuned lens"].thresholds, length=128)
 save_json(causal, "05_causality", PROFILE)
 # NBVAL_CHECK_OUTPUT
-print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"], causal["first_half_max_logit_diff"] <= CAUSAL_ATOL)
+print(causal["first_half_ffn_identical"], causal["first_half_exits_identical"],
+      causal["first_half_max_logit_diff"] <= CAUSAL_ATOL)
 
 # %%
 # the numbers the next section refers to, from this run's tables
 exit_kl = history[history.phase == "exit"].groupby("lens")[[f"kl_exit{d}" for d in hm.exit_layers]].mean()
-print(f"one FFN replaced by its bypass for every token: {sens.ffn_skip_kl.min():.2f} to {sens.ffn_skip_kl.max():.2f} nats "
-      f"(highest at layers {', '.join(str(l) for l in sens.nlargest(2, 'ffn_skip_kl').layer)})")
-print(f"exited fraction of test tokens with exits on: {', '.join(f'{k}: {v:.3f}' for k, v in zip(exits.variant, exits.exited_fraction))}")
+print(f"one FFN replaced by its bypass for every token: {sens.ffn_skip_kl.min():.2f} to {sens.ffn_skip_kl.max():.2f} "
+      f"nats (highest at layers {', '.join(str(l) for l in sens.nlargest(2, 'ffn_skip_kl').layer)})")
+print(f"exited fraction of test tokens with exits on: "
+      f"{', '.join(f'{k}: {v:.3f}' for k, v in zip(exits.variant, exits.exited_fraction))}")
 print("KL to the base model at each exit depth (nats, mean over exit training):")
 exit_kl.round(1)
 
@@ -241,7 +254,8 @@ assert capacities.compute_speedup.is_monotonic_increasing  # less capacity -> mo
 assert capacities.ppl.iloc[0] <= capacities.ppl.min() + 1e-6  # the full model is the best
 # FFN skipping can never beat the FFN share of the compute (ceiling at context 1, the cheapest attention)
 assert capacities.compute_speedup.iloc[-1] < 1.0 / (1 - 0.6 * hm.cost.mlp * hm.num_layers / hm.cost.full_token(1))
-assert all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical")) and causal["first_half_max_logit_diff"] <= CAUSAL_ATOL
+assert (all(causal[k] for k in ("first_half_ffn_identical", "first_half_exits_identical"))
+        and causal["first_half_max_logit_diff"] <= CAUSAL_ATOL)
 assert history.loss.notna().all() and (history[history.phase == "bypass"].kl > 0).all()
 assert checkpoint_path(CKPT, "tuned").is_file() and checkpoint_path(CKPT, "logit").is_file()
 assert (exits.compute_speedup[exits.capacity < 1] > 1).all()

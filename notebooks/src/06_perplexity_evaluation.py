@@ -98,9 +98,11 @@ table
 # ratio to the identity on the same windows; each bypass's MACs are charged in the saving).
 
 # %%
-ablation = bypass_ablation(ctx, {"identity": None, "linear (closed form)": load_bypass(ctx.extras["checkpoint_dir"], ctx.adapter,
-                                                                                      LINEAR_CLOSED_FORM_FILE),
-                                 **({ctx.bypass_executor.bypass.config.label + " (deployed)": ctx.bypass_executor.bypass}
+ablation = bypass_ablation(ctx, {"identity": None,
+                                 "linear (closed form)": load_bypass(ctx.extras["checkpoint_dir"], ctx.adapter,
+                                                                     LINEAR_CLOSED_FORM_FILE),
+                                 **({ctx.bypass_executor.bypass.config.label + " (deployed)":
+                                     ctx.bypass_executor.bypass}
                                     if ctx.bypass_executor else {})}, 6, test_ids, WINDOW, STRIDE)
 save_table(ablation, "06_bypass_ablation", PROFILE)
 ablation
@@ -178,12 +180,14 @@ code_at_levels
 # %% [markdown]
 # ## The same levels on other test text
 # 06's windows are the first test tokens; the levels move with the text scored. The full model,
-# static removal with the bypass, the learned controller (both seeds) and the KL-profile controller on the **last** tokens of
-# the test split (disjoint from every other notebook's test windows), in the same windows.
+# static removal with the bypass, the learned controller (both seeds) and the KL-profile controller
+# on the **last** tokens of the test split (disjoint from every other notebook's test windows), in
+# the same windows.
 
 # %%
 heldout_ids = wikitext_tokens(tokenizer, "test")[:, -HELDOUT_TOKENS:]
-heldout_specs = [("full", {})] + [(m, {"n_removed": n, "bypass": True}) for m in ("block_influence", "profiler_removal") for n in BI_REMOVED]
+heldout_specs = [("full", {})] + [(m, {"n_removed": n, "bypass": True})
+                                  for m in ("block_influence", "profiler_removal") for n in BI_REMOVED]
 heldout_specs += [("anee_rl", {"budget": x, "seed": s, "bypass": True}) for s in SEEDS for x in PLANNED_BUDGETS]
 heldout_specs += [("anee_kl_profile", {"budget": x, "bypass": True}) for x in PLANNED_BUDGETS]
 heldout_table, heldout_at_levels, heldout_full = levels_on_text(ctx, heldout_specs, heldout_ids, WINDOW, STRIDE, LEVELS)
@@ -214,7 +218,8 @@ save_figure(fig, "06_frontier", PROFILE)
 # %%
 assert abs(table.loc[table.method == "full", "layer_saved_net"].item()) < 1e-12
 assert (table.ppl > 1).all() and table.ppl.notna().all()
-assert (table.ppl[table.method != "full"] >= full_ppl * 0.99).all(), "a cheaper method should not beat the full model by much"
+assert (table.ppl[table.method != "full"] >= full_ppl * 0.99).all(), (
+    "a cheaper method should not beat the full model by much")
 assert table[table.method == "block_influence"].sort_values("layer_saved_net").ppl.is_monotonic_increasing
 # with a bypass, one more removed layer may cost nothing or even help (its bypass was tuned with
 # others removed): only the ends are ordered

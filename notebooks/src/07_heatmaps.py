@@ -2,9 +2,9 @@
 # # 07 · Where does the compute go? Token x layer execution maps
 #
 # Uses the RL controller of notebook 04 (seed `SEED`, with notebook 02's layer bypass; the heuristic
-# when that checkpoint is absent) on sample texts: execution maps (PROCESS / SKIP / EXIT / DROP per token and layer), per-token compute, the
-# layer-usage profile over the **test** split (is there a "sandwich" of dense first and last
-# layers?), effective depth, and realized savings against the budget.
+# when that checkpoint is absent) on sample texts: execution maps (PROCESS / SKIP / EXIT / DROP per
+# token and layer), per-token compute, the layer-usage profile over the **test** split (is there a
+# "sandwich" of dense first and last layers?), effective depth, and realized savings against the budget.
 
 # %% tags=["parameters"]
 PROFILE = "quick"  # "quick" (CI) or "full" (make reproduce)
@@ -75,7 +75,8 @@ usage, depth_rows = {}, []
 for b in (0.5, 0.7, 0.9):
     decisions = []
     for s in range(0, TEST_TOKENS, 256):
-        decisions.append(executor.forward(test[:, s : s + 256], controller=controller, budget=b, with_logits=False).trace.decisions)
+        decisions.append(executor.forward(test[:, s : s + 256], controller=controller, budget=b,
+                                          with_logits=False).trace.decisions)
     dec = torch.cat(decisions, 1)
     usage[f"budget {b}"] = layer_usage(dec)
     depth_rows.append(effective_depth(dec, b))

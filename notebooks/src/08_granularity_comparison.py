@@ -30,7 +30,8 @@ DEVICE = "auto"  # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "
 DTYPE = "float32"  # or "float16" / "bfloat16" on a GPU
 SEED = 0
 SEEDS = None  # BranchyNet training seeds (None: the profile's, [0] quick, [0, 1] full)
-THREADS = None  # torch threads (None: the profile's, 1 quick: the shared CI runner; 2 full: make reproduce's idle machine)
+# torch threads (None: the profile's, 1 quick: the shared CI runner; 2 full: make reproduce's idle machine)
+THREADS = None
 DIGITS_SOURCE = "sklearn"  # "sklearn" (offline, 8x8) or "mnist" (HF Hub via `datasets`, online only)
 
 # %% [colab]
@@ -65,9 +66,21 @@ from anee.evaluation.methods.controllers import policy_file
 from anee.evaluation.notebook import pick, seeds, setup
 from anee.evaluation.seeds import summarize
 from anee.evaluation.results import output_dir, save_figure, save_json, save_table
-from anee.granularity.branchynet import BranchyNet, load_digits_split, load_mnist_split, threshold_sweep, train_branchynet
+from anee.granularity.branchynet import (
+    BranchyNet,
+    load_digits_split,
+    load_mnist_split,
+    threshold_sweep,
+    train_branchynet,
+)
 from anee.granularity.int8 import calibrate_smoothing, smoothed
-from anee.granularity.precision import refinement_threshold, segment_budget, segment_schedule, segment_sensitivity, segments
+from anee.granularity.precision import (
+    refinement_threshold,
+    segment_budget,
+    segment_schedule,
+    segment_sensitivity,
+    segments,
+)
 from anee.granularity.quantize import FP32, WeightBank
 from anee.granularity.selection import ComplexityFeatures
 from anee.viz.granularity import granularity_figure
@@ -178,7 +191,8 @@ for seed in SEEDS:
     bn_runs.append(pd.DataFrame(threshold_sweep(bnet, xte, yte, BN_THRESHOLDS)).assign(seed=seed))
 bn_runs = pd.concat(bn_runs, ignore_index=True)
 save_table(bn_runs, "08_branchynet_runs", PROFILE)
-bn_table = summarize(bn_runs, ["threshold"], ["accuracy", "avg_macs", "rel_macs", "exit1_frac", "exit2_frac", "exit3_frac"])
+bn_table = summarize(bn_runs, ["threshold"],
+                     ["accuracy", "avg_macs", "rel_macs", "exit1_frac", "exit2_frac", "exit3_frac"])
 save_table(bn_table, "08_branchynet", PROFILE)
 bn_table
 
@@ -204,7 +218,8 @@ sens = segment_sensitivity(adapter, bank, calib[:N_SENS], segs, bits=4)
 seg_order = list(np.argsort(sens)[::-1])
 cheapest = bank.token_bytes([4] * L) / bank.full_bytes
 int8_all = bank.token_bytes([8] * L) / bank.full_bytes
-SEG_BUDGETS = [round(cheapest + f * (int8_all - cheapest), 3) for f in pick(PROFILE, quick=[0.35, 0.7], full=[0.25, 0.5, 0.75])]
+SEG_BUDGETS = [round(cheapest + f * (int8_all - cheapest), 3)
+               for f in pick(PROFILE, quick=[0.35, 0.7], full=[0.25, 0.5, 0.75])]
 seg_scores, seg_patterns = {}, {}
 for budget in SEG_BUDGETS:
     pattern = segment_schedule(bank, segs, budget, levels=(FP32, 8, 4), order=seg_order)
@@ -221,8 +236,10 @@ for b, p in seg_patterns.items():
 # %%
 ksens = segment_sensitivity(adapter, kbank, calib[:N_SENS], segs, bits=8)
 korder = list(np.argsort(ksens)[::-1])
-KSEG_BUDGETS = [segment_budget(kbank, segs, k, cheap_bits=8, order=korder) for k in pick(PROFILE, quick=[3], full=[2, 3, 4])]
-kseg_scores = {b: KS.schedule(test, segment_schedule(kbank, segs, b, levels=(FP32, 8), order=korder)) for b in KSEG_BUDGETS}
+KSEG_BUDGETS = [segment_budget(kbank, segs, k, cheap_bits=8, order=korder)
+                for k in pick(PROFILE, quick=[3], full=[2, 3, 4])]
+kseg_scores = {b: KS.schedule(test, segment_schedule(kbank, segs, b, levels=(FP32, 8), order=korder))
+               for b in KSEG_BUDGETS}
 print("INT8-kernel sensitivity per segment (NLL increase):", [round(s, 4) for s in ksens])
 
 # %%
@@ -265,7 +282,8 @@ parts = dict(bank=bank, pool_test={**pool.test, **kpool.test}, sel_table=sel_tab
              anee_name=ANEE_NAME, bn_table=bn_table, frontier06=frontier06, kernel_seg_scores=kseg_scores,
              anee_int8_scores=anee_int8_scores, choices=choices)
 table = granularity_table(**parts)
-print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:", int((table.granularity == "06").sum()))
+print("06 frontier file present:", frontier06.is_file(), "| rows taken from it:",
+      int((table.granularity == "06").sum()))
 save_table(table, "08_granularity", PROFILE)
 
 # %% [markdown]
@@ -335,7 +353,8 @@ for b, (sc, frac, _thr) in prog_scores.items():
 # quantisation is real and its cost model is bytes, not MACs
 assert (qcheck.max_levels_per_channel <= 2 ** qcheck.bits).all() and (qcheck.max_err_in_steps <= 0.5 + 1e-4).all()
 assert pool_rows.set_index("variant").loc["int4", "rel_macs"] == 1.0
-assert pool_rows.set_index("variant").loc["int4", "rel_bytes"] < pool_rows.set_index("variant").loc["int8", "rel_bytes"] < 0.5
+assert (pool_rows.set_index("variant").loc["int4", "rel_bytes"]
+        < pool_rows.set_index("variant").loc["int8", "rel_bytes"] < 0.5)
 assert pool.test["int8"].ppl < 1.05 * fp32_ppl < pool.test["int4"].ppl
 # real INT8: smoothing is exact in fp32, kernels keep quality, run INT8 modules and decode faster than fp32
 assert smooth_change <= 1e-4 and kbank.restored and bank.restored

@@ -34,13 +34,14 @@ from anee import ANEEConfig, ANEEWrapper, load_model
 from anee.core.data import wikitext_tokens
 from anee.evaluation.frontier import frontier_windows
 from anee.evaluation.notebook import pick, setup
-from anee.evaluation.quickstart import (api_perplexity, frontier_row, generation_summary, held_out_prompts, prompt_generations,
-                                       top1_agreement)
+from anee.evaluation.quickstart import (api_perplexity, frontier_row, generation_summary, held_out_prompts,
+                                       prompt_generations, top1_agreement)
 from anee.evaluation.results import output_dir, save_figure, save_table
 from anee.viz.plots import by_budget
 
 setup(PROFILE, SEED)
-N_PROMPTS, PROMPT_WORDS = pick(PROFILE, quick=3, full=20), 8  # issue 15: the default against the budget policy on 20 held-out prompts
+# issue 15: the default against the budget policy on 20 held-out prompts
+N_PROMPTS, PROMPT_WORDS = pick(PROFILE, quick=3, full=20), 8
 MAX_NEW_TOKENS = pick(PROFILE, quick=12, full=32)
 AGREEMENT_TOKENS, AGREEMENT_WINDOW = pick(PROFILE, quick=(256, 256), full=(1024, 512))
 # notebook 06's windows (its full profile: the first 2,048 test tokens in non-overlapping windows of 512),
@@ -51,7 +52,8 @@ model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 
 
 def quickstart(controller: str) -> ANEEWrapper:
-    config = ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1, controller=controller)
+    config = ANEEConfig(model_name=MODEL, energy_budget=1.0, min_layers=2, exit_budget_threshold=0.1,
+                        controller=controller)
     return ANEEWrapper(config, model=model, tokenizer=tokenizer).eval()
 
 
@@ -80,8 +82,10 @@ prefix.round(3)
 # %%
 agreement = top1_agreement(wrappers, full, test[:, F06_TOKENS:], BUDGETS, AGREEMENT_WINDOW)
 generated = prefix.reset_index().rename(columns={"layer_fraction": "layer_fraction_generated"})[
-    ["controller", "budget", "layer_fraction_generated", "layer_fraction_with_prompt", "matching_prefix", "matching_prefix_min"]]
-summary = agreement.merge(generated, on=["controller", "budget"]).rename(columns={"layer_fraction": "layer_fraction_test"})
+    ["controller", "budget", "layer_fraction_generated", "layer_fraction_with_prompt", "matching_prefix",
+     "matching_prefix_min"]]
+summary = agreement.merge(generated, on=["controller", "budget"]).rename(
+    columns={"layer_fraction": "layer_fraction_test"})
 summary.insert(1, "default", summary.controller == default.method)
 save_table(summary, "09_quickstart_summary", PROFILE)
 summary.round(3)
@@ -143,8 +147,10 @@ assert (api.rel_diff <= API_RTOL).all()
 assert abs(at_quickstart.loc[default.method, "layer_fraction_test"] - QUICKSTART_BUDGET) <= 0.05
 assert at_quickstart.loc[default.method, "matching_prefix"] > at_quickstart.loc["budget", "matching_prefix"]
 assert at_quickstart.loc[default.method, "top1_agreement"] > at_quickstart.loc["budget", "top1_agreement"]
-assert (prefix.matching_prefix_min >= 1).all()  # full-depth prompt (the default): the first new token is the full model's
+# full-depth prompt (the default): the first new token is the full model's
+assert (prefix.matching_prefix_min >= 1).all()
 # the generated tokens, under the second offset table
 assert abs(prefix.loc[(default.method, QUICKSTART_BUDGET), "layer_fraction"] - QUICKSTART_BUDGET) <= 0.05
 adaptive = prefill_summary.set_index(["controller", "budget"])
-assert adaptive.loc[(default.method, QUICKSTART_BUDGET), "matching_prefix"] >= adaptive.loc[("budget", QUICKSTART_BUDGET), "matching_prefix"]
+assert (adaptive.loc[(default.method, QUICKSTART_BUDGET), "matching_prefix"]
+        >= adaptive.loc[("budget", QUICKSTART_BUDGET), "matching_prefix"])

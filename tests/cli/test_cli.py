@@ -44,7 +44,8 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture()
 def tiny(tiny_folder, monkeypatch):
     model, folder = tiny_folder
-    monkeypatch.setattr(cli_options, "load_model", lambda name, device="auto", dtype="float32": (model, CharTokenizer()))
+    monkeypatch.setattr(cli_options, "load_model",
+                        lambda name, device="auto", dtype="float32": (model, CharTokenizer()))
     return ["--model", "tiny", "--defaults-dir", str(folder), "--min-layers", "0"]
 
 
@@ -62,7 +63,8 @@ def test_help(command, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "x", "--budget", "2"], r"anee generate: error: argument --budget: energy_budget must be a finite number in [0, 1]"),
+    (["generate", "x", "--budget", "2"],
+     r"anee generate: error: argument --budget: energy_budget must be a finite number in [0, 1]"),
     (["generate", "x", "--controller", "fast"], "anee generate: error: argument --controller: invalid choice: 'fast'"),
     (["generate", ""], "anee generate: error: argument prompt: the prompt is empty"),
     (["generate", "   "], "anee generate: error: argument prompt: the prompt is empty"),
@@ -103,15 +105,18 @@ def test_generate_prints_text_layers_fraction_saving_and_speed(tiny, capsys):
     layers = out[3].split(":", 1)[1].split("(of 4")[0]
     prompt, new = layers.split("|")
     assert len(prompt.split()) == len("hello there") and 1 <= len(new.split()) <= 5
-    assert out[4].startswith("realized fraction   : 0.") and "of layer compute" in out[5] and out[6].startswith("tokens/s")
+    assert (out[4].startswith("realized fraction   : 0.") and "of layer compute" in out[5]
+            and out[6].startswith("tokens/s"))
 
 
 def test_generate_with_a_full_depth_prompt_reports_the_generated_tokens(tiny, capsys):
-    assert main(["generate", "hello there", "--budget", "0.6", "--max-new-tokens", "5", "--prefill", "full", *tiny]) == 0
+    assert main(["generate", "hello there", "--budget", "0.6", "--max-new-tokens", "5", "--prefill", "full",
+                 *tiny]) == 0
     out = capsys.readouterr().out.splitlines()
     prompt, new = out[3].split(":", 1)[1].split("(of 4")[0].split("|")
     assert prompt.split() == ["4"] * len("hello there")  # every prompt token ran all 4 layers
-    assert out[4].startswith("realized fraction   : 0.") and "for the generated tokens (the prompt runs every layer; " in out[4]
+    assert (out[4].startswith("realized fraction   : 0.")
+            and "for the generated tokens (the prompt runs every layer; " in out[4])
     assert out[5].endswith("(overheads included; generated tokens)")
     with pytest.raises(SystemExit) as exit:
         main(["generate", "x", "--prefill", "half", *tiny])
@@ -125,7 +130,8 @@ def test_generate_samples_and_warns_without_defaults(tiny, capsys):
     argv = ["generate", "hello", "--sample", "--temperature", "0.7", "--seed", "3", "--model", "tiny"]
     assert main(argv) == 0
     first = capsys.readouterr()
-    assert "anee generate: warning: controller='default' needs a profiler" in first.err and "controller          : budget" in first.out
+    assert ("anee generate: warning: controller='default' needs a profiler" in first.err
+            and "controller          : budget" in first.out)
     main(argv)
     assert capsys.readouterr().out.splitlines()[0] == first.out.splitlines()[0]  # the seed fixes the draw
 
@@ -146,18 +152,22 @@ def test_heatmap_writes_a_png(tiny, capsys, tmp_path):
 @pytest.mark.parametrize(("extra", "says"), [
     ([], " (generated tokens)"),  # the default: prefill="full"
     (["--prefill", "adaptive"], ": layer fraction 0."),
-    (["--prefill", "full", "--max-new-tokens", "1"], ": layer fraction 1.000 (prompt at full depth, no token under the budget)"),
+    (["--prefill", "full", "--max-new-tokens", "1"],
+     ": layer fraction 1.000 (prompt at full depth, no token under the budget)"),
 ])
 def test_heatmap_title_names_the_tokens_its_fraction_covers(tiny, monkeypatch, tmp_path, extra, says):
     titles = []
     real = heatmap.execution_map
-    monkeypatch.setattr(heatmap, "execution_map", lambda d, tokens, title: titles.append(title) or real(d, tokens, title))
-    assert main(["heatmap", "hello", "--out", str(tmp_path / "m.png"), "--budget", "0.5", "--max-new-tokens", "3", *extra, *tiny]) == 0
+    monkeypatch.setattr(heatmap, "execution_map",
+                        lambda d, tokens, title: titles.append(title) or real(d, tokens, title))
+    assert main(["heatmap", "hello", "--out", str(tmp_path / "m.png"), "--budget", "0.5", "--max-new-tokens", "3",
+                 *extra, *tiny]) == 0
     assert says in titles[0] and titles[0].count("(") == (0 if "adaptive" in extra else 1)
 
 
 def test_calibrate_writes_a_folder(tiny_folder, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("anee.cli.calibrate.load_model", lambda name, device="auto", dtype="float32": (tiny_folder[0], CharTokenizer()))
+    monkeypatch.setattr("anee.cli.calibrate.load_model",
+                        lambda name, device="auto", dtype="float32": (tiny_folder[0], CharTokenizer()))
     (tmp_path / "t.txt").write_text("calibration text for a tiny model " * 30)
     assert main(["calibrate", "--model", "tiny", "--out", str(tmp_path / "d"), "--text-file", str(tmp_path / "t.txt"),
                  "--no-bypass"]) == 0
@@ -169,12 +179,15 @@ def test_calibrate_writes_a_folder(tiny_folder, monkeypatch, tmp_path, capsys):
 
 def test_python_dash_m_on_the_embedded_model():
     """`python -m anee generate ... --budget 0.8` offline; a wrong budget exits 2 in one line."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    ok = subprocess.run([sys.executable, "-m", "anee", "generate", "The future of AI is", "--budget", "0.8", "--max-new-tokens", "4"],
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "anee", "generate", "The future of AI is", "--budget", "0.8",
+                         "--max-new-tokens", "4"],
                         capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "realized fraction   : 0." in ok.stdout and "tokens/s" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "anee", "generate", "x", "--budget", "2"], capture_output=True, text=True, env=env)
+    bad = subprocess.run([sys.executable, "-m", "anee", "generate", "x", "--budget", "2"], capture_output=True,
+                         text=True, env=env)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -202,8 +215,10 @@ def test_bench_times_the_hierarchical_capacities(monkeypatch, tmp_path, capsys):
 
     base = hier_llama()
     randomize(HierarchicalModel(base)).save(checkpoint_path(tmp_path))
-    monkeypatch.setattr(cli_hierarchical, "load_model", lambda name, device="auto", dtype="float32": (base, CharTokenizer()))
-    argv = ["bench", "--hierarchical", "--capacities", "0.9", "0.5", "--tokens", "64", "--repeats", "1", "--checkpoint-dir", str(tmp_path)]
+    monkeypatch.setattr(cli_hierarchical, "load_model",
+                        lambda name, device="auto", dtype="float32": (base, CharTokenizer()))
+    argv = ["bench", "--hierarchical", "--capacities", "0.9", "0.5", "--tokens", "64", "--repeats", "1",
+            "--checkpoint-dir", str(tmp_path)]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("hierarchical sparse path on 64 WikiText-2 test tokens, fastest of 1 interleaved rounds")

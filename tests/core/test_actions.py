@@ -11,7 +11,8 @@ def test_action_codes_and_names():
     assert (PROCESS, SKIP, EXIT, DROP) == (0, 1, 2, 3)
     assert [ACTION_NAMES[a] for a in (PROCESS, SKIP, EXIT, DROP)] == ["PROCESS", "SKIP", "EXIT", "DROP"]
     assert ASK not in (PROCESS, SKIP, EXIT, DROP)
-    assert all(torch.iinfo(torch.int8).min <= a <= torch.iinfo(torch.int8).max for a in (PROCESS, SKIP, EXIT, DROP, ASK))
+    assert all(torch.iinfo(torch.int8).min <= a <= torch.iinfo(torch.int8).max
+               for a in (PROCESS, SKIP, EXIT, DROP, ASK))
 
 
 def test_pattern_decisions_shape_dtype_values():

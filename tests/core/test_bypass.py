@@ -42,7 +42,8 @@ def fitted(family: str, h: torch.Tensor, u: torch.Tensor, rank: int = 0, ridge: 
 
 def test_normalized_is_rms_normalisation():
     h = torch.tensor([[3.0, 4.0], [0.0, -2.0]])
-    assert torch.allclose(normalized(h), torch.tensor([[3.0, 4.0], [0.0, -2.0]]) / torch.tensor([[12.5**0.5], [2.0**0.5]]))
+    assert torch.allclose(normalized(h),
+                          torch.tensor([[3.0, 4.0], [0.0, -2.0]]) / torch.tensor([[12.5**0.5], [2.0**0.5]]))
 
 
 def test_stats_accumulate_gram_cross_and_count():
@@ -113,7 +114,8 @@ def test_diag_lowrank_fit_approaches_a_generic_diagonal_plus_low_rank_map():
     assert errors[-1] < errors[0] / 3
     assert error(300) < 1e-8
     bank = fitted("diag_lowrank", h, u, rank=R)  # fit_ runs the default rounds
-    assert float((bank.update(0, h) - u).pow(2).mean() / u.pow(2).mean()) == pytest.approx(errors[-1], rel=1e-3, abs=1e-6)
+    assert (float((bank.update(0, h) - u).pow(2).mean() / u.pow(2).mean())
+            == pytest.approx(errors[-1], rel=1e-3, abs=1e-6))
 
 
 def _sq_error(s: BypassStats, coef: torch.Tensor, h: torch.Tensor, u: torch.Tensor) -> float:
@@ -172,7 +174,8 @@ def test_identity_is_free_and_adds_nothing():
     bank.fit_([BypassStats(D)] * 3)  # nothing to fit, even without samples
 
 
-@pytest.mark.parametrize("family, rank, macs", [("identity", 0, 0), ("linear", 0, D * D), ("diag_lowrank", R, D + 2 * R * D),
+@pytest.mark.parametrize("family, rank, macs", [("identity", 0, 0), ("linear", 0, D * D),
+                                                 ("diag_lowrank", R, D + 2 * R * D),
                                                  ("mlp", R, 2 * R * D)])
 def test_mac_counts(family, rank, macs):
     bank = BypassBank(BypassConfig(family, rank), D, 2)
@@ -200,7 +203,8 @@ def test_fit_needs_one_statistic_per_block_and_enough_samples():
     bank = BypassBank(BypassConfig("linear"), D, 2)
     with pytest.raises(ValueError, match="need statistics for 2 blocks, got 1"):
         bank.fit_([BypassStats(D)])
-    with pytest.raises(ValueError, match=f"a diag_lowrank-{D + 1} bypass needs rank <= the hidden size {D}: pass a smaller rank"):
+    with pytest.raises(ValueError, match=f"a diag_lowrank-{D + 1} bypass needs rank <= the hidden size {D}: "
+                                         "pass a smaller rank"):
         BypassBank(BypassConfig("diag_lowrank", D + 1), D, 2)
     few = stats_of(inputs(D), torch.zeros(D, D))
     with pytest.raises(ValueError, match=f"{D} samples cannot fit a {D}-dimensional bypass"):
@@ -209,7 +213,8 @@ def test_fit_needs_one_statistic_per_block_and_enough_samples():
 
 @pytest.mark.parametrize("family, rank", [("linear", 0), ("diag_lowrank", R), ("mlp", R), ("identity", 0)])
 def test_checkpoint_round_trip_is_exact(tmp_path, family, rank):
-    bank = random_bypass(family, D, 3, rank=rank, seed=7) if family != "identity" else BypassBank(BypassConfig("identity"), D, 3)
+    bank = (random_bypass(family, D, 3, rank=rank, seed=7) if family != "identity"
+            else BypassBank(BypassConfig("identity"), D, 3))
     bank.info = {"fit_tokens": 123, "tune_steps": 4}
     path = bank.save(tmp_path / "bypass.safetensors")
     loaded = BypassBank.from_checkpoint(path, D, 3)
@@ -237,7 +242,8 @@ def test_check_same_bypass_compares_family_and_rank_and_ignores_the_tuned_suffix
     assert bypass_label(bank) == "diag_lowrank-4" and bypass_label(None) is None
     check_same_bypass("diag_lowrank-4 tuned", bank, "p.safetensors", "fix")
     check_same_bypass(None, None, "p.safetensors", "fix")
-    with pytest.raises(ValueError, match="p.safetensors was trained with the layer bypass 'diag_lowrank-16', the executor runs 'diag_lowrank-4': fix"):
+    with pytest.raises(ValueError, match="p.safetensors was trained with the layer bypass 'diag_lowrank-16', "
+                                         "the executor runs 'diag_lowrank-4': fix"):
         check_same_bypass("diag_lowrank-16", bank, "p.safetensors", "fix")
     with pytest.raises(ValueError, match="trained with the layer bypass None, the executor runs 'diag_lowrank-4'"):
         check_same_bypass(None, bank, "p.safetensors", "fix")

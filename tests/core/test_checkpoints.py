@@ -185,7 +185,8 @@ def test_checkpointable_round_trip_and_bad_files(tmp_path):
     save_checkpoint(tmp_path / "shape.safetensors", {"weight": torch.zeros(5)}, Scaler.FORMAT, {"size": 4})
     with pytest.raises(ValueError, match=rf"tensor 'weight' has shape \(5,\), expected \(4,\); {fix}$"):
         Scaler.from_checkpoint(tmp_path / "shape.safetensors")
-    save_checkpoint(tmp_path / "nan.safetensors", {"weight": torch.full((4,), float("nan"))}, Scaler.FORMAT, {"size": 4})
+    save_checkpoint(tmp_path / "nan.safetensors", {"weight": torch.full((4,), float("nan"))}, Scaler.FORMAT,
+                    {"size": 4})
     with pytest.raises(ValueError, match=f"non-finite values; {fix}$"):
         Scaler.from_checkpoint(tmp_path / "nan.safetensors")
     with pytest.raises(ValueError, match=f"has format 'anee.test/1', expected 'anee.scaler/1'; {fix}$"):
@@ -229,10 +230,13 @@ def test_truncated_or_bit_flipped_checkpoints_give_a_value_error(tmp_path_factor
         Scaler.from_checkpoint(path)
 
 
-@given(size=st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3), st.lists(st.integers(), max_size=2),
-                      st.dictionaries(st.text(max_size=2), st.integers(), max_size=2), st.integers(-5, 0), st.just(10**30)))
+@given(size=st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=3),
+                      st.lists(st.integers(), max_size=2),
+                      st.dictionaries(st.text(max_size=2), st.integers(), max_size=2), st.integers(-5, 0),
+                      st.just(10**30)))
 def test_type_confused_config_gives_a_value_error(tmp_path_factory, size):
     """Property: a config value of the wrong type or range is a ValueError naming the file and the fix."""
-    path = save_checkpoint(tmp_path_factory.mktemp("conf") / "s.safetensors", {"weight": torch.zeros(4)}, Scaler.FORMAT, {"size": size})
+    path = save_checkpoint(tmp_path_factory.mktemp("conf") / "s.safetensors", {"weight": torch.zeros(4)},
+                           Scaler.FORMAT, {"size": size})
     with pytest.raises(ValueError, match=f"its config does not describe a valid Scaler.*; {re.escape(Scaler.FIX)}$"):
         Scaler.from_checkpoint(path)

@@ -130,13 +130,15 @@ def test_bypassed_is_skip_and_drop_before_any_exit():
     d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [DROP, DROP, EXIT, EXIT]],
                       [[EXIT, DROP, DROP, EXIT], [PROCESS, PROCESS, PROCESS, PROCESS], [DROP, SKIP, PROCESS, DROP]]],
                      dtype=torch.int8)
-    assert bypassed(d).tolist() == [[[False, True, True, False], [True, False, False, False], [True, True, False, False]],
+    assert bypassed(d).tolist() == [[[False, True, True, False], [True, False, False, False],
+                                     [True, True, False, False]],
                                     [[False, False, False, False], [False] * 4, [True, True, False, True]]]
     assert bypassed(d[0, 0]).tolist() == [False, True, True, False]  # any leading shape
 
 
 def test_trace_cost_charges_the_bypass_exactly():
-    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [PROCESS, PROCESS, DROP, SKIP]]], dtype=torch.int8)
+    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [PROCESS, PROCESS, DROP, SKIP]]],
+                     dtype=torch.int8)
     context = torch.tensor([[5, 6, 7]])
     rep = trace_cost(CostModel(TOY, bypass=BYPASS), d, context)
     # token 0: 2 layers at 576 + 80, one K/V-only path, bypass at the SKIP and the DROP
@@ -156,4 +158,5 @@ def test_static_cost_charges_removed_layers_their_bypass():
     assert rep.full_layer_macs.tolist() == [[4 * 656, 4 * 672]] and rep.head_macs == 80
     assert rep.overhead_macs.tolist() == [[0.0, 0.0]]
     assert static_cost(CostModel(TOY), context, layers_run=3).layer_macs.tolist() == [[3 * 656, 3 * 672]]
-    assert static_cost(CostModel(TOY, bypass=BYPASS), context, layers_run=1).layer_macs.tolist() == [[656 + 120, 672 + 120]]
+    assert (static_cost(CostModel(TOY, bypass=BYPASS), context, layers_run=1).layer_macs.tolist()
+            == [[656 + 120, 672 + 120]])

@@ -24,7 +24,8 @@ class CharTokenizer:
         self.calls = []
 
     def __call__(self, text, add_special_tokens=True, return_tensors=None):
-        self.calls.append({"add_special_tokens": add_special_tokens, "return_tensors": return_tensors, "chars": len(text)})
+        self.calls.append({"add_special_tokens": add_special_tokens, "return_tensors": return_tensors,
+                           "chars": len(text)})
         return {"input_ids": torch.tensor([[ord(c) for c in text]])}
 
 
@@ -70,9 +71,11 @@ def test_span_windows_are_the_spans_first_tokens_and_refuse_to_run_past_it():
     assert torch.equal(w, torch.arange(4096, 4396).view(3, 100))
     assert torch.equal(span_windows(ids, VALID_BYPASS_CHOICE, 2, 2000)[1], torch.arange(42_000, 44_000))
     assert VALID_IMPORTANCE.stop == VALID_BYPASS_FIT.start  # the spans tile valid in order
-    with pytest.raises(ValueError, match="need 4096 tokens, the span 40000:44000 has 4000: ask for fewer or shorter windows"):
+    with pytest.raises(ValueError, match="need 4096 tokens, the span 40000:44000 has 4000: "
+                                         "ask for fewer or shorter windows"):
         span_windows(ids, VALID_BYPASS_CHOICE, 8, 512)
-    with pytest.raises(ValueError, match="the span 0:4096 has 1000: pass more of the split"):  # a split shorter than the span
+    # a split shorter than the span
+    with pytest.raises(ValueError, match="the span 0:4096 has 1000: pass more of the split"):
         span_windows(ids[:, :1000], VALID_IMPORTANCE, 2, 512)
     open_ended = slice(49_000, None)  # to the end of the split
     assert torch.equal(span_windows(ids, open_ended, 2, 500)[1], torch.arange(49_500, 50_000))

@@ -54,7 +54,8 @@ def test_kl_of_identical_distributions_is_zero():
     x = 5 * torch.randn(3, 4, 7, generator=torch.Generator().manual_seed(1))
     zero = torch.zeros(3, 4)
     assert torch.allclose(token_kl(x, x), zero, atol=1e-6)
-    assert torch.allclose(token_kl(x, x + 2.5), zero, atol=1e-5)  # a constant shift of the logits is the same distribution
+    # a constant shift of the logits is the same distribution
+    assert torch.allclose(token_kl(x, x + 2.5), zero, atol=1e-5)
     assert torch.allclose(kl_log_probs(F.log_softmax(x, -1), log_probs(x)), zero, atol=1e-6)
 
 
@@ -77,7 +78,8 @@ def test_reference_and_nll_from_log_probs_equal_token_kl_and_cross_entropy_bit_f
     assert torch.equal(KLReference(reference).kl(logp), token_kl(reference, logits))
     assert torch.equal(kl_log_probs(log_probs(reference), logp), token_kl(reference, logits))
     # rows scored from a longer window's log-probabilities equal cross-entropy on the sliced logits
-    assert torch.equal(nll_log_probs(logp[0, :-1], targets[1:]), F.cross_entropy(logits[0, :-1], targets[1:], reduction="none"))
+    assert torch.equal(nll_log_probs(logp[0, :-1], targets[1:]),
+                       F.cross_entropy(logits[0, :-1], targets[1:], reduction="none"))
     assert nll_log_probs(logp, targets.unsqueeze(0)).shape == (1, 9)
     assert log_probs(logits.half()).dtype == torch.float32
 

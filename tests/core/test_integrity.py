@@ -45,17 +45,20 @@ def test_changed_missing_or_extra_files_are_refused(tmp_path):
     integrity.write_record(folder, 1)
     record = integrity.read_record(folder, "fix")
     (folder / "config.json").write_text('{"a": 2}')  # same size, other content
-    with pytest.raises(integrity.IntegrityError, match="config.json does not match the sha256 recorded at conversion.*; fix$"):
+    with pytest.raises(integrity.IntegrityError,
+                       match="config.json does not match the sha256 recorded at conversion.*; fix$"):
         integrity.verify_files(folder, record, "fix")
     (folder / "extra.txt").write_text("x")
     assert not integrity.files_complete(folder, record)
-    with pytest.raises(ValueError, match=r"the files \['config.json', 'extra.txt', 'model.safetensors'\] are not the ones recorded"):
+    with pytest.raises(ValueError, match=r"the files \['config.json', 'extra.txt', 'model.safetensors'\] "
+                                         r"are not the ones recorded"):
         integrity.verify_files(folder, record, "fix")
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"format": "other", "parameters": 1, "files": {}}',
                                   '{"format": "anee.weights-integrity/1", "parameters": true, "files": {}}',
-                                  '{"format": "anee.weights-integrity/1", "parameters": 1, "files": {"a": {"bytes": "1", "sha256": "x"}}}'])
+                                  '{"format": "anee.weights-integrity/1", "parameters": 1, "files": '
+                                  '{"a": {"bytes": "1", "sha256": "x"}}}'])
 def test_invalid_record_is_refused(tmp_path, text):
     (tmp_path / integrity.RECORD).write_text(text)
     with pytest.raises(integrity.IntegrityError, match="is not a valid integrity record.*; fix$"):
@@ -67,7 +70,8 @@ def test_invalid_record_is_refused(tmp_path, text):
 def test_check_weights_counts_non_finite_values_exactly():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     integrity.check_weights(model, "m", "fix", parameters=30)
-    with pytest.raises(integrity.IntegrityError, match="m: the model has 30 parameters, 31 were recorded at conversion; fix"):
+    with pytest.raises(integrity.IntegrityError,
+                       match="m: the model has 30 parameters, 31 were recorded at conversion; fix"):
         integrity.check_weights(model, "m", "fix", parameters=31)
     with torch.no_grad():
         model[0].weight.fill_(3e38)  # finite values whose sum overflows: not corrupt
@@ -75,7 +79,8 @@ def test_check_weights_counts_non_finite_values_exactly():
     with torch.no_grad():
         model[1].bias[1] = float("inf")
         model[0].weight[0, 0] = float("nan")
-    with pytest.raises(integrity.IntegrityError, match=r"m: 2 non-finite weights in 2 tensors \(first: 0.weight\); the weights are corrupt; fix"):
+    with pytest.raises(integrity.IntegrityError,
+                       match=r"m: 2 non-finite weights in 2 tensors \(first: 0.weight\); the weights are corrupt; fix"):
         integrity.check_weights(model, "m", "fix")
 
 

@@ -83,9 +83,11 @@ def test_gathered_rows_equal_the_dense_rows(tiny_model):
     assert torch.allclose(out, dense_out[queries].unsqueeze(0), atol=ATOL)
     assert torch.equal(out[0, ~run[0]], mid[0, ~run[0]])  # no FFN: the row is left exactly as it was
     everyone = mlp_rows(adapter, LAYER, mid, None)
-    assert torch.allclose(everyone, (dense_mid + mlp_update(adapter, LAYER, dense_mid))[queries].unsqueeze(0), atol=ATOL)
+    assert torch.allclose(everyone, (dense_mid + mlp_update(adapter, LAYER, dense_mid))[queries].unsqueeze(0),
+                          atol=ATOL)
     # the non-queried tokens' K/V matter: without them the queried rows would differ
-    alone = attention_residual(adapter, LAYER, h[:, queries[0]], pos if pos is None else tuple(p[:, queries[0]] for p in pos),
+    alone = attention_residual(adapter, LAYER, h[:, queries[0]],
+                               pos if pos is None else tuple(p[:, queries[0]] for p in pos),
                                None, CAUSAL)
     assert not torch.allclose(alone, mid, atol=1e-3)
 
@@ -106,12 +108,14 @@ def test_one_weight_group_equals_layer_step(tiny_model):
     adapter = adapter_for(tiny_model)
     h, pos = stream(adapter, 2, 10)
     calls = []
-    out = grouped_layer_step(adapter, LAYER, h, pos, CAUSAL, [(torch.ones(2, 10, dtype=torch.bool), lambda: calls.append("apply"))])
+    out = grouped_layer_step(adapter, LAYER, h, pos, CAUSAL,
+                             [(torch.ones(2, 10, dtype=torch.bool), lambda: calls.append("apply"))])
     ref = layer_step(adapter, LAYER, h, pos, None, CAUSAL)
     assert torch.allclose(out, ref, atol=ATOL)
     assert calls == ["apply"] * 3  # before the shared norm, before the group's Q/K/V, before its O and MLP
     causal = torch.ones(10, 10, dtype=torch.bool).tril()
-    assert torch.allclose(grouped_layer_step(adapter, LAYER, h, pos, causal, [(torch.ones(2, 10, dtype=torch.bool), lambda: None)]),
+    assert torch.allclose(grouped_layer_step(adapter, LAYER, h, pos, causal,
+                                             [(torch.ones(2, 10, dtype=torch.bool), lambda: None)]),
                           ref, atol=ATOL)
 
 
@@ -178,7 +182,8 @@ def test_process_mask_keeps_the_others_stream_and_writes_every_kv(tiny_model):
     full = layer_step(adapter, LAYER, h, pos, full_cache, CAUSAL)
     out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, process, int(process.sum()))
     assert torch.equal(out[process], full[process]) and torch.equal(out[~process], h[~process])
-    assert torch.equal(cache.keys[LAYER], full_cache.keys[LAYER]) and torch.equal(cache.values[LAYER], full_cache.values[LAYER])
+    assert (torch.equal(cache.keys[LAYER], full_cache.keys[LAYER])
+            and torch.equal(cache.values[LAYER], full_cache.values[LAYER]))
 
 
 @torch.no_grad()
@@ -218,7 +223,8 @@ def test_mix_straight_through_gate():
 
 # -- the bypass: what a SKIPPED / DROPPED token gets instead of the block -----------------------------
 def _bank(adapter, family: str = "linear", target: str = "layer"):
-    return random_bypass(family, adapter.dims.hidden, adapter.num_layers, rank=3 if family in ("diag_lowrank", "mlp") else 0,
+    return random_bypass(family, adapter.dims.hidden, adapter.num_layers,
+                         rank=3 if family in ("diag_lowrank", "mlp") else 0,
                          target=target, seed=11)
 
 
@@ -245,7 +251,8 @@ def test_skip_gets_the_bypass_and_still_writes_its_kv(tiny_model):
     bank = _bank(adapter)
     h, pos = stream(adapter, 2, 7)
     process = torch.tensor([[True, False, True, True, False, False, True], [False] * 6 + [True]])
-    bypassed = torch.tensor([[False, True, False, False, False, True, False], [True, True, False, True, False, True, False]])
+    bypassed = torch.tensor([[False, True, False, False, False, True, False],
+                             [True, True, False, True, False, True, False]])
     full_cache, cache = KVCache(adapter.num_layers), KVCache(adapter.num_layers)
     full = layer_step(adapter, LAYER, h, pos, full_cache, CAUSAL)
     out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, process, int(process.sum()), bypass=bank, bypassed=bypassed)
@@ -253,7 +260,8 @@ def test_skip_gets_the_bypass_and_still_writes_its_kv(tiny_model):
     keep = ~process & ~bypassed
     assert torch.equal(out[process], full[process])
     assert torch.equal(out[bypassed], with_bypass[bypassed]) and torch.equal(out[keep], h[keep])
-    assert torch.equal(cache.keys[LAYER], full_cache.keys[LAYER]) and torch.equal(cache.values[LAYER], full_cache.values[LAYER])
+    assert (torch.equal(cache.keys[LAYER], full_cache.keys[LAYER])
+            and torch.equal(cache.values[LAYER], full_cache.values[LAYER]))
     # bypassed=None: every token that does not process gets the bypass
     everyone = layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()), bypass=bank)
     assert torch.equal(everyone[~process], with_bypass[~process]) and torch.equal(everyone[process], full[process])
@@ -269,7 +277,8 @@ def test_no_processing_token_gets_the_bypass_after_writing_kv_of_h(tiny_model):
     out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, None, n_process=0, bypass=bank, bypassed=bypassed)
     k, v = adapter.kv(LAYER, adapter.attn_norm(LAYER, h), pos)  # from h, not from h + bypass(h)
     assert torch.equal(cache.keys[LAYER], k) and torch.equal(cache.values[LAYER], v)
-    assert torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed]) and torch.equal(out[~bypassed], h[~bypassed])
+    assert (torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed])
+            and torch.equal(out[~bypassed], h[~bypassed]))
 
 
 @torch.no_grad()
@@ -281,8 +290,10 @@ def test_drop_writes_no_kv_but_bypassed_tokens_get_the_bypass(tiny_model):
     bypassed = torch.tensor([[True, True, True, False, False]])  # the last two exited before this layer
     out = layer_step(adapter, LAYER, h, pos, cache, CAUSAL, drop=True, bypass=bank, bypassed=bypassed)
     assert cache.keys[LAYER] is None and cache.values[LAYER] is None and cache.dropped[LAYER] is True
-    assert torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed]) and torch.equal(out[~bypassed], h[~bypassed])
-    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, drop=True, bypass=bank), h + bank.update(LAYER, h))
+    assert (torch.equal(out[bypassed], (h + bank.update(LAYER, h))[bypassed])
+            and torch.equal(out[~bypassed], h[~bypassed]))
+    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, drop=True, bypass=bank),
+                       h + bank.update(LAYER, h))
 
 
 @torch.no_grad()
@@ -292,7 +303,8 @@ def test_identity_bypass_leaves_the_stream_unchanged(tiny_model):
     h, pos = stream(adapter, 2, 7)
     process = torch.tensor([[True, False] * 3 + [True], [False] * 7])
     plain = layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()))
-    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()), bypass=identity), plain)
+    assert torch.equal(layer_step(adapter, LAYER, h, pos, None, CAUSAL, process, int(process.sum()), bypass=identity),
+                       plain)
     assert layer_step(adapter, LAYER, h, pos, None, CAUSAL, drop=True, bypass=identity) is h
     assert layer_step(adapter, LAYER, h, pos, KVCache(adapter.num_layers), CAUSAL, None, 0, bypass=identity) is h
 
@@ -314,7 +326,8 @@ def test_mix_with_the_ffn_bypass():
     assert torch.allclose(out.detach(), torch.where(run.unsqueeze(-1), mid + update, mid + skip).detach(), atol=1e-6)
     (out * weight).sum().backward()
     hard = run.unsqueeze(-1).float()
-    assert torch.allclose(update.grad, weight * hard, atol=1e-6) and torch.allclose(skip.grad, weight * (1 - hard), atol=1e-6)
+    assert (torch.allclose(update.grad, weight * hard, atol=1e-6)
+            and torch.allclose(skip.grad, weight * (1 - hard), atol=1e-6))
     assert torch.equal(mid.grad, weight)
     p = p.detach()
     assert torch.allclose(logit.grad, p * (1 - p) * (weight * (update - skip).detach()).sum(-1), atol=1e-6)
@@ -334,4 +347,5 @@ def test_mlp_rows_give_the_unrouted_rows_the_ffn_bypass(tiny_model):
     identity = BypassBank(BypassConfig("identity", target="ffn"), adapter.dims.hidden, adapter.num_layers)
     assert torch.equal(mlp_rows(adapter, LAYER, mid, run, identity), mlp_rows(adapter, LAYER, mid, run))
     assert torch.equal(mlp_rows(adapter, LAYER, mid, run)[0, ~run[0]], mid[0, ~run[0]])
-    assert torch.equal(mlp_rows(adapter, LAYER, mid, None, bank), mid + mlp_update(adapter, LAYER, mid))  # everyone routed
+    # everyone routed
+    assert torch.equal(mlp_rows(adapter, LAYER, mid, None, bank), mid + mlp_update(adapter, LAYER, mid))

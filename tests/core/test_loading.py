@@ -125,7 +125,8 @@ def test_non_finite_weights_are_refused(monkeypatch, tmp_path):
         model.model.layers[1].mlp.up_proj.weight[0, :3] = float("nan")
     model.save_pretrained(tmp_path / "nan")
     tiny_tokenizer().save_pretrained(tmp_path / "nan")
-    with pytest.raises(ValueError, match=r"3 non-finite weights in 1 tensors \(first: model.layers.1.mlp.up_proj.weight\)"):
+    with pytest.raises(ValueError,
+                       match=r"3 non-finite weights in 1 tensors \(first: model.layers.1.mlp.up_proj.weight\)"):
         loading.load_model(str(tmp_path / "nan"))
     fake_embedded(monkeypatch, tmp_path)  # the same weights as a cache from before integrity records
     shutil.copytree(tmp_path / "nan", tmp_path / "cache" / "smollm2-135m")

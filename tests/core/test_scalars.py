@@ -17,7 +17,8 @@ REALS = [0.25, np.float16(0.25), np.float32(0.25), np.float64(0.25), np.longdoub
          torch.tensor(0.25), torch.tensor(0.25, dtype=torch.float64), torch.tensor(0.25, dtype=torch.bfloat16)]
 INTS = [3, np.int8(3), np.int16(3), np.int32(3), np.int64(3), np.uint8(3), np.uint64(3), np.array(3), torch.tensor(3),
         torch.tensor(3, dtype=torch.uint8)]
-NOT_NUMBERS = [True, np.bool_(False), torch.tensor(True), "0.25", None, [0.25], (3,), 1j, np.complex64(1), torch.tensor(1j),
+NOT_NUMBERS = [True, np.bool_(False), torch.tensor(True), "0.25", None, [0.25], (3,), 1j, np.complex64(1),
+               torch.tensor(1j),
                torch.tensor([0.25]), np.array([3]), object()]
 
 
@@ -33,9 +34,11 @@ def test_integer_accepts_every_integer_scalar(value):
 
 @pytest.mark.parametrize("value", NOT_NUMBERS)
 def test_other_types_are_a_type_error_listing_the_accepted_ones(value):
-    with pytest.raises(TypeError, match="x must be a finite number: a Python int or float, a NumPy scalar or a 0-d torch tensor; got"):
+    with pytest.raises(TypeError, match="x must be a finite number: a Python int or float, a NumPy scalar "
+                                        "or a 0-d torch tensor; got"):
         real("x", value)
-    with pytest.raises(TypeError, match="n must be an integer >= 0: a Python int, a NumPy integer or a 0-d integer torch tensor; got"):
+    with pytest.raises(TypeError, match="n must be an integer >= 0: a Python int, a NumPy integer "
+                                        "or a 0-d integer torch tensor; got"):
         integer("n", value)
 
 

@@ -25,7 +25,8 @@ def test_budget_outside_unit_interval(budget):
 
 @pytest.mark.parametrize("budget", ["0.5", True, None, [0.5], 0.5j, torch.tensor([0.5, 0.5])])
 def test_budget_of_another_type_lists_the_accepted_ones(budget):
-    message = r"energy_budget must be a finite number in \[0, 1\] .*: a Python int or float, a NumPy scalar or a 0-d torch tensor"
+    message = (r"energy_budget must be a finite number in \[0, 1\] .*: a Python int or float, a NumPy scalar "
+               r"or a 0-d torch tensor")
     with pytest.raises(TypeError, match=message):
         ANEEConfig(model_name="x", energy_budget=budget)
     if budget is not None:  # None means the config's budget in generate_ids
@@ -40,12 +41,14 @@ def test_any_real_scalar_budget_is_accepted_alike():
     for budget in (np.float32(0.5), np.float64(0.5), np.float16(0.5), np.array(0.5), torch.tensor(0.5),
                    torch.tensor(0.5, dtype=torch.float64)):
         assert ANEEConfig(model_name="x", energy_budget=budget).energy_budget == 0.5
-        assert torch.equal(wrapper.generate_ids(torch.tensor([[1, 2, 3]]), 3, energy_budget=budget).trace.decisions, plain)
+        assert torch.equal(wrapper.generate_ids(torch.tensor([[1, 2, 3]]), 3, energy_budget=budget).trace.decisions,
+                           plain)
     assert ANEEConfig(model_name="x", energy_budget=np.int64(1)).energy_budget == 1.0
 
 
 def test_config_numbers():
-    config = ANEEConfig(model_name="x", min_layers=np.int64(3), exit_budget_threshold=torch.tensor(0.2), seed=np.uint32(7))
+    config = ANEEConfig(model_name="x", min_layers=np.int64(3), exit_budget_threshold=torch.tensor(0.2),
+                        seed=np.uint32(7))
     assert (config.min_layers, config.exit_budget_threshold, config.seed) == (3, pytest.approx(0.2), 7)
     assert type(config.min_layers) is int and type(config.seed) is int
     with pytest.raises(TypeError, match="min_layers must be an integer >= 0"):

@@ -58,12 +58,14 @@ def test_calibrate_writes_a_heuristic_folder_the_wrapper_runs(tiny, folder):
     assert manifest["format"] == FORMAT and manifest["method"] == "heuristic"
     assert set(manifest["files"]) == {"profiler.safetensors", "bypass.safetensors"}
     assert manifest["model"] == {"name": "llama", "model_type": "llama", "num_layers": 4, "hidden": 48, "vocab": 97}
-    assert manifest["source"] == {"kind": "anee.calibrate", "data": "token ids", "tokens": 600, "bypass": "diag_lowrank-8",
+    assert manifest["source"] == {"kind": "anee.calibrate", "data": "token ids", "tokens": 600,
+                                  "bypass": "diag_lowrank-8",
                                   "removal_order": "block_influence"}
     adapter = adapter_for(tiny)
     executor = AdaptiveExecutor(adapter, bypass=read_defaults(folder).bypass(adapter))
     influence = block_influence(executor, IDS, window=min(256, adapter.dims.max_positions)).float()
-    assert torch.equal(read_defaults(folder).profiler(executor).raw_importance, influence)  # Block Influence on the same ids and windows
+    # Block Influence on the same ids and windows
+    assert torch.equal(read_defaults(folder).profiler(executor).raw_importance, influence)
     w = wrapper(tiny, folder)
     assert w.method == "heuristic" and isinstance(w.controller, HeuristicController)
     assert w.controller.plan_config == PlanConfig() and w.executor.bypass.config == TINY_BYPASS
@@ -150,20 +152,23 @@ def test_learned_methods_come_from_the_folder(tiny, folder, tmp_path):
         for f in folder.iterdir():
             tmp.joinpath(f.name).write_bytes(f.read_bytes())
         torch.manual_seed(0)
-        save_policy(tmp / "rl.safetensors", PolicyNet(len(FEATURES)), "rl", 4, plan=PlanConfig(), bypass="diag_lowrank-8 tuned")
+        save_policy(tmp / "rl.safetensors", PolicyNet(len(FEATURES)), "rl", 4, plan=PlanConfig(),
+                    bypass="diag_lowrank-8 tuned")
         write_manifest(tmp, {**json.loads((folder / MANIFEST).read_text()), "method": "rl"})
     w = wrapper(tiny, d)
     assert w.method == "rl" and isinstance(w.controller, LearnedController)
     assert wrapper(tiny, d, controller="heuristic").method == "heuristic"
     with pytest.raises(ValueError, match=r"has no 'warmstart' controller \(it holds heuristic, rl\)"):
         wrapper(tiny, d, controller="warmstart")
-    with pytest.raises(ValueError, match="was trained with the layer bypass 'diag_lowrank-8 tuned', the executor runs None"):
+    with pytest.raises(ValueError, match="was trained with the layer bypass 'diag_lowrank-8 tuned', "
+                                         "the executor runs None"):
         ANEEWrapper(ANEEConfig(model_name="tiny", defaults_dir=str(d), min_layers=0), model=tiny,
                     bypass=anee.core.bypass.BypassBank(BypassConfig("identity"), 48, 4))
 
 
 def test_controller_names():
-    with pytest.raises(ValueError, match=r"controller must be one of 'default', 'budget', 'heuristic', 'warmstart', 'rl', 'full', "
+    with pytest.raises(ValueError, match=r"controller must be one of 'default', 'budget', 'heuristic', 'warmstart', "
+                                         r"'rl', 'full', "
                                          r"got 'fast'; to use another controller object, pass it as ANEEWrapper"):
         ANEEConfig(controller="fast")
     assert ANEEConfig().controller == "default"
@@ -176,7 +181,8 @@ def test_a_model_without_defaults_says_what_to_run():
         w = ANEEWrapper(ANEEConfig(model_name="tiny"), model=model)
     assert w.method == "budget"
     message = " ".join(str(c.message) for c in caught)
-    assert "anee.calibrate(model, tokenizer, text, out='anee-tiny')" in message and "Falling back to the seed's budget policy" in message
+    assert ("anee.calibrate(model, tokenizer, text, out='anee-tiny')" in message
+            and "Falling back to the seed's budget policy" in message)
     with pytest.raises(ValueError, match=re.escape("controller='heuristic' needs a profiler")):
         ANEEWrapper(ANEEConfig(model_name="tiny", controller="heuristic"), model=model)
     with warnings.catch_warnings():
@@ -189,7 +195,8 @@ def test_a_model_without_defaults_says_what_to_run():
 
 def test_shipped_defaults_match_their_manifest_and_the_size_cap():
     folder = shipped_root() / "smollm2-135m"
-    assert (folder / MANIFEST).is_file(), (f"{folder} is missing: after `make reproduce`, run `python tools/ship_defaults.py` "
+    assert (folder / MANIFEST).is_file(), (f"{folder} is missing: after `make reproduce`, "
+                                           "run `python tools/ship_defaults.py` "
                                            "and commit anee/defaults/")
     d = read_defaults(folder)  # every file's size and sha256
     source = d.manifest["source"]

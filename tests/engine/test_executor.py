@@ -60,7 +60,8 @@ def test_controller_decisions_equal_in_both_modes(tiny_model):
     parallel = ex.forward(ids, controller=BudgetController(), budget=0.6)
     cache, decisions = KVCache(ex.adapter.num_layers), []
     for t in range(ids.shape[1]):
-        decisions.append(ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(), budget=0.6).trace.decisions)
+        decisions.append(ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(),
+                                    budget=0.6).trace.decisions)
     assert torch.equal(torch.cat(decisions, 1), parallel.trace.decisions)
 
 
@@ -147,7 +148,8 @@ def test_a_layer_kept_for_the_prompt_can_be_dropped_from_then_on(tiny_model, wit
     (they are the last ones, so no token reads their K/V there). The layer keeps the prompt's K/V."""
     adapter = adapter_for(tiny_model)
     L = adapter.num_layers
-    ex = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, L, seed=3) if with_bypass else None)
+    ex = AdaptiveExecutor(adapter,
+                          bypass=random_bypass("linear", adapter.dims.hidden, L, seed=3) if with_bypass else None)
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
     chunk = ex.forward(ids[:, 6:], cache=ex.forward(ids[:, :6]).cache, decisions=_pattern(L, {2}, 6, B=2))
     cache, logits = ex.forward(ids[:, :6]).cache, []
@@ -198,7 +200,8 @@ def test_parallel_equals_sequential_for_any_batch_and_pattern(family, rows, leng
     parallel = ex.forward(ids, decisions=decisions, padding_mask=mask)
     cache, logits = KVCache(L), []
     for t in range(length):
-        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=decisions[:, t : t + 1], padding_mask=mask[:, t : t + 1]).logits)
+        logits.append(ex.forward(ids[:, t : t + 1], cache=cache, decisions=decisions[:, t : t + 1],
+                                 padding_mask=mask[:, t : t + 1]).logits)
     assert (torch.cat(logits, 1) - parallel.logits)[mask].abs().max() <= TOL
     assert torch.equal(parallel.trace.decisions, decisions)
 
@@ -211,7 +214,8 @@ def test_budget_controller_decisions_equal_in_both_modes_for_any_budget(budget, 
     ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
     parallel = ex.forward(ids, controller=BudgetController(0.1), budget=budget)
     cache = KVCache(ex.adapter.num_layers)
-    steps = [ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(0.1), budget=budget) for t in range(length)]
+    steps = [ex.forward(ids[:, t : t + 1], cache=cache, controller=BudgetController(0.1), budget=budget)
+             for t in range(length)]
     assert torch.equal(torch.cat([s.trace.decisions for s in steps], 1), parallel.trace.decisions)
     assert (torch.cat([s.logits for s in steps], 1) - parallel.logits).abs().max() <= TOL
 
@@ -219,7 +223,8 @@ def test_budget_controller_decisions_equal_in_both_modes_for_any_budget(budget, 
 def bypass_executor(model, family: str = "linear", seed: int = 3) -> AdaptiveExecutor:
     adapter = adapter_for(model)
     rank = 4 if family in ("diag_lowrank", "mlp") else 0
-    return AdaptiveExecutor(adapter, bypass=random_bypass(family, adapter.dims.hidden, adapter.num_layers, rank=rank, seed=seed))
+    return AdaptiveExecutor(adapter,
+                            bypass=random_bypass(family, adapter.dims.hidden, adapter.num_layers, rank=rank, seed=seed))
 
 
 def decisions_with_a_drop(B, T, L, seed, dropped=1):
@@ -294,7 +299,8 @@ def test_without_logits_the_pass_is_the_same_but_for_the_lm_head(tiny_model):
         assert torch.equal(without.trace.overhead_macs, with_head.trace.overhead_macs)
         assert torch.equal(without.hidden, with_head.hidden)
         assert all(torch.equal(a, b) for a, b in zip(without.hidden_states, with_head.hidden_states, strict=True))
-        assert all(torch.equal(a, b) for a, b in zip(without.cache.keys, with_head.cache.keys, strict=True) if a is not None)
+        assert all(torch.equal(a, b) for a, b in zip(without.cache.keys, with_head.cache.keys, strict=True)
+                   if a is not None)
     with pytest.raises(TypeError, match="with_logits"):
         ex.forward(ids, with_logits="no")
 
@@ -338,7 +344,8 @@ def test_identity_bypass_is_bit_identical_to_no_bypass(tiny_model):
     assert ex.bypass is None and ex.cost.bypass == 0 and ex.cost == AdaptiveExecutor(adapter).cost
     ids = torch.randint(0, VOCAB, (2, 14), generator=torch.Generator().manual_seed(5))
     decisions = decisions_with_a_drop(2, 14, L, 5)
-    assert torch.equal(ex.forward(ids, decisions=decisions).logits, AdaptiveExecutor(adapter).forward(ids, decisions=decisions).logits)
+    assert torch.equal(ex.forward(ids, decisions=decisions).logits,
+                       AdaptiveExecutor(adapter).forward(ids, decisions=decisions).logits)
     a = ex.forward(ids, controller=BudgetController(), budget=0.5)
     b = AdaptiveExecutor(adapter).forward(ids, controller=BudgetController(), budget=0.5)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.trace.decisions, b.trace.decisions)

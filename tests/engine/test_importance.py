@@ -34,7 +34,8 @@ def test_block_influence_is_one_minus_mean_cosine(tiny):
     ids = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(0))
     hs = ex.forward(ids[:, :32], collect_hidden=True, with_logits=False).hidden_states
     hs2 = ex.forward(ids[:, 32:], collect_hidden=True, with_logits=False).hidden_states
-    by_hand = torch.stack([1 - torch.cat([F.cosine_similarity(a[i].double(), a[i + 1].double(), dim=-1).flatten() for a in (hs, hs2)]).mean()
+    by_hand = torch.stack([1 - torch.cat([F.cosine_similarity(a[i].double(), a[i + 1].double(), dim=-1).flatten()
+                                          for a in (hs, hs2)]).mean()
                            for i in range(len(hs) - 1)])
     assert torch.allclose(block_influence(ex, ids, window=32), by_hand, atol=1e-12)
     with pytest.raises(ValueError, match="shorter than one window"):
@@ -100,7 +101,8 @@ def test_greedy_removal_order_adds_the_cheapest_layer_given_the_chosen(setup):
     assert order == chosen + [i for i in fallback if i not in chosen] and sorted(order) == [0, 1, 2, 3]
     assert greedy_removal_order(bx, windows, 2, fallback, memo=PrefixMemo()) == order  # the memo changes no number
     assert greedy_removal_order(bx, windows, 0, fallback) == fallback
-    assert greedy_removal_order(ex, windows, 4, fallback) != greedy_removal_order(bx, windows, 4, fallback)  # the bypass matters
+    # the bypass matters
+    assert greedy_removal_order(ex, windows, 4, fallback) != greedy_removal_order(bx, windows, 4, fallback)
     with pytest.raises(ValueError, match="steps must be in 0..4"):
         greedy_removal_order(bx, windows, 5, fallback)
     with pytest.raises(ValueError, match="order of all 4 layers"):
@@ -127,7 +129,8 @@ def test_greedy_candidates_are_the_first_layers_of_the_fallback(setup):
     narrowed = greedy_removal_order(bx, windows, 1, fallback, candidates=3)
     others = {i: s for i, s in scores.items() if i != best}
     assert narrowed == [min(others, key=others.get)] + [i for i in fallback if i != narrowed[0]]
-    assert greedy_removal_order(bx, windows, 2, fallback, candidates=4) == greedy_removal_order(bx, windows, 2, fallback)
+    assert (greedy_removal_order(bx, windows, 2, fallback, candidates=4)
+            == greedy_removal_order(bx, windows, 2, fallback))
     with pytest.raises(ValueError, match="candidates must be in 2..4"):
         greedy_removal_order(bx, windows, 2, fallback, candidates=1)
     with pytest.raises(ValueError, match="candidates must be in 1..4"):

@@ -110,7 +110,8 @@ def test_the_executor_gets_its_own_memo_back_even_after_an_error(tiny):
 
 
 def seen_features(executor, windows, p):
-    """The profiler features the learned controller saw at each asked layer (they read h and the previous layer's input)."""
+    """The profiler features the learned controller saw at each asked layer (they read h and the previous
+    layer's input)."""
     c = p["controller"]
     c.record = True
     c.reset_records()

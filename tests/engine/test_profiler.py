@@ -87,7 +87,8 @@ def test_save_load_roundtrip_and_errors(tiny, tmp_path):
         Profiler.from_checkpoint(path, other)
 
 
-@pytest.mark.parametrize("key, value, error", [("k", True, "k must be an integer"), ("k", 10**9, "k must be an integer >= 1 and <= 128"),
+@pytest.mark.parametrize("key, value, error", [("k", True, "k must be an integer"),
+                                                ("k", 10**9, "k must be an integer >= 1 and <= 128"),
                                                 ("num_layers", 6.0, "num_layers=6.0 does not match"),
                                                 ("features", ",".join(FEATURES), "features=.* does not match")])
 def test_type_confused_profiler_config(tiny, tmp_path, key, value, error):
@@ -96,7 +97,8 @@ def test_type_confused_profiler_config(tiny, tmp_path, key, value, error):
     _, ex, prof, _ = tiny
     tensors, config = load_checkpoint(prof.save(tmp_path / "p.safetensors"), Profiler.FORMAT, Profiler.FIX)
     bad = save_checkpoint(tmp_path / "bad.safetensors", tensors, Profiler.FORMAT, {**config, key: value})
-    with pytest.raises(ValueError, match=f"bad.safetensors: its config does not describe a valid Profiler .*{error}.*notebook 02"):
+    with pytest.raises(ValueError,
+                       match=f"bad.safetensors: its config does not describe a valid Profiler .*{error}.*notebook 02"):
         Profiler.from_checkpoint(bad, ex)
 
 

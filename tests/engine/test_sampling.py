@@ -62,8 +62,10 @@ def test_sampling_equals_hf_for_any_arguments(temperature, top_k, top_p, seed, r
     """Property: at budget 1.0, any valid sampling arguments and seed give HF's tokens."""
     model = _gpt2()
     prompt = torch.randint(2, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
-    ours = wrap(model).generate_ids(prompt, 6, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    assert torch.equal(ours.sequences, hf_sample(model, prompt, 6, seed, temperature=temperature, top_k=top_k, top_p=top_p))
+    ours = wrap(model).generate_ids(prompt, 6, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=seed)
+    assert torch.equal(ours.sequences,
+                       hf_sample(model, prompt, 6, seed, temperature=temperature, top_k=top_k, top_p=top_p))
 
 
 _MODEL = {}
@@ -82,7 +84,8 @@ def test_negative_top_k_is_refused():
 
 def test_infinite_temperature_is_refused():
     """temperature=inf used to give uniform-random text."""
-    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 \(use do_sample=False for greedy decoding\), got inf"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 "
+                                         r"\(use do_sample=False for greedy decoding\), got inf"):
         wrap(tiny_gpt2()).generate_ids(torch.tensor([[3, 4]]), 4, do_sample=True, temperature=math.inf)
 
 
@@ -105,8 +108,10 @@ def test_greedy_ignores_sampling_arguments():
     ({"top_p": 0.0}, ValueError, r"top_p must be a finite number in \(0, 1\]"),
     ({"top_p": 1.5}, ValueError, r"top_p must be a finite number in \(0, 1\]"),
     ({"temperature": -1.0}, ValueError, "temperature must be a finite number > 0"),
-    ({"top_k": 2.5}, TypeError, "top_k must be an integer >= 0.*a Python int, a NumPy integer or a 0-d integer torch tensor"),
-    ({"temperature": "hot"}, TypeError, "temperature must be .*a Python int or float, a NumPy scalar or a 0-d torch tensor"),
+    ({"top_k": 2.5}, TypeError,
+     "top_k must be an integer >= 0.*a Python int, a NumPy integer or a 0-d integer torch tensor"),
+    ({"temperature": "hot"}, TypeError,
+     "temperature must be .*a Python int or float, a NumPy scalar or a 0-d torch tensor"),
     ({"do_sample": 1}, TypeError, "do_sample must be True or False"),
 ])
 def test_bad_sampling_arguments(args, error, match):

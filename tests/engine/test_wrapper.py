@@ -172,7 +172,8 @@ def test_fractional_max_new_tokens_is_refused_before_any_model_work(monkeypatch)
     """max_new_tokens=2.5 used to raise torch's TypeError, after the prompt pass."""
     wrapper = wrap(tiny_gpt2())
     monkeypatch.setattr(wrapper.executor, "forward", lambda *a, **k: pytest.fail("the model ran"))
-    with pytest.raises(TypeError, match="max_new_tokens must be an integer >= 0: a Python int, a NumPy integer or a 0-d integer torch tensor; got float 2.5"):
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer >= 0: a Python int, a NumPy integer "
+                                        "or a 0-d integer torch tensor; got float 2.5"):
         wrapper.generate_ids(torch.tensor([[3, 4]]), 2.5)
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got -1"):
         wrapper.generate_ids(torch.tensor([[3, 4]]), -1)
@@ -181,15 +182,19 @@ def test_fractional_max_new_tokens_is_refused_before_any_model_work(monkeypatch)
 def test_numbers_accept_any_real_scalar():
     wrapper = wrap(tiny_gpt2())
     prompt = torch.tensor([[3, 4, 5]])
-    plain = wrapper.generate_ids(prompt, 5, energy_budget=0.5, do_sample=True, temperature=0.5, top_k=9, top_p=0.75, seed=3)
+    plain = wrapper.generate_ids(prompt, 5, energy_budget=0.5, do_sample=True, temperature=0.5, top_k=9, top_p=0.75,
+                                 seed=3)
     for scalar in (np.float32, np.float64, np.float16, torch.tensor):
-        alike = wrapper.generate_ids(prompt, np.int32(5), energy_budget=scalar(0.5), do_sample=True, temperature=scalar(0.5),
+        alike = wrapper.generate_ids(prompt, np.int32(5), energy_budget=scalar(0.5), do_sample=True,
+                                     temperature=scalar(0.5),
                                      top_k=torch.tensor(9), top_p=scalar(0.75), seed=np.uint8(3))
-        assert torch.equal(alike.sequences, plain.sequences) and torch.equal(alike.trace.decisions, plain.trace.decisions)
+        assert (torch.equal(alike.sequences, plain.sequences)
+                and torch.equal(alike.trace.decisions, plain.trace.decisions))
 
 
 @pytest.mark.parametrize("name, value", [("max_new_tokens", "4"), ("max_new_tokens", True), ("energy_budget", [0.5]),
-                                         ("energy_budget", torch.tensor([0.5, 0.5])), ("energy_budget", 0.5j), ("seed", 1.0),
+                                         ("energy_budget", torch.tensor([0.5, 0.5])), ("energy_budget", 0.5j),
+                                         ("seed", 1.0),
                                          ("eos_token_id", "eos")])
 def test_other_types_are_refused_listing_the_accepted_ones(name, value):
     wrapper = wrap(tiny_gpt2())
@@ -269,10 +274,12 @@ def test_full_prefill_runs_the_prompt_at_full_depth_and_the_budget_governs_decod
     assert torch.equal(out.decode_cost.layer_macs, out.trace.cost(wrapper.cost_model, decoded).layer_macs)
     assert out.decode_cost.layer_fraction < out.cost.layer_fraction < 1.0
     by_config = wrap(model, prefill="full").generate_ids(prompt, new, energy_budget=0.5)
-    assert torch.equal(by_config.trace.decisions, out.trace.decisions) and torch.equal(by_config.sequences, out.sequences)
+    assert (torch.equal(by_config.trace.decisions, out.trace.decisions)
+            and torch.equal(by_config.sequences, out.sequences))
     adaptive = wrapper.generate_ids(prompt, new, energy_budget=0.5, prefill="adaptive")
     assert (adaptive.trace.decisions[:, :P] != PROCESS).any()
-    assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5).trace.decisions, out.trace.decisions)  # the default
+    # the default
+    assert torch.equal(wrapper.generate_ids(prompt, new, energy_budget=0.5).trace.decisions, out.trace.decisions)
     assert torch.equal(wrap(model, prefill="adaptive").generate_ids(prompt, new, energy_budget=0.5).trace.decisions,
                        adaptive.trace.decisions)
     assert torch.equal(out.governed(), decoded) and out.budget_cost is out.decode_cost and out.prefill == "full"
@@ -305,7 +312,8 @@ def test_full_prefill_decodes_with_the_policys_full_prompt_offsets():
                            adaptive.trace.decisions)
     processing, skipping = (runs[o].decode_cost.layer_fraction for o in (-50.0, 50.0))
     assert skipping < processing  # the table moved the generated tokens' compute (inside the band)
-    explicit = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full", controller=controller.for_full_prompt())
+    explicit = wrapper.generate_ids(prompt, 8, energy_budget=0.6, prefill="full",
+                                    controller=controller.for_full_prompt())
     assert torch.equal(explicit.trace.decisions, runs[50.0].trace.decisions)
     assert (runs[50.0].trace.decisions[:, :P] == PROCESS).all()
 
@@ -343,12 +351,14 @@ def test_threads_sharing_a_wrapper_and_a_controller_get_the_serial_results(share
 
 # -- properties over the public API ---------------------------------------------------------------------
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(),
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(),
     st.text(max_size=3), st.binary(max_size=3), st.lists(st.integers(0, 5), max_size=2),
     st.floats(-2, 2).map(np.float32), st.integers(-3, 200).map(np.int16), st.floats(-2, 2).map(torch.tensor),
     st.integers(-3, 200).map(torch.tensor), st.lists(st.floats(0, 1), min_size=2, max_size=2).map(torch.tensor),
     st.sampled_from(["adaptive", "full"]))
-ARGUMENTS = ["max_new_tokens", "energy_budget", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id", "prefill"]
+ARGUMENTS = ["max_new_tokens", "energy_budget", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id",
+             "prefill"]
 _SHARED = {}
 
 
@@ -402,8 +412,10 @@ def test_budget_one_equals_hf_for_any_batch(lengths, seed):
     model = _SHARED.setdefault("llama", tiny_llama())
     g = torch.Generator().manual_seed(seed)
     width = max(lengths)
-    ids = torch.stack([torch.cat([torch.ones(width - n, dtype=torch.long), torch.randint(2, VOCAB, (n,), generator=g)]) for n in lengths])
+    ids = torch.stack([torch.cat([torch.ones(width - n, dtype=torch.long), torch.randint(2, VOCAB, (n,), generator=g)])
+                       for n in lengths])
     mask = torch.tensor([[i >= width - n for i in range(width)] for n in lengths])
     ours = wrap(model).generate_ids(ids, 8, energy_budget=1.0, padding_mask=mask)
-    hf = model.generate(ids, attention_mask=mask.long(), max_new_tokens=8, do_sample=False, pad_token_id=1, eos_token_id=None)
+    hf = model.generate(ids, attention_mask=mask.long(), max_new_tokens=8, do_sample=False, pad_token_id=1,
+                        eos_token_id=None)
     assert torch.equal(ours.sequences, hf)

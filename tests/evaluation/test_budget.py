@@ -14,7 +14,8 @@ def contains(ids: torch.Tensor, window: torch.Tensor) -> bool:
     return any(torch.equal(ids[0, s : s + len(window)], window) for s in range(ids.shape[1] - len(window) + 1))
 
 
-@pytest.mark.parametrize("profile, text_shape, gen_shape, prompt", [("quick", (2, 128), (4, 24), 8), ("full", (4, 256), (16, 44), 12)])
+@pytest.mark.parametrize("profile, text_shape, gen_shape, prompt", [("quick", (2, 128), (4, 24), 8),
+                                                                    ("full", (4, 256), (16, 44), 12)])
 def test_skip_calibration_windows_per_profile(profile, text_shape, gen_shape, prompt):
     valid = torch.arange(3000).unsqueeze(0)  # distinct ids: a window's position in valid is unambiguous
     calib = skip_calibration_windows(valid, profile, seed=5)

@@ -58,7 +58,8 @@ def test_family_rows_one_row_per_split(setup):
     rows = family_rows("linear fit", bank, bx, splits, ORDER, [1, 2], [0.1, 0.3], full, note="x")
     assert [r["split"] for r in rows] == ["valid", "test"]
     for row, (split, w) in zip(rows, splits.items()):
-        assert (row["bypass"], row["family"], row["rank"], row["macs"], row["note"]) == ("linear fit", "linear", 0, 2304, "x")
+        assert (row["bypass"], row["family"], row["rank"], row["macs"],
+                row["note"]) == ("linear fit", "linear", 0, 2304, "x")
         assert row["macs_fraction_of_layer"] == bx.cost.drop_fraction()
         assert row["ppl_k1"] == removal_ppl(bx, w, ORDER, 1) and row["ppl_k2"] == removal_ppl(bx, w, ORDER, 2)
         curve = [full[split], row["ppl_k1"], row["ppl_k2"]]
@@ -68,8 +69,8 @@ def test_family_rows_one_row_per_split(setup):
     other = family_rows("linear fit", bank, bx, splits, ORDER, [1, 2], [0.1, 0.3], {"valid": 1.0, "test": 1.0})
     assert other[0]["ppl_at_0.1"] < rows[0]["ppl_at_0.1"] and other[0]["ppl_at_0.3"] == rows[0]["ppl_at_0.3"]
     identity = BypassBank(BypassConfig("identity"), bank.hidden, 4)
-    plain = family_rows("identity", identity, AdaptiveExecutor(bx.adapter, bypass=identity), {"valid": windows}, ORDER, [1], [0.2],
-                        {"valid": 10.0})
+    plain = family_rows("identity", identity, AdaptiveExecutor(bx.adapter, bypass=identity), {"valid": windows},
+                        ORDER, [1], [0.2], {"valid": 10.0})
     assert plain[0]["macs"] == 0 and plain[0]["macs_fraction_of_layer"] == 0.0
 
 
@@ -85,7 +86,8 @@ def test_family_rows_share_one_memo_across_families(setup, monkeypatch):
         assert {split: removal_ppl(ex, w, ORDER, 0) for split, w in splits.items()} == full
     mlp = ex.adapter.mlp
     monkeypatch.setattr(ex.adapter, "mlp", lambda layer, x: calls.append(layer) or mlp(layer, x))
-    shared = family_rows("linear fit", bank, AdaptiveExecutor(ex.adapter, bypass=bank), splits, ORDER, [1, 2], [0.1], full, memo=memo)
+    shared = family_rows("linear fit", bank, AdaptiveExecutor(ex.adapter, bypass=bank), splits, ORDER, [1, 2], [0.1],
+                         full, memo=memo)
     assert shared == plain
     assert calls and min(calls) == 3  # k=1 drops layer 2, k=2 layers 2 and 1: only layer 3 runs its FFN
     assert bx.prefix_memo is None and ex.prefix_memo is None  # the memo is released after the rows
@@ -97,23 +99,26 @@ def test_tune_and_score_fits_tunes_and_labels(setup):
     splits = {"valid": windows[:2]}
     tune = BypassTuneConfig(steps=2, batch=1, seq_len=8, lr=1e-3, max_removed=2, seed=3)
     ids = windows.reshape(1, -1)
-    bank, history, rows = tune_and_score(ex, stats, BypassConfig("diag_lowrank", 2), ids, ORDER, tune, splits, [1], [0.1],
-                                         {"valid": 20.0})
+    bank, history, rows = tune_and_score(ex, stats, BypassConfig("diag_lowrank", 2), ids, ORDER, tune, splits, [1],
+                                         [0.1], {"valid": 20.0})
     fitted = fit_layer_bypass(ex, None, BypassConfig("diag_lowrank", 2), stats)
     assert bank.info["fit_tokens"] == 128 and bank.info["tune_steps"] == 2
     assert any(not torch.equal(v, fitted.state_dict()[k]) for k, v in bank.state_dict().items())  # tuned after the fit
-    assert [(h["step"], h["bypass"], h["seed"]) for h in history] == [(0, "diag_lowrank-2 tuned", 3), (1, "diag_lowrank-2 tuned", 3)]
-    assert len(rows) == 1 and (rows[0]["bypass"], rows[0]["tuned"], rows[0]["seed"]) == ("diag_lowrank-2 tuned", True, 3)
+    assert [(h["step"], h["bypass"], h["seed"]) for h in history] == [(0, "diag_lowrank-2 tuned", 3),
+                                                                      (1, "diag_lowrank-2 tuned", 3)]
+    assert (len(rows) == 1
+            and (rows[0]["bypass"], rows[0]["tuned"], rows[0]["seed"]) == ("diag_lowrank-2 tuned", True, 3))
     assert rows[0]["ppl_k1"] == removal_ppl(AdaptiveExecutor(ex.adapter, bypass=bank), windows[:2], ORDER, 1)
     # starting from a closed form fitted beforehand gives the same bank, and leaves that fit untouched
-    again, history_again, rows_again = tune_and_score(ex, stats, BypassConfig("diag_lowrank", 2), ids, ORDER, tune, splits, [1],
-                                                      [0.1], {"valid": 20.0}, closed_form=fitted)
+    again, history_again, rows_again = tune_and_score(ex, stats, BypassConfig("diag_lowrank", 2), ids, ORDER, tune,
+                                                      splits, [1], [0.1], {"valid": 20.0}, closed_form=fitted)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in bank.state_dict().items())
     assert history_again == history and rows_again == rows
     assert all(torch.equal(v, fit_layer_bypass(ex, None, BypassConfig("diag_lowrank", 2), stats).state_dict()[k])
                for k, v in fitted.state_dict().items())
     with pytest.raises(ValueError, match="closed_form is a diag_lowrank-2 bypass"):
-        tune_and_score(ex, stats, BypassConfig("mlp", 2), ids, ORDER, tune, splits, [1], [0.1], {"valid": 20.0}, closed_form=fitted)
+        tune_and_score(ex, stats, BypassConfig("mlp", 2), ids, ORDER, tune, splits, [1], [0.1], {"valid": 20.0},
+                       closed_form=fitted)
 
 
 def test_choose_family_looks_at_the_valid_split_only():

@@ -20,6 +20,7 @@ def test_executor_for_picks_the_bypass_executor_or_explains_its_absence():
     assert ctx.cost is ex.cost and ctx.adapter is adapter  # the context's own cost is the plain executor's
     plain = EvalContext(model, None, ex)
     assert plain.executor_for(False) is ex
-    with pytest.raises(ValueError, match=r"runs with the layer bypass: set EvalContext.bypass_executor \(notebook 02 writes "
+    with pytest.raises(ValueError, match=r"runs with the layer bypass: set EvalContext.bypass_executor "
+                                         r"\(notebook 02 writes "
                                          r"bypass.safetensors; see anee.evaluation.frontier.frontier_context\)"):
         plain.executor_for(True)

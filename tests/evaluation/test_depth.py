@@ -31,8 +31,8 @@ def test_layer_usage():
 
 def test_effective_depth():
     out = effective_depth(decisions(), 0.6)
-    assert set(out) == {"budget", "mean_layers_processed", "mean_effective_depth", "std_layers_processed", "first2_usage",
-                        "last2_usage", "middle_usage"}
+    assert set(out) == {"budget", "mean_layers_processed", "mean_effective_depth", "std_layers_processed",
+                        "first2_usage", "last2_usage", "middle_usage"}
     assert out["budget"] == 0.6
     assert out["mean_layers_processed"] == pytest.approx((3 + 6 + 2 + 0) / 4)
     assert out["mean_effective_depth"] == pytest.approx((4 + 6 + 6 + 0) / 4)
@@ -41,7 +41,8 @@ def test_effective_depth():
     assert out["last2_usage"] == pytest.approx((0.25 + 0.5) / 2)
     assert out["middle_usage"] == pytest.approx((0.25 + 0.5) / 2)
     full = effective_depth(torch.zeros(1, 3, 6, dtype=torch.int8), 1.0)
-    assert full["mean_effective_depth"] == 6 and full["mean_layers_processed"] == 6 and full["std_layers_processed"] == 0
+    assert (full["mean_effective_depth"] == 6 and full["mean_layers_processed"] == 6
+            and full["std_layers_processed"] == 0)
     assert full["first2_usage"] == full["middle_usage"] == full["last2_usage"] == 1.0
 
 

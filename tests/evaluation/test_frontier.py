@@ -91,7 +91,8 @@ def seeded() -> pd.DataFrame:
 def test_anchored_copies_the_full_row_to_every_method():
     table = anchored(frontier())
     assert "full" not in set(table.method)
-    assert sorted(table.method.unique()) == ["anee_heuristic", "anee_heuristic_every_layer", "anee_rl", "block_influence"]
+    assert sorted(table.method.unique()) == ["anee_heuristic", "anee_heuristic_every_layer", "anee_rl",
+                                             "block_influence"]
     assert len(table) == 8 + 4  # every method's own rows plus the full model's, once per method
     at_zero = table[table.layer_saved_net == 0.0]
     assert sorted(at_zero.method) == sorted(table.method.unique()) and (at_zero.ppl == 10.0).all()
@@ -119,16 +120,19 @@ def test_equal_saving_tables_interpolate_and_use_the_hull():
     assert rl.tolist() == pytest.approx([math.sqrt(200), 20.0, math.sqrt(800), 40.0])
     assert heur.tolist() == pytest.approx([math.sqrt(300), 30.0, math.sqrt(1050), 35.0])
     assert bi.tolist() == pytest.approx([math.sqrt(150), 15.0, math.sqrt(1200), 80.0])
-    assert np.isnan(at_levels["0.5"]).all() and np.isnan(on_hull["0.5"]).all() and at_levels.loc["anee_heuristic_every_layer", "0.4"] == pytest.approx(
-        math.exp(math.log(50) + (0.4 - 0.25) / (0.44 - 0.25) * (math.log(90) - math.log(50))))
+    assert (np.isnan(at_levels["0.5"]).all() and np.isnan(on_hull["0.5"]).all()
+            and at_levels.loc["anee_heuristic_every_layer", "0.4"] == pytest.approx(
+                math.exp(math.log(50) + (0.4 - 0.25) / (0.44 - 0.25) * (math.log(90) - math.log(50)))))
     assert (at_levels[["0.1_std", "0.2_std", "0.3_std", "0.4_std"]] == 0.0).all().all()  # one seed: no spread
     # the hull drops the heuristic's bump (time-sharing 0 and 0.4 is better) and keeps the others' points
     hull = on_hull[["0.1", "0.2", "0.3", "0.4"]]
-    assert hull.loc["anee_heuristic"].tolist() == pytest.approx([10 * 3.5 ** 0.25, math.sqrt(350), 10 * 3.5 ** 0.75, 35.0])
+    assert hull.loc["anee_heuristic"].tolist() == pytest.approx([10 * 3.5 ** 0.25, math.sqrt(350),
+                                                                 10 * 3.5 ** 0.75, 35.0])
     assert hull.loc["anee_rl"].tolist() == pytest.approx(rl.tolist())
     assert hull.loc["block_influence"].tolist() == pytest.approx(bi.tolist())
     # every (method, level, curve) in the long table: 4 methods x 5 levels x 2 curves
-    assert len(runs) == 40 and set(runs.curve) == {"interpolated", "hull"} and list(runs.columns) == ["method", "net_saved", "ppl", "curve"]
+    assert (len(runs) == 40 and set(runs.curve) == {"interpolated", "hull"}
+            and list(runs.columns) == ["method", "net_saved", "ppl", "curve"])
 
 
 def test_equal_saving_tables_average_over_seeds():
@@ -148,7 +152,8 @@ def test_equal_saving_tables_average_over_seeds():
     assert [hull[f"{c}_std"] for c in ("0.1", "0.2", "0.3", "0.4")] == pytest.approx([0.0] * 4, abs=1e-9)
     # the other methods are as without the second seed
     alone, _, _ = equal_saving_tables(frontier(), LEVELS)
-    assert at_levels.drop(index="anee_rl").equals(alone.drop(index="anee_rl").loc[at_levels.drop(index="anee_rl").index])
+    assert at_levels.drop(index="anee_rl").equals(
+        alone.drop(index="anee_rl").loc[at_levels.drop(index="anee_rl").index])
     assert list(runs.columns) == ["method", "seed", "net_saved", "ppl", "curve"] and len(runs) == 5 * 5 * 2
     per_seed = runs[(runs.method == "anee_rl") & (runs.curve == "interpolated") & (runs.net_saved == 0.2)]
     assert sorted(zip(per_seed.seed, per_seed.ppl)) == [(0, pytest.approx(20.0)), (1, pytest.approx(40.0))]
@@ -156,7 +161,8 @@ def test_equal_saving_tables_average_over_seeds():
 
 def test_comparisons_call_differences_within_the_spread_a_tie():
     at_levels, _, _ = equal_saving_tables(seeded(), LEVELS)
-    table = comparisons(at_levels, [("anee_rl", "anee_heuristic"), ("anee_rl", "block_influence"), ("anee_rl", "logit_lens")],
+    table = comparisons(at_levels, [("anee_rl", "anee_heuristic"), ("anee_rl", "block_influence"),
+                                    ("anee_rl", "logit_lens")],
                         LEVELS)
     assert list(table.columns) == ["a", "b", "net_saved", "a_ppl", "a_std", "b_ppl", "b_std", "verdict"]
     assert set(table.b) == {"anee_heuristic", "block_influence"}  # logit_lens is not in the table: no rows, no KeyError
@@ -176,7 +182,8 @@ def test_findings_word_the_verdicts_and_divide_by_the_full_model():
     ratios = ratio_to_full(at_levels, 10.0, [0.1, 0.2])
     assert ratios.loc["anee_rl"].tolist() == [2.0, 4.0] and list(ratios.columns) == ["0.1", "0.2"]
     verdicts = pd.DataFrame({"a": ["anee_rl"] * 4, "b": ["block_influence"] * 4, "net_saved": [0.2, 0.1, 0.1, 0.2],
-                             "verdict": ["a", "tie", "b", "b"], "curve": ["interpolated", "interpolated", "hull", "hull"]})
+                             "verdict": ["a", "tie", "b", "b"],
+                             "curve": ["interpolated", "interpolated", "hull", "hull"]})
     out = findings(verdicts, at_levels, 10.0, [0.1, 0.2])
     assert out["anee_rl_vs_block_influence"] == "a tie / better"  # sorted by level, the hull rows left out
     assert out["ratio_to_full"]["block_influence"] == [2.5, 5.0]
@@ -202,19 +209,24 @@ def test_extra_specs_list_every_seed_and_the_bypass_variants():
     specs = extra_specs(ctx, budgets=(0.9, 0.7), planned_budgets=(0.8,), seeds=(0, 3))
     assert specs == [
         ("anee_heuristic", {"budget": 0.8}),
-        ("anee_warmstart", {"budget": 0.8, "seed": 0, "bypass": False}), ("anee_warmstart", {"budget": 0.8, "seed": 3, "bypass": False}),
+        ("anee_warmstart", {"budget": 0.8, "seed": 0, "bypass": False}),
+        ("anee_warmstart", {"budget": 0.8, "seed": 3, "bypass": False}),
         ("anee_warmstart_profiler_only", {"budget": 0.8, "seed": 0, "bypass": False}),
         ("anee_warmstart_profiler_only", {"budget": 0.8, "seed": 3, "bypass": False}),
-        ("anee_rl", {"budget": 0.8, "seed": 0, "bypass": False}), ("anee_rl", {"budget": 0.8, "seed": 3, "bypass": False}),
+        ("anee_rl", {"budget": 0.8, "seed": 0, "bypass": False}),
+        ("anee_rl", {"budget": 0.8, "seed": 3, "bypass": False}),
         ("anee_kl_profile", {"budget": 0.8, "bypass": False}),
         ("anee_heuristic_every_layer", {"budget": 0.9}), ("anee_heuristic_every_layer", {"budget": 0.7}),
-        ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 0}), ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 0}),
-        ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 3}), ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 3}),
+        ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 0}),
+        ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 0}),
+        ("hierarchical", {"capacity": 0.9, "exits": False, "seed": 3}),
+        ("hierarchical", {"capacity": 0.7, "exits": False, "seed": 3}),
         ("hierarchical", {"capacity": 0.9, "exits": True, "seed": 0}),
     ]
     with_bypass = extra_specs(EvalContext(None, None, None, bypass_executor=object()), budgets=(0.9, 0.7), seeds=(1,))
     assert with_bypass[:4] == [("anee_heuristic", {"budget": 0.9}), ("anee_heuristic", {"budget": 0.7}),
-                               ("anee_heuristic", {"budget": 0.9, "bypass": True}), ("anee_heuristic", {"budget": 0.7, "bypass": True})]
+                               ("anee_heuristic", {"budget": 0.9, "bypass": True}),
+                               ("anee_heuristic", {"budget": 0.7, "bypass": True})]
     learned = [s for n, s in with_bypass if n in ("anee_warmstart", "anee_warmstart_profiler_only", "anee_rl")]
     assert len(learned) == 6 and all(s["bypass"] is True and s["seed"] == 1 for s in learned)
     assert ("hierarchical", {"capacity": 0.9, "exits": True, "seed": 1}) == with_bypass[-1]
@@ -227,7 +239,8 @@ def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):
     ex = AdaptiveExecutor(adapter)
     bx = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, 4, seed=2))
     ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
-    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])}, bypass_executor=bx)
+    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])},
+                      bypass_executor=bx)
 
     def seeded_full(ctx, seed):  # a trained method stand-in: its seed only names the run
         return methods.METHODS["full"](ctx)
@@ -238,7 +251,8 @@ def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):
     table = run_frontier(ctx, specs, ids, window=20, stride=20)
     assert list(table.columns[:3]) == ["method", "setting", "seed"]
     assert table.method.tolist() == ["full", "block_influence", "block_influence+bypass", "seeded_full"]
-    assert table.setting.tolist() == ["", "n_removed=2", "n_removed=2", ""]  # seed and bypass are not part of the setting
+    # seed and bypass are not part of the setting
+    assert table.setting.tolist() == ["", "n_removed=2", "n_removed=2", ""]
     assert table.seed.tolist() == [-1, -1, -1, 4]
     full, plain, bypassed = table.iloc[0], table.iloc[1], table.iloc[2]
     assert table.iloc[3].ppl == full.ppl and plain.ppl != bypassed.ppl
@@ -250,7 +264,8 @@ def test_levels_on_text_runs_the_specs_and_interpolates_against_the_full_model()
     model = tiny_llama(n_layer=4)
     adapter = adapter_for(model)
     ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(1))
-    ctx = EvalContext(model, None, AdaptiveExecutor(adapter), ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])})
+    ctx = EvalContext(model, None, AdaptiveExecutor(adapter), ids,
+                      extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])})
     specs = [("full", {})] + [("block_influence", {"n_removed": n}) for n in (1, 2, 3)]
     table, at_levels, full = levels_on_text(ctx, specs, ids, 20, 20, [0.3, 0.5])
     assert table.equals(run_frontier(ctx, specs, ids, 20, 20))
@@ -305,7 +320,8 @@ def test_frontier_windows_per_profile():
 
 
 def test_comparisons_do_not_depend_on_the_order_of_a_pair():
-    table = pd.DataFrame([("full", "", 1.0, 0.0, 10.0, -1), ("a", "b=.8", 0.8, 0.2, 20.0, 0), ("a", "b=.6", 0.6, 0.4, 40.0, 0),
+    table = pd.DataFrame([("full", "", 1.0, 0.0, 10.0, -1), ("a", "b=.8", 0.8, 0.2, 20.0, 0),
+                          ("a", "b=.6", 0.6, 0.4, 40.0, 0),
                           ("a", "b=.8", 0.8, 0.2, 30.0, 1), ("a", "b=.7", 0.7, 0.3, 35.0, 1),  # seed 1 stops at 0.3
                           ("c", "", 0.6, 0.4, 35.0, -1)],
                          columns=["method", "setting", "layer_fraction", "layer_saved_net", "ppl", "seed"])
@@ -325,7 +341,8 @@ def test_headroom_skips_nested_prefixes_of_the_profilers_order():
     ctx = EvalContext(model, None, ex, calibration_ids=ids)
     ctx.extras[("anee_profiler", id(ex))] = Profiler(prof.entropy, order_importance(order), ex, prof.entropy_median)
     test_ids = torch.randint(0, VOCAB, (1, 128), generator=torch.Generator().manual_seed(7))
-    table = headroom_table(ctx, test_ids, window=64, tokens=128, levels=[1 / 6, 0.25], overhead=0.0).set_index("net_saved")
+    table = headroom_table(ctx, test_ids, window=64, tokens=128, levels=[1 / 6, 0.25],
+                           overhead=0.0).set_index("net_saved")
     assert table.tokens.tolist() == [126, 126]  # two windows of 64, 63 scored positions each
     nll = {}
     for k in (1, 2):

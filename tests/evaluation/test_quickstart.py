@@ -55,15 +55,16 @@ def test_held_out_prompts_are_fixed_distinct_body_text():
 def test_generations_of_the_full_model_match_it_and_a_low_budget_stays_within_it(wrappers):
     full, budget = wrappers
     prompts = ["w3 w4 w5 w6", "w10 w11"]
-    table = prompt_generations({"full": full, "budget": budget}, full, prompts, [1.0, 0.4], max_new_tokens=6, prefill="adaptive")
+    table = prompt_generations({"full": full, "budget": budget}, full, prompts, [1.0, 0.4],
+                               max_new_tokens=6, prefill="adaptive")
     assert len(table) == 2 * 2 * 2 and set(table.controller) == {"full", "budget"}
     same = table[(table.controller == "full") | (table.budget == 1.0)]
     assert (same.matching_prefix == same.new_tokens).all() and (same.new_tokens == 6).all()
     low = table[(table.controller == "budget") & (table.budget == 0.4)]
     assert (low.layer_fraction <= 0.4 + 1e-9).all()
     # the second prompt is left-padded in the batch: its row is what the wrapper gives for a batch
-    text, direct = budget.generate(prompt=prompts, max_new_tokens=6, energy_budget=0.4, return_result=True, eos_token_id=None,
-                                   prefill="adaptive")
+    text, direct = budget.generate(prompt=prompts, max_new_tokens=6, energy_budget=0.4, return_result=True,
+                                   eos_token_id=None, prefill="adaptive")
     row = low[low.prompt_index == 1].iloc[0]
     assert row.text == full.tokenizer.decode(direct.new_tokens[1], skip_special_tokens=True)
     reference = full.generate(prompt=prompts, max_new_tokens=6, return_result=True, eos_token_id=None)[1].new_tokens[1]

@@ -24,7 +24,8 @@ def test_summarize_gives_means_spreads_and_seed_counts():
                           "saved": [0.1, 0.3, 0.2, 0.2, 0.2, 0.2]})
     out = summarize(table, ["method", "level"], ["ppl", "saved"])
     assert list(out.columns) == ["method", "level", "ppl", "ppl_std", "saved", "saved_std", "n_seeds"]
-    assert out[["method", "level"]].values.tolist() == [["a", 0.1], ["b", 0.1], ["a", 0.2], ["b", 0.2]]  # first-seen order
+    # first-seen order
+    assert out[["method", "level"]].values.tolist() == [["a", 0.1], ["b", 0.1], ["a", 0.2], ["b", 0.2]]
     assert out.ppl.tolist() == pytest.approx([12.0, 20.0, 30.5, 40.0])
     assert out.ppl_std.tolist() == pytest.approx([math.sqrt(8.0), 0.0, math.sqrt(0.5), 0.0])
     assert out.saved.tolist() == pytest.approx([0.2, 0.2, 0.2, 0.2])
@@ -32,7 +33,8 @@ def test_summarize_gives_means_spreads_and_seed_counts():
     assert out.n_seeds.tolist() == [2, 1, 2, 1]
     no_seed = summarize(table.drop(columns="seed"), ["method"], ["ppl"])
     assert no_seed.n_seeds.tolist() == [1, 1] and no_seed.ppl.tolist() == pytest.approx([21.25, 30.0])
-    assert summarize(table, ["method"], ["ppl"], seed="level").n_seeds.tolist() == [2, 2]  # another column names the runs
+    # another column names the runs
+    assert summarize(table, ["method"], ["ppl"], seed="level").n_seeds.tolist() == [2, 2]
 
 
 @pytest.mark.parametrize("a, a_std, b, b_std, lower, expect", [
@@ -57,7 +59,8 @@ def test_verdict_floor():
 
 def test_verdict_is_symmetric_when_a_spread_is_nan():
     nan = float("nan")
-    assert verdict(10.0, nan, 12.0, 0.1) == {"a": "b", "b": "a", "tie": "tie", "n/a": "n/a"}[verdict(12.0, 0.1, 10.0, nan)]
+    assert verdict(10.0, nan, 12.0, 0.1) == {"a": "b", "b": "a", "tie": "tie",
+                                             "n/a": "n/a"}[verdict(12.0, 0.1, 10.0, nan)]
 
 
 def test_split_seed_separates_the_label_and_the_seed():

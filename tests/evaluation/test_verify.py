@@ -24,7 +24,8 @@ def csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
-EVAL = csv(pd.DataFrame({"method": ["full", "bi"], "setting": ["", "n=3"], "ppl": [22.2, 30.0], "tokens": [4095, 4095]}))
+EVAL = csv(pd.DataFrame({"method": ["full", "bi"], "setting": ["", "n=3"], "ppl": [22.2, 30.0],
+                         "tokens": [4095, 4095]}))
 TRAINED = csv(pd.DataFrame({"method": ["rl"] * 3 + ["bi"], "seed": [0, 1, 2, -1], "ppl": [30.0, 31.0, 32.0, 40.0]}))
 
 
@@ -87,7 +88,8 @@ def test_two_seeds_that_agree_get_the_pooled_spread_of_their_column():
     summary = csv(pd.DataFrame({"method": ["a", "b", "full"], "ppl": [30.0, 40.0, 20.0], "ppl_std": [0.3, 0.0, 0.0],
                                 "n_seeds": [2, 2, 1]}))
     rules = (Rule("s", "trained"),)
-    assert failures({"s.csv": summary}, {"s.csv": perturbed(summary, "ppl", 1, 40.0 + 0.9 * SPREAD_FACTOR * 0.01 * 40)}, rules) == []
+    assert failures({"s.csv": summary}, {"s.csv": perturbed(summary, "ppl", 1, 40.0 + 0.9 * SPREAD_FACTOR * 0.01 * 40)},
+                    rules) == []
     assert failures({"s.csv": summary}, {"s.csv": perturbed(summary, "ppl", 2, 20.01)}, rules) == [("s", "ppl")]
 
 
@@ -96,7 +98,8 @@ def test_a_spread_is_never_checked_tighter_than_its_mean():
     rules = (Rule("c", "decision", ("realized*",), rtol=0.01),)
     moved = perturbed(perturbed(table, "realized", 0, 0.4088), "realized_std", 0, 1.6e-4)
     assert failures({"c.csv": table}, {"c.csv": moved}, rules) == []  # both within 1 % of the mean
-    assert failures({"c.csv": table}, {"c.csv": perturbed(table, "realized_std", 0, 0.01)}, rules) == [("c", "realized_std")]
+    assert failures({"c.csv": table}, {"c.csv": perturbed(table, "realized_std", 0, 0.01)},
+                    rules) == [("c", "realized_std")]
 
 
 def test_reported_columns_never_fail_and_an_absolute_floor_covers_values_near_zero():
@@ -104,7 +107,8 @@ def test_reported_columns_never_fail_and_an_absolute_floor_covers_values_near_ze
     rules = (Rule("g", "report", ("matching_prefix",)), Rule("g", "decision", ("abs_error",), atol=0.01))
     assert failures({"g.csv": table}, {"g.csv": perturbed(table, "matching_prefix", 0, 0)}, rules) == []
     report = compare_files({"g.csv": table}, {"g.csv": perturbed(table, "matching_prefix", 0, 0)}, rules)
-    assert [(c.kind, c.committed, c.fresh) for c in report.checks if c.column == "matching_prefix"] == [("report", 3, 0)]
+    assert [(c.kind, c.committed, c.fresh) for c in report.checks
+            if c.column == "matching_prefix"] == [("report", 3, 0)]
     assert failures({"g.csv": table}, {"g.csv": perturbed(table, "abs_error", 0, 0.0003)}, rules) == []
     assert failures({"g.csv": table}, {"g.csv": perturbed(table, "abs_error", 0, 0.02)}, rules) == [("g", "abs_error")]
 
@@ -120,30 +124,38 @@ def test_a_std_column_sets_the_tolerance_of_its_mean_and_a_reference_floors_it()
 
 def test_bounds_decisions_timings_and_missing_files():
     exact = csv(pd.DataFrame({"max_abs_logit_diff": [2e-5], "text": ["a b"]}))
-    rules = (Rule("e", "bound", ("max_abs_logit_diff",), bound=1e-4), Rule("e", "decision", ("text",)), Rule("*_timings", "skip"))
+    rules = (Rule("e", "bound", ("max_abs_logit_diff",), bound=1e-4), Rule("e", "decision", ("text",)),
+             Rule("*_timings", "skip"))
     assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "max_abs_logit_diff", 0, 9e-5)}, rules) == []
-    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "max_abs_logit_diff", 0, 2e-4)}, rules) == [("e", "max_abs_logit_diff")]
-    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "text", 0, "a c")}, rules) == []  # reported, not failed
+    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "max_abs_logit_diff", 0, 2e-4)},
+                    rules) == [("e", "max_abs_logit_diff")]
+    # reported, not failed
+    assert failures({"e.csv": exact}, {"e.csv": perturbed(exact, "text", 0, "a c")}, rules) == []
     assert failures({"05_timings.csv": EVAL}, {"05_timings.csv": perturbed(EVAL, "ppl", 0, 99.0)}, rules) == []
     assert failures({"a.csv": EVAL}, {}, rules) == [("a", "(file)")]
-    assert failures({"a.csv": EVAL}, {"a.csv": csv(pd.read_csv(pd.io.common.StringIO(EVAL)).iloc[:1])}, rules) == [("a", "(rows)")]
+    assert failures({"a.csv": EVAL}, {"a.csv": csv(pd.read_csv(pd.io.common.StringIO(EVAL)).iloc[:1])},
+                    rules) == [("a", "(rows)")]
 
 
 def test_every_timings_file_is_skipped_by_the_real_rules():
     # wall times change from run to run: reported, never compared (timings_malloc.json was once compared as numbers)
-    for name in ("timings_malloc", "timings_reproduce", "timings_reproduce_cells", "05_timings", "int8_timings", "bench_decode"):
+    for name in ("timings_malloc", "timings_reproduce", "timings_reproduce_cells", "05_timings", "int8_timings",
+                 "bench_decode"):
         assert kind_of(RULES, name, "median.default.wall", numeric=True).kind == "skip", name
     assert kind_of(RULES, "06_frontier", "ppl", numeric=True).kind != "skip"
 
 
 def test_reference_spreads_are_measured_in_the_committed_files():
-    families = csv(pd.DataFrame({"bypass": ["lin tuned"] * 3 + ["lin"], "removal_order": ["greedy"] * 3 + ["block_influence"],
-                                 "split": ["test"] * 4, "tuned": [True] * 3 + [False], "ppl_k3": [10.0, 11.0, 12.0, 50.0]}))
-    ref = Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"), where=(("tuned", True),))
+    families = csv(pd.DataFrame({"bypass": ["lin tuned"] * 3 + ["lin"],
+                                 "removal_order": ["greedy"] * 3 + ["block_influence"], "split": ["test"] * 4,
+                                 "tuned": [True] * 3 + [False], "ppl_k3": [10.0, 11.0, 12.0, 50.0]}))
+    ref = Reference("02_bypass_families", ("ppl_k*",), keys=("bypass", "removal_order", "split"),
+                    where=(("tuned", True),))
     assert ref.measure(pd.read_csv(pd.io.common.StringIO(families))) == pytest.approx(1.0 / 11.0)
     spreads = reference_spreads({"02_bypass_families.csv": families})
     assert spreads["bypass"] == pytest.approx(1.0 / 11.0) and spreads["controllers"] == 0.0
-    older = pd.read_csv(pd.io.common.StringIO(families)).drop(columns="removal_order")  # committed before the key existed
+    # committed before the key existed
+    older = pd.read_csv(pd.io.common.StringIO(families)).drop(columns="removal_order")
     assert ref.measure(older) == pytest.approx(1.0 / 11.0)
 
 
@@ -181,7 +193,8 @@ def test_generation_files_are_decisions_and_the_api_must_match_06():
     assert kind_of(RULES, "01_exactness", "greedy_tokens_identical", False).kind == "exact"
     assert kind_of(RULES, "09_generations", "controller", False).kind == "exact"
     api = csv(pd.DataFrame({"method": ["rl"], "ppl": [27.5], "rel_diff": [5e-7]}))
-    assert failures({"09_api_vs_06.csv": api}, {"09_api_vs_06.csv": perturbed(api, "rel_diff", 0, 2e-5)}, RULES) == [("09_api_vs_06", "rel_diff")]
+    assert failures({"09_api_vs_06.csv": api}, {"09_api_vs_06.csv": perturbed(api, "rel_diff", 0, 2e-5)},
+                    RULES) == [("09_api_vs_06", "rel_diff")]
 
 
 def test_command_line_fails_on_a_perturbed_number(tmp_path, monkeypatch, capsys):
@@ -209,14 +222,15 @@ def test_stale_by_notebook_lists_changed_code_but_not_run_outputs(tmp_path):
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
-    for rel in ("anee/engine/x.py", "anee/defaults/m/manifest.json", "notebooks/src/01.py", "notebooks/01.ipynb", "README.md",
-                "anee/cli/bench.py", "anee/evaluation/verify.py"):
+    for rel in ("anee/engine/x.py", "anee/defaults/m/manifest.json", "notebooks/src/01.py", "notebooks/01.ipynb",
+                "README.md", "anee/cli/bench.py", "anee/evaluation/verify.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("a\n")
     git("init", "-q")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
-    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
     assert stale_by_notebook(tmp_path, {"code_commit": commit}) == {}
     for rel in ("anee/defaults/m/manifest.json", "notebooks/01.ipynb", "README.md", "anee/cli/bench.py",
                 "anee/evaluation/verify.py"):  # run outputs, prose, what no notebook runs
@@ -230,29 +244,36 @@ def test_stale_by_notebook_lists_changed_code_but_not_run_outputs(tmp_path):
     (tmp_path / "notebooks/src/02.py").write_text("a\n")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun of 01")
-    later = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    later = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+                           capture_output=True, text=True).stdout.strip()
     runs = {"notebooks": {"01": {"code_commit": later}, "02": {"code_commit": later}}}
     assert stale_by_notebook(tmp_path, runs) == {}
     (tmp_path / "notebooks/src/02.py").write_text("b\n")
     assert stale_by_notebook(tmp_path, runs) == {"02": ["notebooks/src/02.py"]}
     runs["notebooks"]["01"] = {"code_commit": commit}  # 01 ran before anee/engine/x.py and its own source changed
-    assert stale_by_notebook(tmp_path, runs) == {"01": ["anee/engine/x.py", "notebooks/src/01.py"], "02": ["notebooks/src/02.py"]}
-    assert stale_by_notebook(tmp_path, {"notebooks": {"01": {}}}) == {"01": ["(results/provenance.json names no commit for 01)"]}
+    assert stale_by_notebook(tmp_path, runs) == {"01": ["anee/engine/x.py", "notebooks/src/01.py"],
+                                                 "02": ["notebooks/src/02.py"]}
+    assert stale_by_notebook(tmp_path, {"notebooks": {"01": {}}}) == {
+        "01": ["(results/provenance.json names no commit for 01)"]}
 
 
 def test_a_std_beside_a_text_column_of_its_stem_is_floored_by_its_mean():
     """06_comparisons: `a` names the method, `a_ppl` / `a_std` its perplexity and seed spread. Two seeds
     that agreed (spread 0.0005) may disagree elsewhere: the spread may move as far as its mean may."""
-    table = csv(pd.DataFrame({"a": ["rl"], "b": ["bi"], "a_ppl": [30.0], "a_std": [0.0005], "b_ppl": [31.0], "b_std": [0.5],
-                              "verdict": ["a"]}))
+    table = csv(pd.DataFrame({"a": ["rl"], "b": ["bi"], "a_ppl": [30.0], "a_std": [0.0005], "b_ppl": [31.0],
+                              "b_std": [0.5], "verdict": ["a"]}))
     rules = (Rule("cmp", "decision", ("verdict",)), Rule("cmp", "trained", ("a_*", "b_*"), reference="bypass"),
              Rule("cmp", "exact", ("a", "b")))
     refs = {"bypass": 0.02}  # a_ppl may move 3 x 0.02 x 30 = 1.8
     assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a_std", 0, 0.12)}, rules, refs) == []
-    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a_std", 0, 2.0)}, rules, refs) == [("cmp", "a_std")]
-    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "verdict", 0, "tie")}, rules, refs) == []  # reported
-    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a", 0, "heuristic")}, rules, refs) == [("cmp", "a")]
-    shipped = [c for c in compare_files({"06_comparisons.csv": table}, {"06_comparisons.csv": perturbed(table, "verdict", 0, "tie")},
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a_std", 0, 2.0)},
+                    rules, refs) == [("cmp", "a_std")]
+    # reported
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "verdict", 0, "tie")}, rules, refs) == []
+    assert failures({"cmp.csv": table}, {"cmp.csv": perturbed(table, "a", 0, "heuristic")},
+                    rules, refs) == [("cmp", "a")]
+    shipped = [c for c in compare_files({"06_comparisons.csv": table},
+                                        {"06_comparisons.csv": perturbed(table, "verdict", 0, "tie")},
                                         RULES).checks if c.column == "verdict"]
     assert [(c.kind, c.ok) for c in shipped] == [("decision", True)]
 
@@ -269,7 +290,8 @@ def test_int8_kernel_values_are_compared_only_on_the_same_cpu_capability():
     moved = {"int8_smoothed": {"ppl": 26.14, "kl_first_window": 0.027}, "fp32": {"ppl": 25.49}}
     assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(moved)}, RULES) == [
         ("int8_quality", "int8_smoothed.kl_first_window"), ("int8_quality", "int8_smoothed.ppl")]
-    assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(moved)}, rules_for("AVX512", "AVX2")) == []
+    assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(moved)},
+                    rules_for("AVX512", "AVX2")) == []
     fp32_moved = {**int8, "fp32": {"ppl": 26.0}}  # fp32 is no INT8 kernel's: compared on any CPU
     assert failures({"int8_quality.json": json.dumps(int8)}, {"int8_quality.json": json.dumps(fp32_moved)},
                     rules_for("AVX512", "AVX2")) == [("int8_quality", "fp32.ppl")]
@@ -288,7 +310,8 @@ def test_a_row_scoped_rule_covers_only_the_rows_it_selects():
     fp32_moved = {"08_pool.csv": perturbed(csv(pool), "ppl_test", 1, 42.0395 * 1.001)}
     for rules in (RULES, rules_for("AVX512", "AVX2")):  # the fake-quant row is an evaluation on any CPU
         assert failures(committed, fp32_moved, rules) == [("08_pool", "ppl_test")]
-    kinds = [c.kind for c in compare_files(committed, kernel_moved, rules_for("AVX512", "AVX2")).checks if c.column == "ppl_test"]
+    kinds = [c.kind for c in compare_files(committed, kernel_moved, rules_for("AVX512", "AVX2")).checks
+             if c.column == "ppl_test"]
     assert kinds == ["eval", "eval", "report"]
     assert kind_of(RULES, "08_pool", "ppl_test", True).kind == "eval"  # without a row, the row-scoped rule stays out
     with pytest.raises(ValueError, match="where must be"):
@@ -320,7 +343,8 @@ def test_a_key_on_one_side_fails_unless_its_rule_skips_it():
     assert failures({"provenance.json": json.dumps(new)}, {"provenance.json": json.dumps(old)}, RULES) == []
     summary = {"ppl": 25.5}
     for committed, fresh in ((summary, {**summary, "kl": 0.01}), ({**summary, "kl": 0.01}, summary)):
-        checks = compare_files({"06_findings.json": json.dumps(committed)}, {"06_findings.json": json.dumps(fresh)}, RULES).checks
+        checks = compare_files({"06_findings.json": json.dumps(committed)}, {"06_findings.json": json.dumps(fresh)},
+                               RULES).checks
         assert [(c.column, c.ok) for c in checks] == [("(keys)", False)]
         assert checks[0].committed + checks[0].fresh == ["kl"]
 

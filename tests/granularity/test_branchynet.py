@@ -33,7 +33,8 @@ def test_training_and_exits(trained):
     assert torch.allclose(never["macs"], torch.tensor(float(sum(stage) + sum(head)), dtype=torch.float64))
     assert torch.equal(never["pred"], net(x)[-1].argmax(-1))
     always = early_exit(net, x, threshold=10.0)  # above log(10): everyone leaves at the first exit
-    assert (always["exit"] == 0).all() and torch.allclose(always["macs"], torch.tensor(float(stage[0] + head[0]), dtype=torch.float64))
+    assert ((always["exit"] == 0).all()
+            and torch.allclose(always["macs"], torch.tensor(float(stage[0] + head[0]), dtype=torch.float64)))
     rows = threshold_sweep(net, x, y, [0.0, 0.05, 0.3, 1.0, 10.0])
     macs = [r["avg_macs"] for r in rows]
     assert macs == sorted(macs, reverse=True)

@@ -53,7 +53,8 @@ def test_smoothing_is_exact_on_smollm2(smollm2):
     adapter = adapter_for(model)
     ex = AdaptiveExecutor(adapter)
     ids = tokenizer("The history of the printing press begins in Mainz, where", return_tensors="pt").input_ids
-    smoothing = calibrate_smoothing(adapter, torch.randint(0, adapter.dims.vocab, (1, 32), generator=torch.Generator().manual_seed(0)))
+    smoothing = calibrate_smoothing(adapter, torch.randint(0, adapter.dims.vocab, (1, 32),
+                                                           generator=torch.Generator().manual_seed(0)))
     ref = ex.forward(ids).logits
     with smoothed(adapter, smoothing):
         logits = ex.forward(ids).logits

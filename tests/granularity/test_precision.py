@@ -108,7 +108,8 @@ def test_kernel_bank_mixes_precisions_between_tokens():
     model = tiny_llama(layers=4)
     adapter = adapter_for(model)
     ex = AdaptiveExecutor(adapter)
-    bank = WeightBank(adapter, bits=(8,), kernels=True, smoothing=calibrate_smoothing(adapter, torch.randint(0, 97, (2, 16))))
+    bank = WeightBank(adapter, bits=(8,), kernels=True,
+                      smoothing=calibrate_smoothing(adapter, torch.randint(0, 97, (2, 16))))
     ids = torch.randint(0, 97, (1, 10))
     q8 = AdaptiveExecutor(adapter, weights=bank.at(8)).forward(ids).logits
     assert torch.allclose(mixed_precision_forward(adapter, bank, ids, 8), q8, atol=1e-5)

@@ -53,7 +53,8 @@ def test_bank_swaps_and_restores_and_counts_bytes():
     L = adapter.num_layers
     lin = sum(m.weight.numel() for _, m, _ in bank.linears[0])
     assert bank.layer_bytes(0, FP32) == pytest.approx(4 * sum(p.numel() for p in adapter.layer(0).parameters()))
-    assert bank.layer_bytes(0, FP32) - bank.layer_bytes(0, 8) == pytest.approx(3 * lin - 4 * sum(m.weight.shape[0] for _, m, _ in bank.linears[0]))
+    assert bank.layer_bytes(0, FP32) - bank.layer_bytes(0, 8) == pytest.approx(
+        3 * lin - 4 * sum(m.weight.shape[0] for _, m, _ in bank.linears[0]))
     assert bank.token_bytes([4] * L) < bank.token_bytes([8] * L) < bank.token_bytes([FP32] * L) == bank.full_bytes
     assert bank.token_bytes([FP32] * L, removed=[0]) == pytest.approx(bank.full_bytes - bank.layer_bytes(0, FP32))
 
@@ -76,7 +77,8 @@ def test_kernel_bank_swaps_int8_modules_and_restores_the_model():
         assert torch.equal(ex.forward(ids).logits, ref)
         assert not torch.equal(adapter.layer(0).input_layernorm.weight, params["model.layers.0.input_layernorm.weight"])
     with bank.applied(8):
-        assert isinstance(adapter.layer(0).self_attn.q_proj, Int8Linear) and isinstance(adapter.layer(3).mlp.down_proj, Int8Linear)
+        assert (isinstance(adapter.layer(0).self_attn.q_proj, Int8Linear)
+                and isinstance(adapter.layer(3).mlp.down_proj, Int8Linear))
         with bank.applied(8):  # re-entrant with the same pattern
             q8 = ex.forward(ids).logits
         assert isinstance(adapter.layer(0).mlp.up_proj, Int8Linear)

@@ -22,7 +22,8 @@ def data(n=60, seed=0):
     rng = np.random.default_rng(seed)
     feats = rng.normal(size=(n, 3))
     cost = np.array([v.cost for v in POOL])
-    nll = np.array([v.quality for v in POOL]) + 0.3 * feats[:, :1] * (cost.max() - cost) + rng.normal(0, 0.05, (n, len(POOL)))
+    nll = (np.array([v.quality for v in POOL]) + 0.3 * feats[:, :1] * (cost.max() - cost)
+           + rng.normal(0, 0.05, (n, len(POOL))))
     return feats, nll
 
 
@@ -64,7 +65,8 @@ def test_fuzzy_is_input_dependent_and_gate_prefers_cheap_on_easy_inputs():
     assert POOL[fz.select(easy, 1.0)[0]].cost < POOL[fz.select(hard, 1.0)[0]].cost
     gate = GatingSelector(POOL, feats, nll, lam=0.2, steps=300)
     # in this synthetic pool low feature 0 means cheap variants lose little
-    assert POOL[gate.select(np.array([[-3.0, 0, 0]]), 1.0)[0]].cost < POOL[gate.select(np.array([[3.0, 0, 0]]), 1.0)[0]].cost
+    assert (POOL[gate.select(np.array([[-3.0, 0, 0]]), 1.0)[0]].cost
+            < POOL[gate.select(np.array([[3.0, 0, 0]]), 1.0)[0]].cost)
 
 
 def test_complexity_features():

@@ -12,7 +12,8 @@ from anee.hierarchical.model import HierarchicalModel
 
 def test_gumbel_decoupled_temperatures():
     logits = torch.tensor([[0.3, -0.2]] * 4, requires_grad=True)
-    y = gumbel_decoupled(logits, tau_forward=0.1, tau_backward=2.0, hard=True, generator=torch.Generator().manual_seed(0))
+    y = gumbel_decoupled(logits, tau_forward=0.1, tau_backward=2.0, hard=True,
+                         generator=torch.Generator().manual_seed(0))
     v = y.detach()
     assert torch.allclose(v, v.round(), atol=1e-6) and torch.allclose(v.sum(-1), torch.ones(4))  # hard forward
     y[:, 1].sum().backward()

@@ -133,7 +133,8 @@ def test_checkpoint_roundtrip_and_checks(tmp_path):
     loaded = HierarchicalModel.load(path, base)
     assert loaded.exit_layers == model.exit_layers and loaded.checkpoint_extra == {"steps": 3}
     assert loaded.allocation_exponent == model.allocation_exponent
-    greedy = HierarchicalModel.load(HierarchicalModel(base, allocation_exponent=3.5).save(tmp_path / "g.safetensors"), base)
+    greedy = HierarchicalModel.load(HierarchicalModel(base, allocation_exponent=3.5).save(tmp_path / "g.safetensors"),
+                                    base)
     assert greedy.allocation_exponent == 3.5  # inference allocates capacity as training did
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
@@ -192,7 +193,8 @@ def test_type_confused_hierarchical_config(tmp_path, key, value, error):
     base, path = _saved(tmp_path)
     tensors, config = load_checkpoint(path, HierarchicalModel.FORMAT, HierarchicalModel.FIX)
     bad = save_checkpoint(tmp_path / "bad.safetensors", tensors, HierarchicalModel.FORMAT, {**config, key: value})
-    with pytest.raises(ValueError, match=f"bad.safetensors: its config does not describe a valid HierarchicalModel .*{error}.*notebook 05"):
+    with pytest.raises(ValueError, match="bad.safetensors: its config does not describe a valid HierarchicalModel "
+                                         f".*{error}.*notebook 05"):
         HierarchicalModel.load(bad, base)
 
 
@@ -280,8 +282,8 @@ def test_cost_report_charges_the_ffn_bypass():
     ffn[0, 0, [0, 2, 3, 5]] = True
     active[0, 1, :2] = True  # token 1: context 5, exits after 2 layers, FFN at 1
     ffn[0, 1, 1] = True
-    out = HierarchicalOutput(torch.zeros(1, 2, 1), ffn, active, torch.tensor([[6, 2]]), torch.zeros(L), torch.tensor([[3.0, 5.0]]),
-                             exits_enabled=False)
+    out = HierarchicalOutput(torch.zeros(1, 2, 1), ffn, active, torch.tensor([[6, 2]]), torch.zeros(L),
+                             torch.tensor([[3.0, 5.0]]), exits_enabled=False)
     rep = model.cost_report(out)
     # token 0: 6 * (33792 + 384) - 2 * (21504 - 576); token 1: 2 * (33792 + 640) - (21504 - 576) + 4 K/V-only paths
     assert rep.layer_macs.tolist() == [[163200.0, 64320.0]]

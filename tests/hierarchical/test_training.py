@@ -89,12 +89,14 @@ def test_bypass_tuning_changes_only_the_ffn_bypass():
         hist = train(model, data, "routers", dataclasses.replace(cfg, bypass_steps=steps))
         runs[steps] = (before, {k: v.clone() for k, v in model.state_dict().items()}, hist)
         assert all(torch.equal(v, base.state_dict()[k]) for k, v in base_before.items())
-        assert all(p.requires_grad for p in base.parameters()) and all(p.requires_grad for p in model.routers.parameters())
+        assert (all(p.requires_grad for p in base.parameters())
+                and all(p.requires_grad for p in model.routers.parameters()))
     (_, fitted, hist0), (before, tuned, hist3) = runs[0], runs[3]
     assert [h["phase"] for h in hist0] == ["routers"] and [h["phase"] for h in hist3] == ["routers"] + ["bypass"] * 3
     assert all(0.4 <= h["capacity"] <= 0.9 and h["loss"] == h["kl"] >= 0 for h in hist3[1:])
     changed = {k for k in tuned if not torch.equal(tuned[k], fitted[k])}
-    assert changed and all(k.startswith("ffn_bypass.") for k in changed)  # the same fit and routers, then only the bypass moved
+    # the same fit and routers, then only the bypass moved
+    assert changed and all(k.startswith("ffn_bypass.") for k in changed)
     assert all(torch.equal(before[k], tuned[k]) for k in tuned if k.startswith(("gates.", "lenses.", "sensitivity")))
     # with the identity there is nothing to tune
     plain = train(HierarchicalModel(base), data, "routers", cfg)

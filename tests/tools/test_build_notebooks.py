@@ -25,4 +25,5 @@ def test_committed_notebook_is_the_build_of_its_source(src):
     expected = parse(src.read_text())
     got = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in committed.cells]
     want = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in expected]
-    assert got == want, f"notebooks/{src.stem}.ipynb differs from notebooks/src/{src.name}: run tools/build_notebooks.py"
+    assert got == want, (f"notebooks/{src.stem}.ipynb differs from notebooks/src/{src.name}: "
+                         "run tools/build_notebooks.py")

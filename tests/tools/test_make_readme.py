@@ -36,17 +36,21 @@ def test_repository_address_is_set_once_in_pyproject():
     make_readme = load_tool("make_readme")
     url = make_readme.repository_url()
     assert url.startswith("https://github.com/") and make_readme.REPO_SLUG == url.removeprefix("https://github.com/")
-    assert f"github/{make_readme.REPO_SLUG}/blob/main/notebooks/01_sanity_check.ipynb" in make_readme.colab("01_sanity_check")
+    assert (f"github/{make_readme.REPO_SLUG}/blob/main/notebooks/01_sanity_check.ipynb"
+            in make_readme.colab("01_sanity_check"))
     cff = "cff-version: 1.2.0\ntitle: x\nauthors:\n  - name: y\n"
-    assert make_readme.citation(cff) == f'cff-version: 1.2.0\ntitle: x\nrepository-code: "{url}"\nauthors:\n  - name: y\n'
-    assert make_readme.citation('repository-code: "https://old"\nauthors: []\n') == f'repository-code: "{url}"\nauthors: []\n'
+    assert (make_readme.citation(cff)
+            == f'cff-version: 1.2.0\ntitle: x\nrepository-code: "{url}"\nauthors:\n  - name: y\n')
+    assert (make_readme.citation('repository-code: "https://old"\nauthors: []\n')
+            == f'repository-code: "{url}"\nauthors: []\n')
     committed = (make_readme.ROOT / "CITATION.cff").read_text()
     assert f'repository-code: "{url}"' in committed  # the committed file agrees
 
 
 def test_reruns_name_the_notebooks_run_at_another_commit(readme):
     prov = readme.ROOT / "results" / "provenance.json"
-    record = {"code_commit": "a" * 40, "notebooks": {"02_x": {"code_commit": "a" * 40}, "09_y": {"code_commit": "b" * 40}}}
+    record = {"code_commit": "a" * 40, "notebooks": {"02_x": {"code_commit": "a" * 40},
+                                                     "09_y": {"code_commit": "b" * 40}}}
     prov.write_text(json.dumps(record))
     assert readme.render("at `x`{{reruns:provenance}} (") == "at `x`; notebook 09 rerun alone at `bbbbbbb` ("
     record["notebooks"]["09_y"]["code_commit"] = "a" * 40
@@ -58,7 +62,8 @@ def test_reruns_name_the_notebooks_run_at_another_commit(readme):
 def test_holds_checks_a_stated_comparison(readme):
     (readme.ROOT / "results" / "j.json").write_text(json.dumps({"a": {"b": 0.12345}, "speed": {"int8": 1.3}}))
     assert readme.render("no better{{holds:t|method=bi,setting=n=3|ppl >= t|method=full|ppl}}.") == "no better."
-    assert readme.render("{{holds:j.speed.int8 > 1}}{{holds:t|method=bi,setting=n=6|ppl < 3 * t|method=full|ppl}}") == ""
+    assert readme.render("{{holds:j.speed.int8 > 1}}"
+                         "{{holds:t|method=bi,setting=n=6|ppl < 3 * t|method=full|ppl}}") == ""
     with pytest.raises(ValueError, match=r"is false \(61 < 41 does not hold\)"):
         readme.render("{{holds:t|method=bi,setting=n=6|ppl < 2 * t|method=full|ppl}}")
     with pytest.raises(ValueError, match="is false"):
@@ -72,6 +77,7 @@ def test_committed_readme_is_the_rendered_template():
     """README.md is regenerated from the committed results, and every comparison its prose states holds."""
     make_readme = load_tool("make_readme")
     committed = (make_readme.ROOT / "README.md").read_text()
-    assert committed == make_readme.readme(), "README.md is stale: run `make readme` and commit it"  # raises if a {{holds:...}} is false
+    # raises if a {{holds:...}} is false
+    assert committed == make_readme.readme(), "README.md is stale: run `make readme` and commit it"
     for note in ("not checked", "not yet generated", "(n/a"):
         assert note not in committed

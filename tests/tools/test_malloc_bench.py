@@ -14,7 +14,8 @@ def _run(wall, sys_, kl="0x1.2p+3"):
 
 
 def test_the_speedup_is_the_ratio_of_median_wall_times(tool):
-    runs = {"default": [_run(20.0, 6.0), _run(18.0, 5.0), _run(30.0, 9.0)], "tuned": [_run(16.0, 3.0), _run(15.0, 2.0), _run(99.0, 4.0)]}
+    runs = {"default": [_run(20.0, 6.0), _run(18.0, 5.0), _run(30.0, 9.0)],
+            "tuned": [_run(16.0, 3.0), _run(15.0, 2.0), _run(99.0, 4.0)]}
     record = tool.summarize(runs, "glibc.malloc.mmap_max=0")
     assert record["median"]["default"]["wall"] == 20.0 and record["median"]["tuned"]["wall"] == 16.0
     assert record["speedup"] == 1.25 and record["median"]["tuned"]["sys"] == 3.0

@@ -35,7 +35,8 @@ def test_the_wall_time_of_make_reproduce_is_recorded_apart(tool, tmp_path, monke
         tool.record_make_wall(5000.0, now=4600.5)  # a start after now
     probed = json.loads(tool.record_make_wall(1000.0, now=4600.5, probe=1.25).read_text())
     assert probed["machine_probe_seconds"] == 1.25 and probed["seconds"] == 3600.5
-    assert "(40 matmuls 1024x1024 at 2 threads, median of 5)" in probed["machine_probe"]  # said from the probe's own sizes
+    # said from the probe's own sizes
+    assert "(40 matmuls 1024x1024 at 2 threads, median of 5)" in probed["machine_probe"]
 
 
 def test_the_machine_probe_times_a_fixed_workload_and_restores_the_threads(tool):
@@ -54,14 +55,16 @@ def test_each_finished_notebook_is_recorded_at_once(tool, tmp_path, monkeypatch)
     tool.record_full_run(origin, "02_x", 10.0, fresh=True)  # a complete run drops the old records
     tool.record_full_run(origin, "03_x", 5.5, fresh=False)
     prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
-    assert prov["notebooks"] == {"02_x": {"code_commit": "c1", "code_dirty": False}, "03_x": {"code_commit": "c1", "code_dirty": False}}
+    assert prov["notebooks"] == {"02_x": {"code_commit": "c1", "code_dirty": False},
+                                 "03_x": {"code_commit": "c1", "code_dirty": False}}
     assert "note" not in prov and prov["code_commit"] == "c1" and prov["python"] == "3.11"
     # a partial rerun at another commit updates its own notebook and keeps the others
     tool.record_full_run({**origin, "code_commit": "c2", "python": "3.12"}, "03_x", 6.0, fresh=False)
     prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
     assert prov["code_commit"] == "c1" and prov["python"] == "3.12"  # the last complete run's commit; this machine
     assert prov["notebooks"]["02_x"]["code_commit"] == "c1" and prov["notebooks"]["03_x"]["code_commit"] == "c2"
-    assert json.loads((tmp_path / "results" / "timings_reproduce.json").read_text()) == {"02_x": 10.0, "03_x": 6.0, "total": 16.0}
+    assert (json.loads((tmp_path / "results" / "timings_reproduce.json").read_text())
+            == {"02_x": 10.0, "03_x": 6.0, "total": 16.0})
     tool.record_full_run(origin, "01_x", 1.0, fresh=True)  # a complete run starts the records afresh
     assert json.loads((tmp_path / "results" / "timings_reproduce.json").read_text()) == {"01_x": 1.0, "total": 1.0}
 

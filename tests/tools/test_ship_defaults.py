@@ -33,7 +33,8 @@ def results(model, tmp_path) -> Path:
     """A results folder: 02's profiler and bypass, 03's and 04's seed-0 policies, 06's table."""
     ckpt = tmp_path / "results" / "checkpoints"
     ids = torch.randint(2, 97, (1, 600), generator=torch.Generator().manual_seed(0))
-    folder = anee.calibrate(model, None, ids, out=tmp_path / "calibrated", bypass=BypassConfig("diag_lowrank", 8), progress=False)
+    folder = anee.calibrate(model, None, ids, out=tmp_path / "calibrated",
+                            bypass=BypassConfig("diag_lowrank", 8), progress=False)
     ckpt.mkdir(parents=True)
     for name in ("profiler.safetensors", "bypass.safetensors"):
         shutil.copyfile(folder.folder / name, ckpt / name)
@@ -50,12 +51,14 @@ def test_ships_the_checkpoints_with_a_manifest(tool, model, results, tmp_path):
     assert manifest["method"] == "warmstart"  # lowest perplexity at net saving 0.2 (rl has none there)
     assert manifest["source"]["chosen_by"]["ppl"] == {"heuristic": 23.5, "warmstart": 22.9}
     assert manifest["plan"] == {"marginal": 2, "skip_share": 0.5}  # the learned controllers' plan
-    assert manifest["source"]["notebooks"] == {"profiler.safetensors": "02_trace_collection", "bypass.safetensors": "02_trace_collection",
-                                               "warmstart.safetensors": "03_warm_start", "rl.safetensors": "04_rl_training"}
+    assert manifest["source"]["notebooks"] == {
+        "profiler.safetensors": "02_trace_collection", "bypass.safetensors": "02_trace_collection",
+        "warmstart.safetensors": "03_warm_start", "rl.safetensors": "04_rl_training"}
     assert manifest["source"]["checkpoints"]["rl.safetensors"] == "rl-s0.safetensors"
     assert manifest["source"]["profile"] == "quick" and "code_commit" in manifest["source"]
     assert set(defaults.read_defaults(tmp_path / "out").methods) == {"heuristic", "warmstart", "rl"}
-    assert tool.ship("quick", results, method="heuristic", out=tmp_path / "out", model=model, model_name="tiny")["method"] == "heuristic"
+    assert tool.ship("quick", results, method="heuristic", out=tmp_path / "out",
+                     model=model, model_name="tiny")["method"] == "heuristic"
 
 
 def test_refuses_what_cannot_be_shipped(tool, model, results, tmp_path, monkeypatch):

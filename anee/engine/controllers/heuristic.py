@@ -31,12 +31,14 @@ class HeuristicController(PacedController):
     (static Block Influence) of the remaining asked layers, `n` being what the token's target still
     affords; leave otherwise (EXIT once nothing more is planned and the plan allows it)."""
 
-    def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None, record: bool = False,
+    def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None,
+                 record: bool = False,
                  plan: PlanConfig | None = None):
         super().__init__(profiler, pacing, record, plan)
         self.config = config or HeuristicConfig()
         if not 0.0 <= self.config.entropy_shift <= self.pacing.slack:
-            raise ValueError(f"entropy_shift must lie in [0, pacing slack {self.pacing.slack}], got {self.config.entropy_shift}")
+            raise ValueError(f"entropy_shift must lie in [0, pacing slack {self.pacing.slack}], "
+                             f"got {self.config.entropy_shift}")
 
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         c = self.config

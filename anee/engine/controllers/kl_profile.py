@@ -71,16 +71,20 @@ class KLProfileController(Checkpointable):
     FORMAT = KL_PROFILE_FORMAT
     FIX = "refit it with anee.engine.training.kl_profile.fit_kl_profile (notebook 03 writes it)"
 
-    def __init__(self, order: list[int], num_layers: int, weight: torch.Tensor, budgets: torch.Tensor, drops: torch.Tensor,
+    def __init__(self, order: list[int], num_layers: int, weight: torch.Tensor, budgets: torch.Tensor,
+                 drops: torch.Tensor,
                  prices: torch.Tensor, window: int, bypass: str | None, skip_fraction: float, drop_fraction: float):
         order = [int(i) for i in order]
         if not order or len(set(order)) != len(order) or not all(0 <= i < num_layers for i in order):
             raise ValueError(f"order must list distinct layers of the {num_layers}-layer model, got {order}")
         if weight.ndim != 2 or weight.shape[1] != len(order) + 1:
-            raise ValueError(f"weight must be [features, {len(order) + 1}] (k = 0..{len(order)}), got {tuple(weight.shape)}")
-        budgets, drops, prices = torch.as_tensor(budgets, dtype=torch.float64), torch.as_tensor(drops), torch.as_tensor(prices, dtype=torch.float64)
+            raise ValueError(f"weight must be [features, {len(order) + 1}] (k = 0..{len(order)}), "
+                             f"got {tuple(weight.shape)}")
+        budgets, drops, prices = (torch.as_tensor(budgets, dtype=torch.float64), torch.as_tensor(drops),
+                                  torch.as_tensor(prices, dtype=torch.float64))
         if not (budgets.ndim == 1 and budgets.numel() > 0 and drops.shape == budgets.shape == prices.shape):
-            raise ValueError("budgets, drops and prices must be non-empty vectors of one length (one entry per calibrated budget)")
+            raise ValueError("budgets, drops and prices must be non-empty vectors of one length "
+                             "(one entry per calibrated budget)")
         if (budgets.diff() <= 0).any() or (budgets >= 1).any() or (budgets <= 0).any():
             raise ValueError(f"budgets must ascend strictly within (0, 1), got {budgets.tolist()}")
         if (drops < 0).any() or (drops >= len(order)).any():
@@ -90,7 +94,8 @@ class KLProfileController(Checkpointable):
         self.weight = weight.double()
         self.budgets, self.drops, self.prices = budgets, drops.long(), prices
         if bypass is not None and not isinstance(bypass, str):
-            raise TypeError(f"bypass must be the label of the layer bypass it was fitted with (or None), got {bypass!r}")
+            raise TypeError(f"bypass must be the label of the layer bypass it was fitted with (or None), "
+                            f"got {bypass!r}")
         self.window, self.bypass = int(window), bypass
         # the price's units: a SKIPPED and a DROPPED layer's share of a processed one over the fitting windows
         self.skip_fraction, self.drop_fraction = float(skip_fraction), float(drop_fraction)
@@ -108,13 +113,15 @@ class KLProfileController(Checkpointable):
         """Index of the table row that runs `budget` (one value for the batch); None for the full model."""
         b = torch.as_tensor(budget, dtype=torch.float64).flatten()
         if (b != b[0]).any():
-            raise ValueError("the KL-profile controller needs one energy_budget for the whole batch; run rows with different budgets separately")
+            raise ValueError("the KL-profile controller needs one energy_budget for the whole batch; "
+                             "run rows with different budgets separately")
         b0 = float(b[0])
         if b0 >= 1.0:
             return None
         if b0 < float(self.budgets[0]) - 1e-6:  # 1e-6: a budget stored in float32 still finds its row
-            raise ValueError(f"energy_budget {b0} is below the lowest calibrated budget {float(self.budgets[0]):.2f} (skipping all "
-                             f"{self.max_depth} layers of the controller's order); use a larger budget or refit with more layers")
+            raise ValueError(f"energy_budget {b0} is below the lowest calibrated budget {float(self.budgets[0]):.2f} "
+                             f"(skipping all {self.max_depth} layers of the controller's order); "
+                             "use a larger budget or refit with more layers")
         return int((self.budgets <= b0 + 1e-6).nonzero().max())
 
     def plan(self, budget: torch.Tensor, num_layers: int) -> torch.Tensor:
@@ -142,7 +149,8 @@ class KLProfileController(Checkpointable):
 
     def decide(self, view: LayerView) -> torch.Tensor:
         if view.anchor is None:
-            raise ValueError(f"no anchor state: the executor must hand the input of layer {self.anchor_layer} to the controller "
+            raise ValueError(f"no anchor state: the executor must hand the input of layer {self.anchor_layer} "
+                             "to the controller "
                              "(AdaptiveExecutor does for a controller with `anchor_layer`)")
         g = self.entry(view.budget)
         if g is None or view.layer not in self.order:
@@ -156,7 +164,8 @@ class KLProfileController(Checkpointable):
 
     def load_checkpoint_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
         self.weight = tensors["weight"].double()
-        self.budgets, self.drops, self.prices = tensors["budgets"].double(), tensors["drops"].long(), tensors["prices"].double()
+        self.budgets, self.drops, self.prices = (tensors["budgets"].double(), tensors["drops"].long(),
+                                                 tensors["prices"].double())
 
     def checkpoint_config(self) -> dict:
         return {"order": self.order, "num_layers": self.num_layers, "features": int(self.weight.shape[0]),
@@ -173,7 +182,8 @@ class KLProfileController(Checkpointable):
         if executor is not None:
             check_fitted_for(config, executor)
         order, n, g = config["order"], int(config["features"]), int(config["table"])
-        return cls(order, config["num_layers"], torch.zeros(n, len(order) + 1), torch.linspace(0.1, 0.9, g) if g > 1 else torch.full((1,), 0.5),
+        return cls(order, config["num_layers"], torch.zeros(n, len(order) + 1),
+                   torch.linspace(0.1, 0.9, g) if g > 1 else torch.full((1,), 0.5),
                    torch.zeros(g, dtype=torch.long), torch.zeros(g), config["window"], config["bypass"],
                    config["skip_fraction"], config["drop_fraction"])
 
@@ -182,7 +192,8 @@ def check_fitted_for(config: dict, executor) -> None:
     """ValueError unless `executor`'s model and bypass setting are those a controller `config` was fitted for."""
     n = int(config["features"])
     if (executor.adapter.num_layers, executor.adapter.dims.hidden + POSITION_FEATURES) != (config["num_layers"], n):
-        raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, the model has "
+        raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, "
+                         "the model has "
                          f"{executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
     check_same_bypass(config["bypass"], executor.bypass, "the KL-profile controller",
                       "run it in an executor with that bypass (or refit it in this one)")

@@ -56,7 +56,8 @@ class LearnedController(PacedController):
         planned controller, divided by the temperature."""
         logits = self.policy(feats, hidden)
         offset = self.policy.skip_offset(feats[..., self.profiler.budget_index], self.after_full_prompt)
-        logits = torch.cat([logits[..., :SKIP], logits[..., SKIP : SKIP + 1] + offset.unsqueeze(-1), logits[..., SKIP + 1 :]], -1)
+        logits = torch.cat([logits[..., :SKIP], logits[..., SKIP : SKIP + 1] + offset.unsqueeze(-1),
+                            logits[..., SKIP + 1 :]], -1)
         if self.plan_config is not None:
             logits = logits.masked_fill(_exit_mask(logits), float("-inf"))
         return logits / self.temperature
@@ -80,5 +81,6 @@ def _exit_mask(logits: torch.Tensor) -> torch.Tensor:
 def load_controller(path: str | Path, profiler, **kwargs) -> LearnedController:
     """The saved policy as a `LearnedController` under the plan and band it was trained with."""
     if not isinstance(profiler, Profiler):
-        raise TypeError(f"profiler must be a Profiler (e.g. Profiler.from_checkpoint(path, executor)), got {type(profiler).__name__}")
+        raise TypeError(f"profiler must be a Profiler (e.g. Profiler.from_checkpoint(path, executor)), "
+                        f"got {type(profiler).__name__}")
     return LearnedController.as_trained(load_policy(path, profiler.executor.adapter.num_layers), profiler, **kwargs)

@@ -69,13 +69,15 @@ class PacedController:
     `self.records` (and the residual stream with `record_hidden`), which threads would interleave.
     """
 
-    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False, plan: PlanConfig | None = None,
+    def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False,
+                 plan: PlanConfig | None = None,
                  record_hidden: bool = False):
         self.profiler = profiler
         self.pacing = pacing or PacingConfig()
         self.plan_config = plan
         self.record = flag("record", record)
-        self.record_hidden = flag("record_hidden", record_hidden)  # also keep each call's residual stream [B, T, D] in the records
+        # also keep each call's residual stream [B, T, D] in the records
+        self.record_hidden = flag("record_hidden", record_hidden)
         self.records: list[dict[str, torch.Tensor]] = []
 
     @property
@@ -88,9 +90,11 @@ class PacedController:
             return torch.full((num_layers,), ASK, dtype=torch.long)
         b = torch.as_tensor(budget, dtype=torch.float64).flatten()
         if (b != b[0]).any():
-            raise ValueError("a planned controller needs one energy_budget for the whole batch; run rows with different budgets separately")
+            raise ValueError("a planned controller needs one energy_budget for the whole batch; "
+                             "run rows with different budgets separately")
         cost = self.profiler.executor.cost
-        return budget_plan(self.profiler.rank, float(b[0]), self.plan_config, cost.skip_fraction(), cost.drop_fraction())
+        return budget_plan(self.profiler.rank, float(b[0]), self.plan_config, cost.skip_fraction(),
+                           cost.drop_fraction())
 
     def raw_actions(self, view: LayerView, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -36,7 +36,8 @@ class PlanConfig:
         self.skip_share = real("plan skip_share", self.skip_share, 0.0, 1.0)
 
 
-def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, skip_fraction: float, drop_fraction: float = 0.0) -> torch.Tensor:
+def budget_plan(rank: torch.Tensor, budget: float, config: PlanConfig, skip_fraction: float,
+                drop_fraction: float = 0.0) -> torch.Tensor:
     """Plan [L] for `budget` given layer ranks (0 = most important) and what a SKIPPED layer (K/V-only
     path plus bypass) and a DROPPED one (its bypass) cost as fractions of a layer: DROP / ASK /
     PROCESS per layer."""

@@ -29,7 +29,8 @@ class PolicyNet(Checkpointable, torch.nn.Module):
     def __init__(self, num_features: int, hidden: int = 32, hidden_size: int = 0, rank: int = 0):
         super().__init__()
         sizes = {"num_features": num_features, "hidden": hidden, "hidden_size": hidden_size, "rank": rank}
-        num_features, hidden, hidden_size, rank = (integer(f"PolicyNet {k}", v, *self.LIMITS[k]) for k, v in sizes.items())
+        num_features, hidden, hidden_size, rank = (integer(f"PolicyNet {k}", v, *self.LIMITS[k])
+                                                   for k, v in sizes.items())
         if (rank > 0) != (hidden_size > 0):
             raise ValueError(f"a residual-stream read needs both hidden_size and rank > 0, got {hidden_size}, {rank}")
         self.num_features, self.hidden, self.hidden_size, self.rank = num_features, hidden, hidden_size, rank
@@ -100,7 +101,8 @@ class PolicyNet(Checkpointable, torch.nn.Module):
     def checkpoint_config(self) -> dict:
         config = {"num_features": self.num_features, "hidden": self.hidden, "hidden_size": self.hidden_size,
                   "rank": self.rank, "skip_offsets": int(self.skip_offsets.numel()), **self.trained_for}
-        if self.full_prompt_skip_offsets.numel():  # as `checkpoint_tensors`: a policy without the table saves what it always did
+        # as `checkpoint_tensors`: a policy without the table saves what it always did
+        if self.full_prompt_skip_offsets.numel():
             config["full_prompt_skip_offsets"] = int(self.full_prompt_skip_offsets.numel())
         return config
 
@@ -108,10 +110,13 @@ class PolicyNet(Checkpointable, torch.nn.Module):
     def from_config(cls, config: dict) -> PolicyNet:
         policy = cls(config["num_features"], config["hidden"], config["hidden_size"], config["rank"])
         k = integer("skip_offsets", config["skip_offsets"], 0, 4096)
-        policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))  # shapes; values come from the file
-        k = integer("full_prompt_skip_offsets", config.get("full_prompt_skip_offsets", 0), 0, 4096)  # absent before the table existed
+        # shapes; values come from the file
+        policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k))
+        # absent before the table existed
+        k = integer("full_prompt_skip_offsets", config.get("full_prompt_skip_offsets", 0), 0, 4096)
         policy.set_skip_offsets(torch.arange(k, dtype=torch.float32), torch.zeros(k), after_full_prompt=True)
-        policy.trained_for = {**{key: config[key] for key in TRAINED_FOR}, **{key: config.get(key) for key in TRAINED_FOR_OPTIONAL}}
+        policy.trained_for = {**{key: config[key] for key in TRAINED_FOR},
+                              **{key: config.get(key) for key in TRAINED_FOR_OPTIONAL}}
         check_trained_for(policy.trained_for)
         policy.plan_config()  # validates the stored plan and pacing
         policy.pacing_config()
@@ -159,7 +164,8 @@ def check_trained_for(trained_for: dict) -> None:
           "features": isinstance(t["features"], list) and all(isinstance(f, str) for f in t["features"]),
           "plan": t["plan"] is None or isinstance(t["plan"], dict), "pacing": isinstance(t["pacing"], dict),
           "extra": isinstance(t["extra"], dict), "bypass": t.get("bypass") is None or isinstance(t["bypass"], str),
-          "seed": t.get("seed") is None or (isinstance(t["seed"], int) and not isinstance(t["seed"], bool) and t["seed"] >= 0)}
+          "seed": t.get("seed") is None or (isinstance(t["seed"], int) and not isinstance(t["seed"], bool)
+                                            and t["seed"] >= 0)}
     bad = [key for key, good in ok.items() if not good]
     if bad:
         raise TypeError(f"{', '.join(bad)} of the wrong type ({', '.join(f'{k}={t[k]!r}' for k in bad)})")
@@ -184,5 +190,6 @@ def load_policy(path: str | Path, num_layers: int, kind: str | None = None) -> P
     want = {"num_layers": num_layers, "features": list(FEATURES), **({"kind": kind} if kind is not None else {})}
     for key, value in want.items():
         if policy.trained_for.get(key) != value:
-            raise ValueError(f"checkpoint {path}: {key}={policy.trained_for.get(key)!r}, expected {value!r}; {PolicyNet.FIX}")
+            raise ValueError(f"checkpoint {path}: {key}={policy.trained_for.get(key)!r}, expected {value!r}; "
+                             f"{PolicyNet.FIX}")
     return policy

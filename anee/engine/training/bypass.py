@@ -80,7 +80,8 @@ def tune_bypass_(executor: AdaptiveExecutor, ids: torch.Tensor, order: list[int]
                 # teacher's state (the same numbers bit for bit; about a third of a pass less per step here)
                 first = min(order[:k])
                 decisions = removal_decisions(order, k, L, cfg.seq_len).expand(cfg.batch, -1, -1)
-                logits = executor.forward_grad(x, decisions=decisions, resume=(first, teacher.hidden_states[first])).logits
+                logits = executor.forward_grad(x, decisions=decisions,
+                                               resume=(first, teacher.hidden_states[first])).logits
                 loss = token_kl(teacher.logits, logits).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

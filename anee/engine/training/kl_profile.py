@@ -51,20 +51,22 @@ def ridge_map(x: torch.Tensor, y: torch.Tensor, strength: float) -> torch.Tensor
 
 
 def fit_kl_profile(executor: AdaptiveExecutor, windows: list[torch.Tensor], order: list[int], max_depth: int = 13,
-                   fit_windows: int | None = None, ridges: tuple[float, ...] = (0.01, 0.1, 1.0), max_dropped: int | None = None,
-                   budgets: tuple[float, ...] = DEFAULT_BUDGETS) -> KLProfileFit:
+                   fit_windows: int | None = None, ridges: tuple[float, ...] = (0.01, 0.1, 1.0),
+                   max_dropped: int | None = None, budgets: tuple[float, ...] = DEFAULT_BUDGETS) -> KLProfileFit:
     """The controller for the first `max_depth` layers of `order` (the profiler's removal order), fitted
     on `windows` [1, T] of valid text: the map on the first `fit_windows` (default three quarters), m
     (at most `max_dropped`, default about half the depth: the rest stays per token), the price and
     the ridge strength on the rest. Budgets the order cannot
     reach are left out of the table."""
     L = executor.adapter.num_layers
-    max_depth = integer("max_depth", max_depth, 1, min(len(order), L) - 1, what=" (fewer than the order's layers and the model's)")
+    max_depth = integer("max_depth", max_depth, 1, min(len(order), L) - 1,
+                        what=" (fewer than the order's layers and the model's)")
     if len({w.shape for w in windows}) != 1 or len(windows) < 2 or windows[0].shape[0] != 1:
         raise ValueError("fit_kl_profile needs at least two windows [1, T] of one length")
-    n_fit = integer("fit_windows", fit_windows if fit_windows is not None else (3 * len(windows)) // 4, 1, len(windows) - 1,
-                    what=" (windows given, less one for the selection)")
-    max_dropped = integer("max_dropped", min(max_depth // 2 + 1, max_depth - 1) if max_dropped is None else max_dropped, 0, max_depth - 1, what=" (max_depth - 1)")
+    n_fit = integer("fit_windows", fit_windows if fit_windows is not None else (3 * len(windows)) // 4, 1,
+                    len(windows) - 1, what=" (windows given, less one for the selection)")
+    max_dropped = integer("max_dropped", min(max_depth // 2 + 1, max_depth - 1) if max_dropped is None else max_dropped,
+                          0, max_depth - 1, what=" (max_depth - 1)")
     order = [int(i) for i in order[:max_depth]]
     anchor = min(order)
     T = windows[0].shape[1]
@@ -94,7 +96,8 @@ def fit_kl_profile(executor: AdaptiveExecutor, windows: list[torch.Tensor], orde
                 ppl = float(np.exp(nll[opts.depths[pick], tokens].mean()))
                 if best is None or ppl < best["valid_ppl"]:
                     best = {"budget": b, "dropped": m, "price": price, "mean_depth": float(opts.depths[pick].mean()),
-                            "net_saved": float(opts.saved[pick].mean() / L - (max_depth - m) * call_layers / L), "valid_ppl": ppl}
+                            "net_saved": float(opts.saved[pick].mean() / L - (max_depth - m) * call_layers / L),
+                            "valid_ppl": ppl}
             if best is not None:
                 rows.append(best)
         return rows
@@ -109,8 +112,10 @@ def fit_kl_profile(executor: AdaptiveExecutor, windows: list[torch.Tensor], orde
     ridge = min(candidates, key=lambda s: candidates[s][2])  # every strength reaches the same budgets
     weight, rows, _ = candidates[ridge]
     predicted = (x[~fit] @ weight).numpy()
-    correlation = [float(np.corrcoef(predicted[:, k], profiles.kl[k, (~fit).numpy()])[0, 1]) for k in range(1, max_depth + 1)]
+    correlation = [float(np.corrcoef(predicted[:, k], profiles.kl[k, (~fit).numpy()])[0, 1])
+                   for k in range(1, max_depth + 1)]
     controller = KLProfileController(order, L, weight, torch.tensor([r["budget"] for r in rows], dtype=torch.float64),
-                                     torch.tensor([r["dropped"] for r in rows]), torch.tensor([r["price"] for r in rows], dtype=torch.float64), T, bypass_label(executor.bypass),
-                                     skip_fraction, drop_fraction)
+                                     torch.tensor([r["dropped"] for r in rows]),
+                                     torch.tensor([r["price"] for r in rows], dtype=torch.float64), T,
+                                     bypass_label(executor.bypass), skip_fraction, drop_fraction)
     return KLProfileFit(controller, ridge, rows, {s: c[2] for s, c in candidates.items()}, correlation)

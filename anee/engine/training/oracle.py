@@ -51,11 +51,13 @@ def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order
             skipped = set(order[:k])
             start = min(skipped, default=L)
             pattern = [SKIP if j in skipped else PROCESS for j in range(L)]
-            out = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1]), resume=(start, full.hidden_states[start]))
+            out = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1]),
+                                   resume=(start, full.hidden_states[start]))
             logp = log_probs(out.logits[0, :-1])
             kl_rows[i].append(reference.kl(logp))
             nll_rows[i].append(nll_log_probs(logp, w[0, 1:]))
-    return SkipProfiles(np.array(skips), _stacked(kl_rows), _stacked(nll_rows), torch.cat(hidden).cpu().numpy() if hidden_at is not None else None)
+    return SkipProfiles(np.array(skips), _stacked(kl_rows), _stacked(nll_rows),
+                        torch.cat(hidden).cpu().numpy() if hidden_at is not None else None)
 
 
 def _stacked(rows: list[list[torch.Tensor]]) -> np.ndarray:

@@ -52,7 +52,8 @@ class RLConfig:
     budget_low: float = 0.6
     budget_high: float = 0.95
     shared_budget: bool = False  # one budget per step for the whole batch (needed with a plan)
-    budgets: tuple[float, ...] = ()  # training budgets to draw from (one dual price each); empty: uniform in [low, high]
+    # training budgets to draw from (one dual price each); empty: uniform in [low, high]
+    budgets: tuple[float, ...] = ()
     lam_by_budget: dict[float, float] = field(default_factory=dict)  # initial price per training budget (else `lam`)
     seed: int = 0
 
@@ -70,16 +71,19 @@ def token_reward(executor: AdaptiveExecutor, out, full: KLReference, budgets: to
 def rollout(executor: AdaptiveExecutor, controller: LearnedController, ids: torch.Tensor, budgets: torch.Tensor,
             full: KLReference, cfg: RLConfig, lam: float | None = None) -> tuple[torch.Tensor, dict, object]:
     """Sampled pass over ids [B, T] scored against the full model's pass `full` (its softmax computed
-    once per step, shared with the greedy baseline); returns per-token reward [B, T], stats and the trace (records kept)."""
+    once per step, shared with the greedy baseline); returns per-token reward [B, T], stats and the
+    trace (records kept)."""
     controller.record, controller.sample = True, True
     controller.reset_records()
     out = executor.forward(ids, controller=controller, budget=_budget_arg(budgets, cfg))
     controller.record, controller.sample = False, False
     reward, kl, frac = token_reward(executor, out, full, budgets, cfg.lam if lam is None else lam, cfg.mu)
-    return reward, {"kl": float(kl.mean()), "layer_fraction": float(frac.mean()), "reward": float(reward.mean())}, out.trace
+    return reward, {"kl": float(kl.mean()), "layer_fraction": float(frac.mean()),
+                    "reward": float(reward.mean())}, out.trace
 
 
-def log_prob(policy: PolicyNet, records: list[dict], controller: LearnedController | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def log_prob(policy: PolicyNet, records: list[dict],
+             controller: LearnedController | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over layers of log pi(raw action) on free decisions [B, T], and mean policy entropy.
     With `controller`, pi is its sampling distribution (temperature, EXIT mask)."""
     total, ent, n = 0.0, 0.0, 0
@@ -103,7 +107,8 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
     policy = copy.deepcopy(policy).train()
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    controller = LearnedController(policy, profiler, pacing, sample=True, generator=g, plan=plan, temperature=cfg.temperature)
+    controller = LearnedController(policy, profiler, pacing, sample=True, generator=g, plan=plan,
+                                   temperature=cfg.temperature)
     greedy = LearnedController(policy, profiler, pacing, plan=plan)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     log_lam: dict[float, float] = {}  # one dual price per training budget under a plan, else one for all (key -1)
@@ -123,7 +128,8 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
             if cfg.self_critical:
                 base_out = executor.forward(ids, controller=greedy, budget=_budget_arg(budgets, cfg))
                 baseline, _, greedy_frac = token_reward(executor, base_out, full, budgets, lam, cfg.mu)
-                deployed = {"fraction": float(greedy_frac.mean()), "share": skip_share(base_out.trace.decisions, layer_plan)}
+                deployed = {"fraction": float(greedy_frac.mean()),
+                            "share": skip_share(base_out.trace.decisions, layer_plan)}
                 stats["greedy_layer_fraction"] = deployed["fraction"]
             else:
                 baseline = reward.mean(1, keepdim=True)
@@ -142,8 +148,8 @@ def train_reinforce(executor: AdaptiveExecutor, policy: PolicyNet, profiler, win
                     log_lam[key] += cfg.lam_lr * (plan.skip_share - deployed["share"])
             else:
                 log_lam[key] += cfg.lam_lr * (deployed["fraction"] - float(budgets.mean()))
-        history.append({"step": step, "loss": float(loss.detach()), "policy_entropy": torch.as_tensor(ent).item(), "lam": lam,
-                        "budget": float(budgets.mean()), **stats,
+        history.append({"step": step, "loss": float(loss.detach()), "policy_entropy": torch.as_tensor(ent).item(),
+                        "lam": lam, "budget": float(budgets.mean()), **stats,
                         **({"greedy_skip_share": deployed["share"]} if plan is not None else {})})
     return policy.eval(), history
 

@@ -39,7 +39,8 @@ def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController
         decisions = executor.forward(windows, cache=prompt.copy(), controller=controller, budget=budget,
                                      with_logits=False).trace.decisions
     else:
-        decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget, with_logits=False).trace.decisions
+        decisions = torch.cat([executor.forward(ids.unsqueeze(0), controller=controller, budget=budget,
+                                                with_logits=False).trace.decisions
                                for ids in windows])
     margins = []
     for r in controller.records:
@@ -50,8 +51,9 @@ def _margins_and_share(executor: AdaptiveExecutor, controller: LearnedController
     return torch.cat(margins), skip_share(decisions, controller.plan(budget, executor.adapter.num_layers))
 
 
-def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor, budgets: list[float],
-                           rounds: int = 3, full_prompt: int = 0, verify: bool = True) -> pd.DataFrame:
+def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedController, windows: torch.Tensor,
+                           budgets: list[float], rounds: int = 3, full_prompt: int = 0,
+                           verify: bool = True) -> pd.DataFrame:
     """Set `controller.policy`'s SKIP offsets at `budgets` from runs on `windows` [N, T] (valid split);
     returns the share of SKIPs at each budget and round, measured with that round's offsets. With
     `verify` a last round measures the final offsets; without it (a quarter of the passes saved, the
@@ -63,9 +65,11 @@ def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedContro
     if controller.plan_config is None:
         raise ValueError("skip calibration is for planned controllers (the share is the plan's skip_share)")
     if not isinstance(full_prompt, int) or not 0 <= full_prompt < windows.shape[1]:
-        raise ValueError(f"full_prompt must be an int in [0, {windows.shape[1]}) (tokens per window), got {full_prompt!r}")
+        raise ValueError(f"full_prompt must be an int in [0, {windows.shape[1]}) (tokens per window), "
+                         f"got {full_prompt!r}")
     L = executor.adapter.num_layers
-    budgets = sorted(b for b in budgets if (controller.plan(b, L) == ASK).any())  # a budget that asks nothing needs none
+    # a budget that asks nothing needs none
+    budgets = sorted(b for b in budgets if (controller.plan(b, L) == ASK).any())
     if not budgets:
         raise ValueError("none of the budgets asks the controller anything: nothing to calibrate")
     after, prompt = full_prompt > 0, None
@@ -83,6 +87,8 @@ def calibrate_skip_offsets(executor: AdaptiveExecutor, controller: LearnedContro
                 rows.append({"round": r, "budget": b, "skip_share": realized, "offset": float(offsets[i])})
                 if r < rounds and margins.numel():
                     target = -torch.quantile(margins.float(), 1.0 - share)
-                    offsets[i] = target if r == 0 else (offsets[i] + target) / 2  # damped: the margins move with the offset
-    policy.set_skip_offsets(torch.tensor(budgets), offsets, after_full_prompt=after)  # the final offsets, measured or not
+                    # damped: the margins move with the offset
+                    offsets[i] = target if r == 0 else (offsets[i] + target) / 2
+    # the final offsets, measured or not
+    policy.set_skip_offsets(torch.tensor(budgets), offsets, after_full_prompt=after)
     return pd.DataFrame(rows)

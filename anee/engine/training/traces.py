@@ -36,7 +36,8 @@ def _record_rows(executor: AdaptiveExecutor, controller: PacedController, ids: t
     kl = full.kl(log_probs(out.logits))[0]
     rep = out.trace.cost(executor.cost)
     frac = (rep.layer_macs / rep.full_layer_macs)[0]
-    cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction", "window", "token", "f", "hidden")}
+    cols: dict[str, list] = {k: [] for k in ("layer", "budget", "action", "free", "token_kl", "token_fraction",
+                                             "window", "token", "f", "hidden")}
     for r in controller.records:
         alive = r["alive"][0]
         n = int(alive.sum())
@@ -66,7 +67,8 @@ def _join(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def collect_traces(executor: AdaptiveExecutor, controller: PacedController, windows: torch.Tensor, budgets: list[float]) -> dict[str, np.ndarray]:
+def collect_traces(executor: AdaptiveExecutor, controller: PacedController, windows: torch.Tensor,
+                   budgets: list[float]) -> dict[str, np.ndarray]:
     """Run `controller` (recording) on every window [N, T] at every budget; one row per controller
     call on a live token: features, layer, budget, action, free, and the token's outcome (KL to
     the full model, realized layer fraction); `hidden` [rows, D] (float16) if the controller
@@ -83,7 +85,8 @@ def trace_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per budget: number of rows, share of each action, share of free (unforced) decisions, and the
     tokens' mean KL and realized layer fraction."""
     return rows.groupby("budget").agg(rows=("action", "size"), process=("action", lambda a: (a == PROCESS).mean()),
-                                      skip=("action", lambda a: (a == SKIP).mean()), exit=("action", lambda a: (a == EXIT).mean()),
+                                      skip=("action", lambda a: (a == SKIP).mean()),
+                                      exit=("action", lambda a: (a == EXIT).mean()),
                                       free=("free", "mean"), token_kl=("token_kl", "mean"),
                                       token_fraction=("token_fraction", "mean")).reset_index()
 
@@ -134,7 +137,8 @@ class _PassesDone:
 
 
 @torch.no_grad()
-def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor, budgets: list[float]) -> pd.DataFrame:
+def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor,
+                    budgets: list[float]) -> pd.DataFrame:
     """Counterfactual outcomes: for every window [N, T], budget and j = 0 .. (marginal layers of the
     budget's plan), each token's KL to the full model and NLL of the next token (NaN at the last
     position) when the j least important marginal layers are SKIPPED for every token."""
@@ -156,7 +160,8 @@ def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wind
     return pd.concat(rows, ignore_index=True)
 
 
-def hindsight_allocation(outcomes: pd.DataFrame, skip_share: float, iters: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+def hindsight_allocation(outcomes: pd.DataFrame, skip_share: float,
+                         iters: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (window, budget, token) the number of marginal layers to skip, `skips`, with the least total KL
     at one compute price per budget, set by bisection so that the mean is `skip_share` of the
     marginal layers: the allocation says *which* tokens should skip, the share says how many.
@@ -168,7 +173,8 @@ def hindsight_allocation(outcomes: pd.DataFrame, skip_share: float, iters: int =
         price = lagrangian_price(kl.to_numpy().T, options.astype(float), skip_share * options.max(), iters)
         pick = (kl.to_numpy() - price * options).argmin(1)
         parts.append(kl.index.to_frame(index=False).assign(budget=b, skips=options[pick]))
-        prices.append({"budget": b, "marginal": int(options.max()), "price": price, "mean_skips": float(options[pick].mean())})
+        prices.append({"budget": b, "marginal": int(options.max()), "price": price,
+                       "mean_skips": float(options[pick].mean())})
     return pd.concat(parts, ignore_index=True)[["window", "budget", "token", "skips"]], pd.DataFrame(prices)
 
 
@@ -184,14 +190,16 @@ def hindsight_summary(outcomes: pd.DataFrame, allocation: pd.DataFrame) -> pd.Da
         picked = g.merge(allocation[allocation.budget == b], on=["window", "budget", "token", "skips"])
         skips = allocation[allocation.budget == b].skips
         rows.append({"budget": b, "static_kl": static.token_kl, "hindsight_kl": picked.token_kl.mean(),
-                     "static_ppl": float(np.exp(static.token_nll)), "hindsight_ppl": float(np.exp(picked.token_nll.mean())),
-                     "tokens_skipping_none": float((skips == 0).mean()), "tokens_skipping_all": float((skips == m).mean())})
+                     "static_ppl": float(np.exp(static.token_nll)),
+                     "hindsight_ppl": float(np.exp(picked.token_nll.mean())),
+                     "tokens_skipping_none": float((skips == 0).mean()),
+                     "tokens_skipping_all": float((skips == m).mean())})
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def allocation_traces(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor, allocation: pd.DataFrame,
-                      pacing: PacingConfig | None = None) -> dict[str, np.ndarray]:
+def allocation_traces(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor,
+                      allocation: pd.DataFrame, pacing: PacingConfig | None = None) -> dict[str, np.ndarray]:
     """Play `allocation` (rows window, budget, token, skips) with an `AllocatedController` on every
     window [N, T] and record every marginal decision: features, residual stream (`hidden`, float16),
     and `action` (the label), plus the token's outcome under the allocation."""

@@ -85,4 +85,5 @@ def train_warmstart(features: np.ndarray, actions: np.ndarray, groups: np.ndarra
         pred = policy(x[val_idx], hidden_of(val_idx)).argmax(-1)
     confusion = torch.zeros(3, 3, dtype=torch.long)
     confusion.index_put_((y[val_idx], pred), torch.ones_like(pred), accumulate=True)
-    return policy.eval(), {"history": history, "val_accuracy": history[-1]["val_accuracy"], "confusion": confusion.numpy()}
+    return policy.eval(), {"history": history, "val_accuracy": history[-1]["val_accuracy"],
+                           "confusion": confusion.numpy()}

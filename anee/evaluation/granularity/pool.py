@@ -24,8 +24,10 @@ Selector = EnergyAwareSelector | FuzzySelector | GatingSelector
 Choices = dict[tuple[str, float], list[str]]  # (selector, budget) -> variant name per test window
 
 
-def quantisation_check(bank: WeightBank, bits: Sequence[int] = (4, 8), layer: int = 0, module: str = "mlp.down_proj") -> pd.DataFrame:
-    """Per bit width: most distinct values in one output channel, largest rounding error in steps, rel bytes per token."""
+def quantisation_check(bank: WeightBank, bits: Sequence[int] = (4, 8), layer: int = 0,
+                       module: str = "mlp.down_proj") -> pd.DataFrame:
+    """Per bit width: most distinct values in one output channel, largest rounding error in steps,
+    rel bytes per token."""
     k = [n for n, _, _ in bank.linears[layer]].index(module)
     _, linear, axis = bank.linears[layer][k]
     orig = bank.original[layer][k].movedim(axis, 0)
@@ -83,9 +85,11 @@ class Pool:
         """One row per variant: bits, how they run (fp32, fake-quant or INT8 kernels), layers kept,
         test / valid perplexity, rel MACs and bytes."""
         def runs(bits):
-            return "fp32" if bits >= FP32 else "INT8 kernels" if bits in getattr(self.bank, "kernel_bits", ()) else "fake-quant"
+            return ("fp32" if bits >= FP32 else "INT8 kernels" if bits in getattr(self.bank, "kernel_bits", ())
+                    else "fake-quant")
 
-        return pd.DataFrame([{"variant": n, "bits": bits, "weights": runs(bits), "layers": self.num_layers - len(removed),
+        return pd.DataFrame([{"variant": n, "bits": bits, "weights": runs(bits),
+                              "layers": self.num_layers - len(removed),
                               "ppl_test": self.test[n].ppl, "ppl_valid": self.cal[n].ppl,
                               "rel_macs": self.test[n].rel_macs(), "rel_bytes": self.test[n].rel_bytes(self.bank)}
                              for n, (bits, removed) in self.specs.items()])
@@ -115,7 +119,8 @@ def make_selectors(pool: Pool, f_cal: np.ndarray) -> dict[str, Selector]:
             "moe-gate": GatingSelector(variants, f_cal, nll_cal, lam=1.0)}
 
 
-def run_selectors(selectors: Mapping[str, Selector], pool: Pool, f_test: np.ndarray, budgets: Sequence[float]) -> tuple[pd.DataFrame, Choices]:
+def run_selectors(selectors: Mapping[str, Selector], pool: Pool, f_test: np.ndarray,
+                  budgets: Sequence[float]) -> tuple[pd.DataFrame, Choices]:
     """Every selector at every budget on the test windows: a table of scores and the choice per window."""
     names, variants = pool.names, pool.variants()
     ref = pool.test[names[0]]  # every variant scores the same windows: same tokens, same fp32 MACs
@@ -138,8 +143,10 @@ def run_selectors(selectors: Mapping[str, Selector], pool: Pool, f_test: np.ndar
     return pd.DataFrame(rows), choices
 
 
-def budget_violations(choices: Choices, variants: Sequence[Variant], per_input: Sequence[str] = ("energy-aware",)) -> list[tuple[str, float]]:
-    """(selector, budget) pairs whose running mean cost, or any single cost for `per_input` selectors, exceeds the budget."""
+def budget_violations(choices: Choices, variants: Sequence[Variant],
+                      per_input: Sequence[str] = ("energy-aware",)) -> list[tuple[str, float]]:
+    """(selector, budget) pairs whose running mean cost, or any single cost for `per_input` selectors, exceeds
+    the budget."""
     cost = {v.name: v.cost for v in variants}
     bad = []
     for (sname, budget), chosen in choices.items():

@@ -55,10 +55,12 @@ FP32 = Decode()
 
 
 def _runner(model, tokenizer, decode: Decode, ids: torch.Tensor, new_tokens: int):
-    # prefill="adaptive": the decode's controller and budget on every position, prompt included, as the predictions count
+    # prefill="adaptive": the decode's controller and budget on every position, prompt included, as the
+    # predictions count
     config = ANEEConfig(model_name="decode-speed", min_layers=decode.min_layers, controller="full", prefill="adaptive")
     wrapper = ANEEWrapper(config, model=model,
-                          tokenizer=tokenizer, controller=decode.controller, bypass=decode.bypass, weights=decode.weights)
+                          tokenizer=tokenizer, controller=decode.controller, bypass=decode.bypass,
+                          weights=decode.weights)
     return lambda: wrapper.generate_ids(ids, new_tokens, energy_budget=decode.budget)
 
 
@@ -73,12 +75,14 @@ def decode_seconds(model, tokenizer, decodes: list[Decode], new_tokens: int = 12
     return [seconds[i] / new_tokens for i in range(len(decodes))]
 
 
-def decode_speeds(model, tokenizer, plan: Plan, new_tokens: int = 128, rounds: int = 3, warmup: int = 1) -> pd.DataFrame:
+def decode_speeds(model, tokenizer, plan: Plan, new_tokens: int = 128, rounds: int = 3,
+                  warmup: int = 1) -> pd.DataFrame:
     """Decode speed of every row of a plan, relative to the fp32 model (always measured, in the same
     run): seconds per token, tokens/s, `speed_rel_fp32` and `source` (measured / composed / none)."""
     decodes = [FP32]
     for entry in plan.values():
-        for d in ([entry] if isinstance(entry, Decode) else [p for _, p in entry.parts] if isinstance(entry, Mix) else []):
+        for d in ([entry] if isinstance(entry, Decode) else [p for _, p in entry.parts] if isinstance(entry, Mix)
+                  else []):
             if d not in decodes:
                 decodes.append(d)
     seconds = decode_seconds(model, tokenizer, decodes, new_tokens, rounds, warmup)
@@ -128,5 +132,6 @@ def with_speed(table: pd.DataFrame, speeds: pd.DataFrame) -> pd.DataFrame:
     out = table.merge(cols, on=["strategy", "setting"], how="left")
     out["speed_source"] = out.speed_source.fillna("none")
     at = list(out.columns).index("rel_bytes") + 1
-    order = list(out.columns[:at]) + ["speed_rel_fp32", "speed_source"] + [c for c in out.columns[at:] if c not in ("speed_rel_fp32", "speed_source")]
+    order = (list(out.columns[:at]) + ["speed_rel_fp32", "speed_source"]
+             + [c for c in out.columns[at:] if c not in ("speed_rel_fp32", "speed_source")])
     return out[order]

@@ -64,7 +64,8 @@ class WindowScores:
         return float(self.bytes.sum() / (bank.full_bytes * self.tokens.sum()))
 
 
-def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor, bits: Sequence[int] | None = None) -> torch.Tensor:
+def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor,
+                bits: Sequence[int] | None = None) -> torch.Tensor:
     """Weight bytes per token [B, T] of an executor trace: processed blocks at `bits` (default fp32),
     K/V projections only for skipped/exited ones, nothing for dropped ones, the bypass's fp32 weights
     where it runs, the fp32 head once plus 4 bytes per overhead MAC (at batch 1 every MAC of a
@@ -76,10 +77,12 @@ def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor, bits
     proc = (trace.decisions == PROCESS).double()
     kv_only = ((trace.decisions == SKIP) | (trace.decisions == EXIT)).double()
     by = bypassed(trace.decisions).double() * 4.0 * executor.cost.bypass
-    return bank.head_bytes + (proc * processed).sum(-1) + (kv_only * kv).sum(-1) + by.sum(-1) + 4.0 * trace.overhead_macs
+    return (bank.head_bytes + (proc * processed).sum(-1) + (kv_only * kv).sum(-1) + by.sum(-1)
+            + 4.0 * trace.overhead_macs)
 
 
-def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor, full_cost: Callable,
+def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor,
+           full_cost: Callable,
            decode: Decode | Mix | None = None) -> WindowScores:
     nll, tok, macs, full, byts = [], [], [], [], []
     for w in windows:
@@ -97,7 +100,8 @@ def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], 
         sl = slice(0, ids.shape[1] - 1)  # positions whose predictions are scored
         nll.append(r.nll_sum)
         tok.append(r.tokens)
-        macs.append(float((cost.layer_macs.reshape(-1)[sl] + cost.overhead_macs.reshape(-1)[sl]).sum() + cost.head_macs * r.tokens))
+        macs.append(float((cost.layer_macs.reshape(-1)[sl] + cost.overhead_macs.reshape(-1)[sl]).sum()
+                          + cost.head_macs * r.tokens))
         full.append(float(full_cost(ids)))
         byts.append(float(holder["bytes"].reshape(-1)[sl].sum()))
     return WindowScores(*(np.array(x, dtype=np.float64) for x in (nll, tok, macs, full, byts)), decode=decode)
@@ -120,7 +124,8 @@ def variant_decode(bank: WeightBank, bits: int, removed: Sequence[int]) -> Decod
     """How a whole-model variant decodes: the bank's weights, and its removed layers DROPPED (no K/V,
     as `static_cost` charges them)."""
     drop = set(removed)
-    controller = FixedController([DROP if i in drop else PROCESS for i in range(bank.adapter.num_layers)]) if drop else None
+    controller = FixedController([DROP if i in drop else PROCESS
+                                  for i in range(bank.adapter.num_layers)]) if drop else None
     return Decode(weights=weights_at(bank, bits), controller=controller)
 
 
@@ -152,7 +157,8 @@ class Strategies:
         return _score(method, windows, self.full_macs, variant_decode(self.bank, bits, removed))
 
     # ---- ANEE: a controller (default the simple budget policy) in an executor (default identity) ------
-    def anee(self, windows: torch.Tensor, budget: float, controller=None, executor: AdaptiveExecutor | None = None) -> WindowScores:
+    def anee(self, windows: torch.Tensor, budget: float, controller=None,
+             executor: AdaptiveExecutor | None = None) -> WindowScores:
         controller, ex = controller or BudgetController(), executor or self.ex
         bits = None if ex.weights is None else ex.weights.bits
 
@@ -160,7 +166,8 @@ class Strategies:
             res = ex.forward(ids, controller=controller, budget=budget)
             return MethodOutput(res.logits, res.trace.cost(ex.cost)), trace_bytes(res.trace, self.bank, ex, bits)
 
-        decode = Decode(weights=ex.weights, controller=controller, bypass=ex.bypass, budget=budget, min_layers=ex.min_layers)
+        decode = Decode(weights=ex.weights, controller=controller, bypass=ex.bypass, budget=budget,
+                        min_layers=ex.min_layers)
         return _score(method, windows, self.full_macs, decode)
 
     # ---- medium: entropy exit on the LM ---------------------------------------------------------
@@ -181,18 +188,21 @@ class Strategies:
             T = ids.shape[1]
             logits = mixed_precision_forward(self.ctx.adapter, self.bank, ids, list(pattern))
             context = torch.arange(1, T + 1, dtype=torch.float64).unsqueeze(0)
-            return MethodOutput(logits, static_cost(self.ex.cost, context, self.L)), torch.full((1, T), per_token, dtype=torch.float64)
+            return (MethodOutput(logits, static_cost(self.ex.cost, context, self.L)),
+                    torch.full((1, T), per_token, dtype=torch.float64))
 
         return _score(method, windows, self.full_macs, Decode(weights=weights_at(self.bank, pattern)))
 
-    def progressive(self, windows: torch.Tensor, budget: float, threshold: float, cheap_bits: int = 4, fine_bits: int = 8) -> tuple[WindowScores, float]:
+    def progressive(self, windows: torch.Tensor, budget: float, threshold: float, cheap_bits: int = 4,
+                    fine_bits: int = 8) -> tuple[WindowScores, float]:
         """Returns the scores and the fraction of tokens re-executed; the byte budget is accounted
         over the whole evaluation set (running mean never above `budget`)."""
         account = {"spent": 0.0, "tokens": 0, "refined": 0}
 
         def method(ids):
             T = ids.shape[1]
-            r = progressive_refinement(self.ctx.adapter, self.bank, ids, budget, threshold, cheap_bits=cheap_bits, fine_bits=fine_bits,
+            r = progressive_refinement(self.ctx.adapter, self.bank, ids, budget, threshold, cheap_bits=cheap_bits,
+                                       fine_bits=fine_bits,
                                        spent_before=account["spent"], tokens_before=account["tokens"], count_last=False)
             account.update(spent=r["spent"], tokens=r["tokens"], refined=account["refined"] + int(r["refined"].sum()))
             context = torch.arange(1, T + 1, dtype=torch.float64).unsqueeze(0)
@@ -205,5 +215,6 @@ class Strategies:
         scores = _score(method, windows, self.full_macs)
         frac = account["refined"] / max(account["tokens"], 1)
         # decoding: a cheap pass per token, and a fine pass for the fraction re-executed
-        scores.decode = Mix(((1.0, Decode(weights=weights_at(self.bank, cheap_bits))), (frac, Decode(weights=weights_at(self.bank, fine_bits)))))
+        scores.decode = Mix(((1.0, Decode(weights=weights_at(self.bank, cheap_bits))),
+                             (frac, Decode(weights=weights_at(self.bank, fine_bits)))))
         return scores, frac

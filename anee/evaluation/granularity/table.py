@@ -32,7 +32,8 @@ BASELINES06 = frozenset({"full", "block_influence", "logit_lens", "anee_budget"}
 SOURCE06 = "06_frontier.csv (06's windows)"
 
 
-def lm_row(strategy: str, granularity: str, setting: str, unit: str, scores: WindowScores, bank: WeightBank, budget: float | None = None) -> dict:
+def lm_row(strategy: str, granularity: str, setting: str, unit: str, scores: WindowScores, bank: WeightBank,
+           budget: float | None = None) -> dict:
     """One LM strategy row; `rel_energy` is its bytes if `unit` is weight bytes, else its MACs."""
     r = {"strategy": strategy, "granularity": granularity, "setting": setting, "energy_unit": unit,
          "budget": budget, "rel_macs": scores.rel_macs(), "rel_bytes": scores.rel_bytes(bank),
@@ -106,17 +107,21 @@ def _rows(
 ) -> list[tuple[dict, Decode | Mix | None]]:
     """Every row with its decode, in table order."""
     rows = [(lm_row(f"variant {n}", "coarse", n, BYTES, sc, bank), sc.decode) for n, sc in pool_test.items()]
-    rows += [(r, None if choices is None else selector_decode(choices[(r["strategy"][len("select "):], r["budget"])], pool_test))
+    rows += [(r, None if choices is None
+              else selector_decode(choices[(r["strategy"][len("select "):], r["budget"])], pool_test))
              for r in selector_rows(sel_table)]
     rows += [(lm_row("LM entropy exit", "medium", f"checks={exit_checks},thr={thr}", "MACs", sc, bank), sc.decode)
              for thr, sc in exit_scores.items()]
-    rows += [(lm_row("segment precision", "fine", f"budget={b}", BYTES, sc, bank, budget=b), sc.decode) for b, sc in seg_scores.items()]
+    rows += [(lm_row("segment precision", "fine", f"budget={b}", BYTES, sc, bank, budget=b), sc.decode)
+             for b, sc in seg_scores.items()]
     rows += [(lm_row("segment precision (INT8 kernels)", "fine", f"budget={b}", BYTES, sc, bank, budget=b), sc.decode)
              for b, sc in (kernel_seg_scores or {}).items()]
-    rows += [(lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", BYTES, sc, bank, budget=b), sc.decode)
+    rows += [(lm_row("progressive INT4->INT8", "fine", f"budget={b},refined={frac:.2f}", BYTES, sc, bank, budget=b),
+              sc.decode)
              for b, (sc, frac, _thr) in prog_scores.items()]
     for name, scores in ((anee_name, anee_scores), (f"{anee_name} + INT8 kernels", anee_int8_scores or {})):
-        rows += [(lm_row(name, "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b), sc.decode)
+        rows += [(lm_row(name, "anee", f"budget={b}", "MACs (total; budget is layer compute)", sc, bank, budget=b),
+                  sc.decode)
                  for b, sc in scores.items()]
     rows += [(r, None) for r in branchynet_rows(bn_table) + frontier06_rows(frontier06)]
     return rows
@@ -145,16 +150,19 @@ def decode_plan(**parts) -> Plan:
 
 
 def cheapest_within(table: pd.DataFrame, fp32_ppl: float, tol: float = 0.05) -> dict[str, dict | None]:
-    """Per granularity, the LM row with the fewest weight bytes whose perplexity is within `tol` of fp32 (None if none)."""
+    """Per granularity, the LM row with the fewest weight bytes whose perplexity is within `tol` of fp32
+    (None if none)."""
     lm = table[table.quality_metric == "ppl"]
     best = {}
     for gran in GRANULARITIES:
         g = lm[(lm.granularity == gran) & (lm.quality <= fp32_ppl * (1 + tol))]
-        best[gran] = None if g.empty else g.sort_values("rel_bytes").iloc[0][["strategy", "setting", "rel_bytes", "rel_macs", "quality"]].to_dict()
+        best[gran] = None if g.empty else g.sort_values("rel_bytes").iloc[0][["strategy", "setting", "rel_bytes",
+                                                                              "rel_macs", "quality"]].to_dict()
     return best
 
 
-def granularity_summary(table: pd.DataFrame, fp32_ppl: float, segment_sensitivity: Sequence[float], bn_epochs: int) -> dict:
+def granularity_summary(table: pd.DataFrame, fp32_ppl: float, segment_sensitivity: Sequence[float],
+                        bn_epochs: int) -> dict:
     """The `08_summary` record: fp32 perplexity, cheapest strategy within 5 % per granularity, run settings."""
     return {"fp32_ppl": fp32_ppl, "cheapest_within_5pct_of_fp32_by_bytes": cheapest_within(table, fp32_ppl, tol=0.05),
             "segment_sensitivity": segment_sensitivity, "bn_epochs": bn_epochs}
@@ -163,5 +171,6 @@ def granularity_summary(table: pd.DataFrame, fp32_ppl: float, segment_sensitivit
 def describe_best(best: Mapping[str, dict | None], tol: float = 0.05) -> list[str]:
     """One printable line per granularity of a `cheapest_within` result."""
     return [f"{gran:7s} " + (f"none within {tol:.0%} of fp32" if b is None else
-            f"{b['strategy']} {b['setting']}: bytes {b['rel_bytes']:.3f}, MACs {b['rel_macs']:.3f}, ppl {b['quality']:.1f}")
+            f"{b['strategy']} {b['setting']}: bytes {b['rel_bytes']:.3f}, MACs {b['rel_macs']:.3f}, "
+            f"ppl {b['quality']:.1f}")
             for gran, b in best.items()]

@@ -14,7 +14,8 @@
 
 Checkpoints are read from `ctx.extras["checkpoint_dir"]`: `profiler.safetensors` (notebook 02;
 rebuilt from `ctx.calibration_ids` when absent), `warmstart-s<seed>.safetensors` and
-`warmstart_profiler_only-s<seed>.safetensors` and `kl_profile.safetensors` (03), `rl-s<seed>.safetensors` (04). A policy trained
+`warmstart_profiler_only-s<seed>.safetensors` and `kl_profile.safetensors` (03),
+`rl-s<seed>.safetensors` (04). A policy trained
 with the layer bypass runs in `ctx.bypass_executor`; `bypass=True` runs the heuristic there too.
 Costs include the profiler's entropy estimator and the policy MLP.
 """
@@ -45,7 +46,8 @@ def policy_file(kind: str, seed: int = 0) -> str:
 
 def checkpoint_dir(ctx: EvalContext) -> Path:
     if "checkpoint_dir" not in ctx.extras:
-        raise ValueError('set ctx.extras["checkpoint_dir"] (e.g. anee.evaluation.results.output_dir("results", PROFILE) / "checkpoints")')
+        raise ValueError('set ctx.extras["checkpoint_dir"] '
+                         '(e.g. anee.evaluation.results.output_dir("results", PROFILE) / "checkpoints")')
     return Path(ctx.extras["checkpoint_dir"])
 
 
@@ -102,7 +104,8 @@ def trained_executor(ctx: EvalContext, path: Path, trained: str | None, bypass: 
     return executor
 
 
-def learned_controller(ctx: EvalContext, file: str, bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
+def learned_controller(ctx: EvalContext, file: str,
+                       bypass: bool | None = None) -> tuple[AdaptiveExecutor, LearnedController]:
     """The saved policy `file` under the plan and pacing band it was trained with, and the executor
     it was trained in (with the bypass when it was trained with one); `bypass`, when given, must
     agree with the checkpoint."""

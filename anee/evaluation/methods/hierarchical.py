@@ -43,14 +43,16 @@ def calibration_windows(ids: torch.Tensor, window: int = 256, max_windows: int =
 
 
 def hierarchical(ctx: EvalContext, capacity: float = 0.55, exits: bool = False, lens: str = "tuned",
-                 target_speedup: float | None = None, exit_threshold: float = 0.5, calib_window: int = 256, seed: int = 0):
+                 target_speedup: float | None = None, exit_threshold: float = 0.5, calib_window: int = 256,
+                 seed: int = 0):
     if "checkpoint_dir" not in ctx.extras:
         raise ValueError("hierarchical needs ctx.extras['checkpoint_dir'] (notebook 05 writes the checkpoints there)")
     if ctx.calibration_ids is None:
         raise ValueError("hierarchical needs calibration_ids (validation split) to calibrate its thresholds")
     key = ("hierarchical", lens, seed)
     if key not in ctx.extras:
-        ctx.extras[key] = HierarchicalModel.load(checkpoint_path(ctx.extras["checkpoint_dir"], lens, seed), ctx.model).eval()
+        ctx.extras[key] = HierarchicalModel.load(checkpoint_path(ctx.extras["checkpoint_dir"], lens, seed),
+                                                 ctx.model).eval()
     model: HierarchicalModel = ctx.extras[key]
     calib = calibration_windows(ctx.calibration_ids, calib_window)
     if target_speedup is not None:

@@ -28,7 +28,8 @@ def test_layer_overhead_prefers_the_per_layer_report():
 
 def test_view_alive_without_exits():
     spent = torch.zeros(2, 3)
-    view = LayerView(0, 4, torch.zeros(2, 3, 8), torch.zeros(2, 3, 8), spent, spent, spent, torch.ones(2, 1), None, None)
+    view = LayerView(0, 4, torch.zeros(2, 3, 8), torch.zeros(2, 3, 8), spent, spent, spent, torch.ones(2, 1),
+                     None, None)
     assert view.alive().all() and view.alive().shape == (2, 3)
     view.exited = torch.tensor([[True, False, False], [False, False, True]])
     assert torch.equal(view.alive(), ~view.exited)

@@ -24,7 +24,8 @@ def test_entropy_exit_controller_on_lm():
     assert (allx.trace.decisions[0, :, 2:] == EXIT).all() and (allx.trace.layers_executed == 2).all()
     lens = adapter.logits(full.hidden_states[2])
     assert torch.allclose(allx.logits, lens, atol=1e-5)  # output is the logit lens at the exit depth
-    assert torch.allclose(allx.trace.cost(ex.cost).overhead_macs, torch.full((1, 9), float(ex.cost.lm_head), dtype=torch.float64))
+    assert torch.allclose(allx.trace.cost(ex.cost).overhead_macs,
+                          torch.full((1, 9), float(ex.cost.lm_head), dtype=torch.float64))
 
 
 def test_entropy_exit_controller_keeps_no_state():

@@ -38,7 +38,8 @@ def test_heuristic_keeps_important_layers_and_checks_shift(tiny):
     shifted = HeuristicController(prof, HeuristicConfig(entropy_shift=0.05))
     par = ex.forward(x, controller=shifted, budget=0.6).trace.decisions
     cache = KVCache(10)
-    seq = torch.cat([ex.forward(x[:, t : t + 1], cache=cache, controller=shifted, budget=0.6).trace.decisions for t in range(32)], 1)
+    seq = torch.cat([ex.forward(x[:, t : t + 1], cache=cache, controller=shifted, budget=0.6).trace.decisions
+                     for t in range(32)], 1)
     assert torch.equal(par, seq)
     with pytest.raises(ValueError, match="entropy_shift"):
         HeuristicController(prof, HeuristicConfig(entropy_shift=0.1))

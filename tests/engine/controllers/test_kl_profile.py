@@ -24,7 +24,8 @@ def tiny():
 def controller(ex, seed=0, budgets=(0.7, 0.8, 0.9), drops=(2, 1, 0), prices=(0.5, 0.3, 0.1), skip=0.2, drop=0.05):
     D = ex.adapter.dims.hidden
     weight = torch.randn(D + 4, len(ORDER) + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return KLProfileController(ORDER, L, weight, torch.tensor(budgets), torch.tensor(drops), torch.tensor(prices), 64, None, skip, drop)
+    return KLProfileController(ORDER, L, weight, torch.tensor(budgets), torch.tensor(drops), torch.tensor(prices), 64,
+                               None, skip, drop)
 
 
 def test_plan_drops_the_first_m_and_asks_the_rest(tiny):
@@ -61,7 +62,8 @@ def test_depth_is_the_priced_argmin_and_decisions_are_nested(tiny):
         assert torch.equal(out.trace.decisions[0], expected), budget
         assert len(set(depth.tolist())) > 1  # tokens differ here: the test would see a wrong nesting
         # one call per asked layer, each charged the ridge map's MACs
-        assert torch.equal(out.trace.overhead_macs[0], torch.full((40,), float(c.overhead_macs * (4 - m)), dtype=torch.float64))
+        assert torch.equal(out.trace.overhead_macs[0],
+                           torch.full((40,), float(c.overhead_macs * (4 - m)), dtype=torch.float64))
     assert c.overhead_macs == (ex.adapter.dims.hidden + 4) * 5
 
 
@@ -86,20 +88,24 @@ def test_checkpoint_round_trip_and_its_checks(tiny, tmp_path):
     path = c.save(tmp_path / "kl.safetensors")
     back = KLProfileController.from_checkpoint(path, ex)
     x = ids[:, :32]
-    assert torch.equal(ex.forward(x, controller=back, budget=0.85).trace.decisions, ex.forward(x, controller=c, budget=0.85).trace.decisions)
+    assert torch.equal(ex.forward(x, controller=back, budget=0.85).trace.decisions,
+                       ex.forward(x, controller=c, budget=0.85).trace.decisions)
     assert (back.order, back.window, back.skip_fraction, back.drop_fraction) == (ORDER, 64, 0.2, 0.05)
     bx = AdaptiveExecutor(ex.adapter, bypass=random_bypass("linear", ex.adapter.dims.hidden, L, seed=1))
-    with pytest.raises(ValueError, match="controller was trained with the layer bypass None, the executor runs 'linear': run it"):
+    with pytest.raises(ValueError, match="controller was trained with the layer bypass None, "
+                                         "the executor runs 'linear': run it"):
         KLProfileController.from_checkpoint(path, bx)
     loose = KLProfileController.from_checkpoint(path)  # loaded without an executor: checked against one later
     loose.check_model(ex)
-    with pytest.raises(ValueError, match="controller was trained with the layer bypass None, the executor runs 'linear'"):
+    with pytest.raises(ValueError, match="controller was trained with the layer bypass None, "
+                                         "the executor runs 'linear'"):
         loose.check_model(bx)
     # fitted with one bypass family, refused by an executor running another (the label is saved, not a flag)
     c.bypass = "linear"
     path = c.save(tmp_path / "kl_linear.safetensors")
     assert KLProfileController.from_checkpoint(path, bx).bypass == "linear"
-    other = AdaptiveExecutor(ex.adapter, bypass=random_bypass("diag_lowrank", ex.adapter.dims.hidden, L, seed=1, rank=4))
+    other = AdaptiveExecutor(ex.adapter,
+                             bypass=random_bypass("diag_lowrank", ex.adapter.dims.hidden, L, seed=1, rank=4))
     with pytest.raises(ValueError, match="trained with the layer bypass 'linear', the executor runs 'diag_lowrank-4'"):
         KLProfileController.from_checkpoint(path, other)
     with pytest.raises(TypeError, match="bypass must be the label of the layer bypass it was fitted with"):
@@ -109,9 +115,11 @@ def test_checkpoint_round_trip_and_its_checks(tiny, tmp_path):
 def test_bad_construction_and_a_missing_anchor_are_refused(tiny):
     ex, _ = tiny
     with pytest.raises(ValueError, match="distinct layers"):
-        KLProfileController([1, 1], L, torch.zeros(5, 3), torch.tensor([0.8]), torch.tensor([0]), torch.tensor([0.1]), 64, None, 0.2, 0.0)
+        KLProfileController([1, 1], L, torch.zeros(5, 3), torch.tensor([0.8]), torch.tensor([0]), torch.tensor([0.1]),
+                            64, None, 0.2, 0.0)
     with pytest.raises(ValueError, match=r"weight must be \[features, 3\]"):
-        KLProfileController([1, 2], L, torch.zeros(5, 4), torch.tensor([0.8]), torch.tensor([0]), torch.tensor([0.1]), 64, None, 0.2, 0.0)
+        KLProfileController([1, 2], L, torch.zeros(5, 4), torch.tensor([0.8]), torch.tensor([0]), torch.tensor([0.1]),
+                            64, None, 0.2, 0.0)
     with pytest.raises(ValueError, match="ascend strictly"):
         controller(ex, budgets=(0.9, 0.8, 0.7))
     with pytest.raises(ValueError, match="drops must be in 0..3"):
@@ -119,7 +127,8 @@ def test_bad_construction_and_a_missing_anchor_are_refused(tiny):
     from anee.engine.controllers.base import LayerView
 
     c = controller(ex)
-    view = LayerView(6, L, torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2),
+    view = LayerView(6, L, torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.ones(1, 2),
+                     torch.ones(1, 2),
                      torch.tensor([[0.8]]), ex.adapter, ex.cost)
     with pytest.raises(ValueError, match="no anchor state"):
         c.decide(view)

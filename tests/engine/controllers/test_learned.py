@@ -44,7 +44,8 @@ def test_reading_controller_is_causal_and_records_the_stream(tiny):
     assert all(torch.equal(r["hidden"], par.hidden_states[int(r["layer"])]) for r in c.records)
     c.record = False
     cache = KVCache(10)
-    seq = torch.cat([ex.forward(x[:, t : t + 1], cache=cache, controller=c, budget=0.6).trace.decisions for t in range(12)], 1)
+    seq = torch.cat([ex.forward(x[:, t : t + 1], cache=cache, controller=c, budget=0.6).trace.decisions
+                     for t in range(12)], 1)
     assert torch.equal(par.trace.decisions, seq)
     assert len(par.trace.decisions.unique()) > 1
 
@@ -60,7 +61,8 @@ def test_learned_controller_adds_the_offset_to_skip_only(tiny):
     before = c.logits(f)
     p.set_skip_offsets(torch.tensor([0.5, 0.7]), torch.tensor([1.0, 3.0]))
     diff = c.logits(f) - before
-    assert torch.allclose(diff[..., SKIP], torch.full((2, 3), 2.0)) and diff[..., PROCESS].abs().max() == 0 and diff[..., EXIT].abs().max() == 0
+    assert (torch.allclose(diff[..., SKIP], torch.full((2, 3), 2.0)) and diff[..., PROCESS].abs().max() == 0
+            and diff[..., EXIT].abs().max() == 0)
     p.set_skip_offsets(torch.tensor([0.6]), torch.tensor([5.0]), after_full_prompt=True)
     twin = c.for_full_prompt()
     diff = twin.logits(f) - c.logits(f)

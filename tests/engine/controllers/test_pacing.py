@@ -61,7 +61,8 @@ def test_records_mark_alive_exactly_the_tokens_not_exited(tiny):
     c.record = True
     out = ex.forward(ids[:, :30].reshape(2, 15), controller=c, budget=torch.tensor([0.3, 0.6]))
     d = out.trace.decisions
-    assert len(set((d == EXIT).int().argmax(-1).flatten().tolist())) > 1 and len(c.records) == 10  # exits at several layers
+    # exits at several layers
+    assert len(set((d == EXIT).int().argmax(-1).flatten().tolist())) > 1 and len(c.records) == 10
     for r in c.records:
         layer = int(r["layer"])
         assert torch.equal(r["alive"], ~(d[..., :layer] == EXIT).any(-1))

@@ -34,8 +34,10 @@ def test_budget_plan_counts_with_a_bypass():
     assert (budget_plan(rank, 0.5, cfg, 0.2, 0.0) == DROP).nonzero().flatten().tolist() == [2, 6, 7]
     # round(3.2 / 0.5) = 6 drops (7, 6, 2, 4, 0, 5) leave exactly the 2 asked layers (3, 1)
     assert budget_plan(rank, 0.5, cfg, 0.2, 0.5).tolist() == [DROP, ASK, DROP, ASK, DROP, DROP, DROP, DROP]
-    # save 1.6 layers: floor(1.6 / (0.5 * 0.6)) = 5 >= 2 asked; drop round((1.6 - 0.6) / 0.75) = 1 (layer 7), ask 6 and 2
-    assert budget_plan(rank, 0.8, cfg, 0.4, 0.25).tolist() == [PROCESS, PROCESS, ASK, PROCESS, PROCESS, PROCESS, ASK, DROP]
+    # save 1.6 layers: floor(1.6 / (0.5 * 0.6)) = 5 >= 2 asked; drop round((1.6 - 0.6) / 0.75) = 1 (layer 7),
+    # ask 6 and 2
+    assert budget_plan(rank, 0.8, cfg, 0.4, 0.25).tolist() == [PROCESS, PROCESS, ASK, PROCESS, PROCESS, PROCESS,
+                                                               ASK, DROP]
 
 
 def test_budget_plan_counts():
@@ -49,7 +51,8 @@ def test_budget_plan_counts():
     # ask no more layers than the budget needs skipped: saving 0.8 layers at share 0.5 needs one asked layer
     wide = PlanConfig(marginal=4, skip_share=0.5)
     assert budget_plan(rank, 0.9, wide, 0.0).tolist() == [PROCESS] * 7 + [ASK]
-    assert (budget_plan(rank, 0.5, wide, 0.0) == ASK).nonzero().flatten().tolist() == [0, 2, 4, 5]  # after dropping 7, 6
+    # after dropping 7, 6
+    assert (budget_plan(rank, 0.5, wide, 0.0) == ASK).nonzero().flatten().tolist() == [0, 2, 4, 5]
     assert budget_plan(rank, 0.5, wide, 0.0).tolist().count(DROP) == 2  # round(4 - 0.5 * 4)
     with pytest.raises(ValueError):
         PlanConfig(marginal=0)
@@ -62,7 +65,8 @@ def test_planned_controllers_asked_only_at_marginal_layers(tiny, budget):
     _, ex, prof, ids = tiny
     torch.manual_seed(0)
     plan_cfg = PlanConfig(marginal=3)
-    for c in (HeuristicController(prof, plan=plan_cfg), LearnedController(PolicyNet(len(FEATURES)), prof, plan=plan_cfg)):
+    for c in (HeuristicController(prof, plan=plan_cfg),
+              LearnedController(PolicyNet(len(FEATURES)), prof, plan=plan_cfg)):
         plan = c.plan(torch.tensor([[budget]]), 10)
         out = ex.forward(ids[:, :64].reshape(2, 32), controller=c, budget=budget)
         d = out.trace.decisions
@@ -70,8 +74,10 @@ def test_planned_controllers_asked_only_at_marginal_layers(tiny, budget):
         assert (d[..., plan == PROCESS] == PROCESS).all()
         assert set(d[..., plan == ASK].unique().tolist()) <= {PROCESS, SKIP}  # no EXIT under a plan
         n_asked = int((plan == ASK).sum())
-        assert n_asked == (0 if budget == 1.0 else 3 if budget < 0.9 else 2)  # budget 0.9 needs 1 layer: 2 asked at share 0.5
-        assert torch.equal(out.trace.overhead_macs, torch.full_like(out.trace.overhead_macs, n_asked * float(c.overhead_macs)))
+        # budget 0.9 needs 1 layer: 2 asked at share 0.5
+        assert n_asked == (0 if budget == 1.0 else 3 if budget < 0.9 else 2)
+        assert torch.equal(out.trace.overhead_macs,
+                           torch.full_like(out.trace.overhead_macs, n_asked * float(c.overhead_macs)))
         if budget == 1.0:
             assert torch.equal(out.logits, ex.forward(ids[:, :64].reshape(2, 32)).logits)
         rep = out.trace.cost(ex.cost)

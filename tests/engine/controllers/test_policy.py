@@ -55,7 +55,8 @@ def test_policy_size_and_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "std.safetensors", zero_std, PolicyNet.FORMAT, config)
     with pytest.raises(ValueError, match="std"):
         load_policy(tmp_path / "std.safetensors", 30)
-    save_checkpoint(tmp_path / "slack.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, {**config, "pacing": {"slack": -0.1}})
+    save_checkpoint(tmp_path / "slack.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT,
+                    {**config, "pacing": {"slack": -0.1}})
     with pytest.raises(ValueError, match="slack"):
         load_policy(tmp_path / "slack.safetensors", 30)
     assert json.loads(json.dumps(config)) == config  # the config is plain JSON
@@ -196,7 +197,8 @@ def test_bad_policy_checkpoints_name_notebook_03(tmp_path, case):
 
 JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
                                      st.text(max_size=4)),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                       max_size=3),
                            max_leaves=6)
 
 
@@ -209,7 +211,8 @@ def test_type_confused_policy_configs_give_a_value_error(tmp_path_factory, key, 
     p = PolicyNet(len(FEATURES))
     save_policy(tmp_path_factory.mktemp("ok") / "p.safetensors", p, "rl", 30)
     config = {**p.checkpoint_config(), key: value}
-    path = save_checkpoint(tmp_path_factory.mktemp("confused") / "p.safetensors", p.checkpoint_tensors(), PolicyNet.FORMAT, config)
+    path = save_checkpoint(tmp_path_factory.mktemp("confused") / "p.safetensors", p.checkpoint_tensors(),
+                           PolicyNet.FORMAT, config)
     try:
         loaded = load_policy(path, 30)
     except ValueError as err:

@@ -41,7 +41,8 @@ def setup():
 def removal_kl(executor: AdaptiveExecutor, windows: torch.Tensor, k: int) -> float:
     decisions = removal_decisions(ORDER, k, 6, windows.shape[1]).expand(len(windows), -1, -1)
     with torch.no_grad():
-        return float(token_kl(executor.forward(windows).logits, executor.forward(windows, decisions=decisions).logits).mean())
+        return float(token_kl(executor.forward(windows).logits,
+                              executor.forward(windows, decisions=decisions).logits).mean())
 
 
 def test_layer_bypass_stats_count_every_token_and_match_the_hf_streams(setup):
@@ -66,11 +67,13 @@ def test_fit_lowers_the_kl_of_removing_two_layers(setup):
     assert identity > 0.05  # the two layers matter
     stats = layer_bypass_stats(ex, fit)
     for family, rank in (("linear", 0), ("diag_lowrank", 4), ("mlp", 4)):
-        bank = fit_layer_bypass(ex, None, BypassConfig(family, rank), stats=stats)  # statistics given: no windows needed
+        # statistics given: no windows needed
+        bank = fit_layer_bypass(ex, None, BypassConfig(family, rank), stats=stats)
         assert bank.info == {"fit_tokens": 1024} and bank.family == family
         fitted = removal_kl(AdaptiveExecutor(ex.adapter, bypass=bank), test, 2)
         assert fitted < 0.85 * identity, family
-    assert removal_kl(AdaptiveExecutor(ex.adapter, bypass=fit_layer_bypass(ex, fit, BypassConfig("linear"))), test, 2) < 0.75 * identity
+    assert (removal_kl(AdaptiveExecutor(ex.adapter, bypass=fit_layer_bypass(ex, fit, BypassConfig("linear"))), test, 2)
+            < 0.75 * identity)
     none = fit_layer_bypass(ex, None, BypassConfig("identity"))  # nothing to fit, nothing run
     assert none.is_identity and none.info == {}
 
@@ -116,13 +119,15 @@ def test_a_tuning_step_is_that_of_the_whole_bypassed_pass(setup):
     opt = torch.optim.Adam(by_hand.parameters(), lr=cfg.lr)
     with frozen(m):
         full = ex.forward(x).logits
-        student = ex.forward_grad(x, decisions=removal_decisions(ORDER, k, 6, cfg.seq_len).expand(cfg.batch, -1, -1)).logits
+        student = ex.forward_grad(x, decisions=removal_decisions(ORDER, k, 6, cfg.seq_len)
+                                  .expand(cfg.batch, -1, -1)).logits
         loss = token_kl(full, student).mean()
         loss.backward()
         opt.step()
     assert row["kl"] == float(loss.detach())
     assert all(torch.equal(a, b) for a, b in zip(bank.parameters(), by_hand.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(bank.parameters(), fit_layer_bypass(identity, None, BypassConfig("diag_lowrank", 4), stats).parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(
+        bank.parameters(), fit_layer_bypass(identity, None, BypassConfig("diag_lowrank", 4), stats).parameters()))
 
 
 def test_tuning_needs_a_bypass():

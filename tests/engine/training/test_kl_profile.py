@@ -24,7 +24,8 @@ def test_ridge_map_is_least_squares_with_an_unpenalised_bias():
 def fitted():
     _, ex, prof, ids = tiny_setup(layers=8)
     windows = [ids[:, 32 * i : 32 * (i + 1)] for i in range(8)]
-    return ex, windows, fit_kl_profile(ex, windows, prof.removal_order, max_depth=5, budgets=(0.6, 0.7, 0.8, 0.9, 0.95), max_dropped=3)
+    return ex, windows, fit_kl_profile(ex, windows, prof.removal_order, max_depth=5, budgets=(0.6, 0.7, 0.8, 0.9, 0.95),
+                                       max_dropped=3)
 
 
 def test_the_fitted_controller_makes_the_tables_choices_and_saves_what_it_says(fitted):
@@ -60,4 +61,5 @@ def test_bad_arguments_name_the_fix(fitted):
         fit_kl_profile(ex, windows[:2], [1, 2, 3], max_depth=2, fit_windows=2)
     with pytest.raises(ValueError, match="no budget in 0.1..0.2 is reachable"):
         fit_kl_profile(ex, windows[:2], [1, 2, 3], max_depth=2, budgets=(0.1, 0.2))
-    assert np.isfinite([r["price"] for r in fit_kl_profile(ex, windows[:2], [1, 2, 3], max_depth=2, budgets=(0.9,)).table]).all()
+    assert np.isfinite([r["price"] for r in fit_kl_profile(ex, windows[:2], [1, 2, 3], max_depth=2,
+                                                           budgets=(0.9,)).table]).all()

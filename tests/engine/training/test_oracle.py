@@ -54,7 +54,8 @@ def test_skip_profiles_on_a_tiny_model():
     from anee.core.actions import PROCESS, SKIP, pattern_decisions
     from anee.core.divergence import log_probs, nll_log_probs
 
-    whole = torch.cat([nll_log_probs(log_probs(ex.forward(w, decisions=pattern_decisions([PROCESS, SKIP, SKIP, SKIP], 24)).logits[0, :-1]),
+    whole = torch.cat([nll_log_probs(log_probs(ex.forward(w, decisions=pattern_decisions([PROCESS, SKIP, SKIP, SKIP],
+                                                                                         24)).logits[0, :-1]),
                                      w[0, 1:]) for w in windows])
     assert np.array_equal(p.nll[2], whole.double().numpy())
     with_hidden = skip_profiles(ex, windows, order=[2, 1, 3, 0], skips=[0, 1], hidden_at=2)

@@ -54,8 +54,8 @@ def test_reinforce_runs_deterministically(tiny):
 def test_log_prob_reaches_the_read():
     torch.manual_seed(0)
     p = PolicyNet(len(FEATURES), 32, hidden_size=16, rank=3)
-    rec = {"features": torch.randn(1, 4, len(FEATURES)), "hidden": torch.randn(1, 4, 16), "raw": torch.tensor([[0, 1, 1, 0]]),
-           "free": torch.ones(1, 4, dtype=torch.bool)}
+    rec = {"features": torch.randn(1, 4, len(FEATURES)), "hidden": torch.randn(1, 4, 16),
+           "raw": torch.tensor([[0, 1, 1, 0]]), "free": torch.ones(1, 4, dtype=torch.bool)}
     total, _ = log_prob(p, [rec])
     ref = torch.log_softmax(p(rec["features"], rec["hidden"]), -1).gather(-1, rec["raw"].unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(total, ref)
@@ -77,7 +77,8 @@ def test_dual_price_per_budget_pushes_share_to_the_plan(tiny):
         p.net[-1].bias.copy_(torch.tensor([20.0, 0.0, 0.0]))  # PROCESS everywhere
     cfg = RLConfig(steps=6, batch=1, seq_len=16, lr=1e-6, lam_lr=1.0, mu=0.0, self_critical=True, shared_budget=True,
                    budgets=(0.5, 0.7), lam_by_budget={0.5: 2.0, 0.7: 5.0})
-    _, hist = train_reinforce(ex, p, prof, ids[0, :128].reshape(4, 32), cfg, pacing=PacingConfig(slack=0.5), plan=PlanConfig())
+    _, hist = train_reinforce(ex, p, prof, ids[0, :128].reshape(4, 32), cfg, pacing=PacingConfig(slack=0.5),
+                              plan=PlanConfig())
     for b, start in ((0.5, 2.0), (0.7, 5.0)):
         lams = [h["lam"] for h in hist if h["budget"] == b]
         assert lams[0] == pytest.approx(start) and all(later > earlier for earlier, later in zip(lams, lams[1:]))

@@ -59,7 +59,8 @@ def test_full_prompt_calibration_fills_the_second_table_from_governed_tokens_onl
     assert ((last.skip_share - 0.5).abs() < 0.1).all()
     prompt = ex.forward(windows[:, :8])
     rest = ex.forward(windows[:, 8:], cache=prompt.cache, controller=c.for_full_prompt(), budget=0.7)
-    assert skip_share(rest.trace.decisions, c.plan(0.7, 10)) == pytest.approx(float(last[last.budget == 0.7].skip_share.iloc[0]))
+    assert skip_share(rest.trace.decisions, c.plan(0.7, 10)) == pytest.approx(
+        float(last[last.budget == 0.7].skip_share.iloc[0]))
     for bad in (-1, 40, 2.5):
         with pytest.raises(ValueError, match="full_prompt must be"):
             calibrate_skip_offsets(ex, c, windows, [0.4], full_prompt=bad)
@@ -81,7 +82,8 @@ def test_calibration_without_the_verifying_round_sets_the_same_offsets(tiny, ful
         with torch.no_grad():
             p.net[-1].bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # SKIP-leaning
         c = LearnedController(p, prof, pacing=PacingConfig(slack=0.5), plan=PlanConfig(marginal=4))
-        tables.append(calibrate_skip_offsets(ex, c, windows, [0.4, 0.7], rounds=2, full_prompt=full_prompt, verify=verify))
+        tables.append(calibrate_skip_offsets(ex, c, windows, [0.4, 0.7], rounds=2, full_prompt=full_prompt,
+                                             verify=verify))
         offsets.append(p.full_prompt_skip_offsets if full_prompt else p.skip_offsets)
     assert not torch.equal(offsets[0], torch.zeros(2)) and torch.equal(offsets[0], offsets[1])
     assert sorted(tables[0]["round"].unique()) == [0, 1, 2] and sorted(tables[1]["round"].unique()) == [0, 1]

@@ -79,7 +79,8 @@ def test_nested_outcomes_match_direct_runs(tiny10):
     full = ex.forward(w).logits
     for j in range(4):
         skipped = set(order[:j]) | set((plan == DROP).nonzero().flatten().tolist())
-        pattern = torch.tensor([SKIP if i in skipped else PROCESS for i in range(10)], dtype=torch.int8).expand(1, 32, 10)
+        pattern = torch.tensor([SKIP if i in skipped else PROCESS for i in range(10)],
+                               dtype=torch.int8).expand(1, 32, 10)
         logits = ex.forward(w, decisions=pattern).logits
         rows = oc[(oc.window == 1) & (oc.budget == 0.6) & (oc.skips == j)].sort_values("token")
         assert torch.equal(torch.tensor(rows.token_kl.to_numpy()), token_kl(full, logits)[0])
@@ -101,9 +102,11 @@ def test_allocation_traces_play_the_allocation_and_record_the_stream(tiny10):
     cfg = PlanConfig(marginal=3)
     windows = ids[0, :64].reshape(2, 32)
     skips = torch.randint(0, 4, (2, 32), generator=torch.Generator().manual_seed(0))
-    alloc = pd.DataFrame({"window": np.repeat([0, 1], 32), "budget": 0.6, "token": np.tile(np.arange(32), 2), "skips": skips.flatten().numpy()})
+    alloc = pd.DataFrame({"window": np.repeat([0, 1], 32), "budget": 0.6, "token": np.tile(np.arange(32), 2),
+                          "skips": skips.flatten().numpy()})
     tr = allocation_traces(ex, prof, cfg, windows, alloc, PacingConfig(slack=0.5))
-    assert len(tr["label"]) == 2 * 32 * 3 and tr["hidden"].shape == (2 * 32 * 3, 32) and tr["hidden"].dtype == np.float16
+    assert (len(tr["label"]) == 2 * 32 * 3 and tr["hidden"].shape == (2 * 32 * 3, 32)
+            and tr["hidden"].dtype == np.float16)
     df = pd.DataFrame({k: v for k, v in tr.items() if k != "hidden"})
     per_token = df.assign(s=df.label == SKIP).groupby(["window", "token"]).s.sum().to_numpy()
     assert np.array_equal(per_token, skips.flatten().numpy())
@@ -116,7 +119,8 @@ def test_allocation_traces_play_the_allocation_and_record_the_stream(tiny10):
     out = ex.forward(windows[1:2], decisions=d.to(torch.int8).unsqueeze(0), collect_hidden=True)
     for layer in order:
         rows = np.flatnonzero(w1 & (df.layer.to_numpy() == layer))
-        assert np.allclose(tr["hidden"][rows].astype(np.float32), out.hidden_states[layer][0].numpy(), atol=2e-2, rtol=1e-2)
+        assert np.allclose(tr["hidden"][rows].astype(np.float32), out.hidden_states[layer][0].numpy(),
+                           atol=2e-2, rtol=1e-2)
     kl = token_kl(ex.forward(windows[1:2]).logits, out.logits)[0]
     first = df[w1 & (df.layer == order[0])].sort_values("token")
     assert torch.allclose(torch.tensor(first.token_kl.to_numpy()), kl, atol=1e-5)
@@ -130,7 +134,8 @@ def test_hindsight_allocation_gives_tolerant_tokens_the_skips():
 
     # two tokens, two marginal layers: token 0 tolerates both skips, token 1 neither
     kl = {(0, 0): 0.10, (0, 1): 0.11, (0, 2): 0.13, (1, 0): 0.10, (1, 1): 0.60, (1, 2): 1.50}
-    rows = pd.DataFrame([{"window": 0, "budget": 0.5, "token": t, "skips": j, "token_kl": v} for (t, j), v in kl.items()])
+    rows = pd.DataFrame([{"window": 0, "budget": 0.5, "token": t, "skips": j, "token_kl": v}
+                         for (t, j), v in kl.items()])
     alloc, prices = hindsight_allocation(rows, skip_share=0.5)
     assert alloc.sort_values("token").skips.tolist() == [2, 0]  # mean 1 = half of the 2 marginal layers
     assert prices.marginal.tolist() == [2] and prices.mean_skips.tolist() == [1.0]
@@ -157,4 +162,5 @@ def test_trace_summary_per_budget():
     assert s.process.tolist() == pytest.approx([0.25, 1.0])
     assert s.skip.tolist() == pytest.approx([0.5, 0.0]) and s["exit"].tolist() == pytest.approx([0.25, 0.0])
     assert s.free.tolist() == pytest.approx([0.5, 0.5])
-    assert s.token_kl.tolist() == pytest.approx([0.25, 0.025]) and s.token_fraction.tolist() == pytest.approx([0.5, 0.95])
+    assert (s.token_kl.tolist() == pytest.approx([0.25, 0.025])
+            and s.token_fraction.tolist() == pytest.approx([0.5, 0.95]))

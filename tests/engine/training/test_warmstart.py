@@ -38,7 +38,8 @@ def test_static_accuracy_is_the_per_layer_majority():
     from anee.engine.training.warmstart import static_accuracy
 
     # windows 0-3 train, window 4 held out; layer 1 is mostly SKIP in training, layer 2 mostly PROCESS
-    rows = [(w, 0.5, 1, lab) for w in range(4) for lab in (1, 1, 0)] + [(w, 0.5, 2, lab) for w in range(4) for lab in (0, 0, 1)]
+    rows = ([(w, 0.5, 1, lab) for w in range(4) for lab in (1, 1, 0)]
+            + [(w, 0.5, 2, lab) for w in range(4) for lab in (0, 0, 1)])
     rows += [(4, 0.5, 1, 1), (4, 0.5, 1, 0), (4, 0.5, 2, 0), (4, 0.5, 2, 0)]
     df = pd.DataFrame(rows, columns=["window", "budget", "layer", "label"])
     assert static_accuracy(df) == pytest.approx(3 / 4)

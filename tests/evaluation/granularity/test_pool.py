@@ -127,7 +127,8 @@ def test_measure_pool_on_a_tiny_model(tiny):
     specs = {"fp32": (FP32, ()), "int4": (4, ()), "fp32-drop1": (FP32, (2,))}
     pool = measure_pool(S, specs, test, calib)
     table = pool.table()
-    assert list(table.columns) == ["variant", "bits", "weights", "layers", "ppl_test", "ppl_valid", "rel_macs", "rel_bytes"]
+    assert list(table.columns) == ["variant", "bits", "weights", "layers", "ppl_test", "ppl_valid", "rel_macs",
+                                   "rel_bytes"]
     assert list(table.weights) == ["fp32", "fake-quant", "fp32"]
     assert list(table.variant) == list(specs) and list(table.layers) == [4, 4, 3]
     t = table.set_index("variant")

@@ -44,8 +44,8 @@ def test_decode_speeds_measure_compose_and_skip(tiny):
             ("variant drop2", "drop2"): dropped, ("select x", "budget=0.5"): Mix(((0.5, FP32), (0.5, int8))),
             ("BranchyNet (digits)", "thr=0.1"): None}
     speeds = decode_speeds(model, Tokenizer(), plan, new_tokens=4, rounds=1, warmup=0)
-    assert list(speeds.columns) == ["strategy", "setting", "seconds_per_token", "tokens_per_s", "speed_rel_fp32", "source",
-                                    "new_tokens", "rounds", "threads"]
+    assert list(speeds.columns) == ["strategy", "setting", "seconds_per_token", "tokens_per_s", "speed_rel_fp32",
+                                    "source", "new_tokens", "rounds", "threads"]
     s = speeds.set_index("strategy")
     assert s.loc["variant fp32", "speed_rel_fp32"] == 1.0
     assert list(speeds.source) == ["measured", "measured", "measured", "composed", "none"]
@@ -73,10 +73,12 @@ def test_decode_seconds_runs_each_decode_with_its_weights(tiny):
 
 def test_predictions_and_display_join():
     table = pd.DataFrame([
-        {"strategy": "variant fp32", "setting": "fp32", "energy_unit": "weight bytes", "rel_energy": 1.0, "rel_macs": 1.0, "rel_bytes": 1.0},
-        {"strategy": "variant int8", "setting": "int8", "energy_unit": "weight bytes", "rel_energy": 0.4, "rel_macs": 1.0, "rel_bytes": 0.4},
-        {"strategy": "BranchyNet (digits)", "setting": "thr=0.1", "energy_unit": "MACs (CNN)", "rel_energy": 0.5, "rel_macs": 0.5,
-         "rel_bytes": float("nan")},
+        {"strategy": "variant fp32", "setting": "fp32", "energy_unit": "weight bytes", "rel_energy": 1.0,
+         "rel_macs": 1.0, "rel_bytes": 1.0},
+        {"strategy": "variant int8", "setting": "int8", "energy_unit": "weight bytes", "rel_energy": 0.4,
+         "rel_macs": 1.0, "rel_bytes": 0.4},
+        {"strategy": "BranchyNet (digits)", "setting": "thr=0.1", "energy_unit": "MACs (CNN)", "rel_energy": 0.5,
+         "rel_macs": 0.5, "rel_bytes": float("nan")},
     ])
     speeds = pd.DataFrame([
         {"strategy": "variant fp32", "setting": "fp32", "speed_rel_fp32": 1.0, "source": "measured"},
@@ -89,8 +91,8 @@ def test_predictions_and_display_join():
     assert pred.loc["variant int8", "energy_unit"] == "weight bytes"
     assert math.isnan(pred.loc["BranchyNet (digits)", "predicted_speed_rel_fp32"])  # no decoder, no prediction
     shown = with_speed(table, speeds)
-    assert list(shown.columns) == ["strategy", "setting", "energy_unit", "rel_energy", "rel_macs", "rel_bytes", "speed_rel_fp32",
-                                   "speed_source"]
+    assert list(shown.columns) == ["strategy", "setting", "energy_unit", "rel_energy", "rel_macs", "rel_bytes",
+                                   "speed_rel_fp32", "speed_source"]
     assert list(shown.speed_source) == ["measured", "measured", "none"] and math.isnan(shown.speed_rel_fp32.iloc[2])
     assert list(with_speed(table, speeds[:2]).speed_source) == ["measured", "measured", "none"]
 

@@ -35,7 +35,8 @@ def test_strategies_cost_units(setup):
     q4 = S.variant(windows, bits=4)
     assert q4.rel_macs() == pytest.approx(1.0) and q4.rel_bytes(bank) < 0.5  # bytes saved, not multiplies
     drop = S.variant(windows, removed=[1, 2])
-    assert drop.rel_macs() < 1 and drop.rel_bytes(bank) == pytest.approx(1 - 2 * bank.layer_bytes(1, FP32) / bank.full_bytes)
+    assert (drop.rel_macs() < 1
+            and drop.rel_bytes(bank) == pytest.approx(1 - 2 * bank.layer_bytes(1, FP32) / bank.full_bytes))
     assert S.schedule(windows, [FP32] * adapter.num_layers).ppl == pytest.approx(full.ppl, rel=1e-5)
     cheap = bank.token_bytes([4] * adapter.num_layers) / bank.full_bytes
     prog, frac = S.progressive(windows, cheap + 0.1, threshold=0.0)
@@ -45,17 +46,20 @@ def test_strategies_cost_units(setup):
 def test_trace_bytes_by_hand():
     """Toy sizes: K+V projections 2 * 8 * 4 = 64 MACs (256 fp32 bytes), a bypass of 40 MACs (160 bytes),
     block i at `bits` reading (i + 1) * bits bytes, a 1000-byte head."""
-    dims = Dims(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=16, vocab=10, num_layers=4, mlp_matrices=3,
-                max_positions=32)
+    dims = Dims(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=16, vocab=10, num_layers=4,
+                mlp_matrices=3, max_positions=32)
     bank = SimpleNamespace(head_bytes=1000.0, layer_bytes=lambda i, bits: float((i + 1) * bits))
     ex = SimpleNamespace(cost=CostModel(dims, bypass=40))
-    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [DROP, PROCESS, DROP, DROP]]], dtype=torch.int8)
+    d = torch.tensor([[[PROCESS, SKIP, DROP, PROCESS], [SKIP, EXIT, DROP, EXIT], [DROP, PROCESS, DROP, DROP]]],
+                     dtype=torch.int8)
     trace = Trace(d, torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 0.0, 0.0]]))
     # token 0: blocks 0 and 3 (32 + 128), one K/V read, bypass at the SKIP and the DROP, 10 overhead MACs
     # token 1: three K/V reads (SKIP, EXIT, EXIT), the bypass at the SKIP only (its DROP comes after its EXIT)
     # token 2: block 1 (64), bypass at the three DROPs, no K/V read anywhere
-    assert trace_bytes(trace, bank, ex).tolist() == [[1000 + 160 + 256 + 2 * 160 + 40, 1000 + 3 * 256 + 160, 1000 + 64 + 3 * 160]]
-    assert trace_bytes(trace, bank, ex, bits=[8, 4, 8, 2]).tolist() == [[1000 + 8 + 8 + 256 + 320 + 40, 1000 + 768 + 160, 1000 + 8 + 480]]
+    assert trace_bytes(trace, bank, ex).tolist() == [[1000 + 160 + 256 + 2 * 160 + 40, 1000 + 3 * 256 + 160,
+                                                      1000 + 64 + 3 * 160]]
+    assert trace_bytes(trace, bank, ex, bits=[8, 4, 8, 2]).tolist() == [[1000 + 8 + 8 + 256 + 320 + 40,
+                                                                         1000 + 768 + 160, 1000 + 8 + 480]]
     plain = SimpleNamespace(cost=CostModel(dims))  # no bypass: SKIP and EXIT read K/V only, DROP nothing
     assert trace_bytes(trace, bank, plain).tolist() == [[1000 + 160 + 256 + 40, 1000 + 768, 1000 + 64]]
 

@@ -46,15 +46,17 @@ def build_table(frontier06):
 
 def test_table_columns_rows_and_energy_unit(tmp_path):
     table = build_table(write_frontier06(tmp_path / "06_frontier.csv", FRONTIER06))
-    assert list(table.columns) == ["granularity", "strategy", "setting", "energy_unit", "budget", "rel_energy", "rel_macs",
-                                   "rel_bytes", "quality_metric", "quality", "quality_rel_fp32", "source"]
-    assert list(table.strategy) == ["variant fp32", "variant int4", "select fuzzy", "LM entropy exit", "segment precision",
+    assert list(table.columns) == ["granularity", "strategy", "setting", "energy_unit", "budget", "rel_energy",
+                                   "rel_macs", "rel_bytes", "quality_metric", "quality", "quality_rel_fp32", "source"]
+    assert list(table.strategy) == ["variant fp32", "variant int4", "select fuzzy", "LM entropy exit",
+                                    "segment precision",
                                     "progressive INT4->INT8", "ANEE budget", "BranchyNet (digits)", "06 anee_rl",
                                     "06 hierarchical"]
     assert list(table.setting[:8]) == ["fp32", "int4", "budget=0.5", "checks=[2, 3],thr=0.1", "budget=0.4",
                                        "budget=0.5,refined=0.25", "budget=0.9", "thr=0.1"]
     t = table.set_index("strategy")
-    assert t.loc["variant int4", "rel_bytes"] == pytest.approx(0.3) and t.loc["variant int4", "rel_macs"] == pytest.approx(1.0)
+    assert (t.loc["variant int4", "rel_bytes"] == pytest.approx(0.3)
+            and t.loc["variant int4", "rel_macs"] == pytest.approx(1.0))
     # rel_energy is the row's cost in its own budget unit: bytes for weight-byte rows, MACs otherwise
     bytes_rows = table.energy_unit == "weight bytes"
     assert bytes_rows.sum() == 5

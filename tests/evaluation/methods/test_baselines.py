@@ -78,7 +78,8 @@ def test_block_influence_with_the_bypass_runs_it_and_pays_for_it():
     assert torch.allclose(plain.cost.layer_macs, 4 * ex.cost.layer(context), rtol=1e-12)
     assert not torch.allclose(plain.logits, out.logits, atol=1e-3)
     with pytest.raises(ValueError, match="set EvalContext.bypass_executor"):
-        METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}), n_removed=2, bypass=True)
+        METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}),
+                                   n_removed=2, bypass=True)
 
 
 @torch.no_grad()
@@ -88,7 +89,8 @@ def test_profiler_removal_drops_the_profilers_order(tmp_path):
     ex = AdaptiveExecutor(adapter)
     bx = AdaptiveExecutor(adapter, bypass=random_bypass("diag_lowrank", adapter.dims.hidden, 6, rank=4, seed=3))
     ids = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(5))
-    profiler = calibrate_profiler(bx, ids, k=16, window=64, max_windows=1, importance=order_importance([3, 0, 5, 1, 2, 4]))
+    profiler = calibrate_profiler(bx, ids, k=16, window=64, max_windows=1,
+                                  importance=order_importance([3, 0, 5, 1, 2, 4]))
     profiler.save(tmp_path / PROFILER_FILE)
     ctx = EvalContext(model, None, ex, ids, extras={"checkpoint_dir": tmp_path}, bypass_executor=bx)
     pattern = torch.tensor([DROP, PROCESS, PROCESS, DROP, PROCESS, PROCESS], dtype=torch.int8).expand(1, 24, 6)
@@ -97,6 +99,7 @@ def test_profiler_removal_drops_the_profilers_order(tmp_path):
     context = torch.arange(1, 25, dtype=torch.float64)[None]
     assert torch.allclose(out.cost.layer_macs, 4 * bx.cost.layer(context) + 2 * bx.cost.drop_path, rtol=1e-12)
     influence = block_influence(ex, ids, window=64)
-    bi = METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence}, bypass_executor=bx),
+    bi = METHODS["block_influence"](EvalContext(model, None, ex, ids, extras={"block_influence": influence},
+                                                bypass_executor=bx),
                                     n_removed=2, bypass=True)(ids[:, :24])
     assert removal_order(influence)[:2] != [3, 0] and not torch.equal(bi.logits, out.logits)

@@ -31,8 +31,10 @@ def test_frontier_methods_use_checkpoints(tiny, tmp_path):
     prof.save(tmp_path / "profiler.safetensors")
     assert shared_plan(ctx) == PlanConfig()  # no warm-start yet: the default plan
     plan, pacing = PlanConfig(marginal=2), PacingConfig(slack=0.08)
-    save_policy(tmp_path / "warmstart-s0.safetensors", PolicyNet(len(FEATURES)), "warmstart", 6, plan=plan, pacing=pacing)
-    save_policy(tmp_path / "warmstart_profiler_only-s0.safetensors", PolicyNet(len(FEATURES)), "warmstart", 6, plan=plan, pacing=pacing)
+    save_policy(tmp_path / "warmstart-s0.safetensors", PolicyNet(len(FEATURES)), "warmstart", 6, plan=plan,
+                pacing=pacing)
+    save_policy(tmp_path / "warmstart_profiler_only-s0.safetensors", PolicyNet(len(FEATURES)), "warmstart", 6,
+                plan=plan, pacing=pacing)
     save_policy(tmp_path / "rl-s0.safetensors", PolicyNet(len(FEATURES), 32, 32, 4), "rl", 6, plan=plan, pacing=pacing)
     assert shared_plan(ctx) == plan  # the heuristic runs under the learned controllers' plan
     executor, rl = learned_controller(ctx, "rl-s0.safetensors")
@@ -56,21 +58,24 @@ def test_learned_controllers_run_in_the_executor_they_were_trained_in(tiny, tmp_
     ctx = EvalContext(model, None, ex, ids, extras={"checkpoint_dir": tmp_path}, bypass_executor=bx)
     prof.save(tmp_path / "profiler.safetensors")
     torch.manual_seed(0)
-    save_policy(tmp_path / policy_file("warmstart", 0), PolicyNet(len(FEATURES)), "warmstart", 6, plan=PlanConfig(marginal=2),
-                bypass="linear tuned", seed=0)
+    save_policy(tmp_path / policy_file("warmstart", 0), PolicyNet(len(FEATURES)), "warmstart", 6,
+                plan=PlanConfig(marginal=2), bypass="linear tuned", seed=0)
     save_policy(tmp_path / policy_file("rl", 1), PolicyNet(len(FEATURES)), "rl", 6, plan=PlanConfig(marginal=2), seed=1)
     executor, c = learned_controller(ctx, policy_file("warmstart", 0))
     assert executor is bx and c.profiler.executor is bx and c.profiler is get_profiler(ctx, bx)
     assert learned_controller(ctx, policy_file("warmstart", 0), bypass=True)[0] is bx
     executor, c = learned_controller(ctx, policy_file("rl", 1))
     assert executor is ex and c.profiler.executor is ex and get_profiler(ctx, ex) is not get_profiler(ctx, bx)
-    with pytest.raises(ValueError, match=r"warmstart-s0.safetensors was trained with the layer bypass; evaluate it with bypass=True"):
+    with pytest.raises(ValueError, match=r"warmstart-s0.safetensors was trained with the layer bypass; "
+                                         r"evaluate it with bypass=True"):
         METHODS["anee_warmstart"](ctx, budget=0.5, seed=0, bypass=False)
-    with pytest.raises(ValueError, match=r"rl-s1.safetensors was trained without the layer bypass; evaluate it with bypass=False"):
+    with pytest.raises(ValueError, match=r"rl-s1.safetensors was trained without the layer bypass; "
+                                         r"evaluate it with bypass=False"):
         METHODS["anee_rl"](ctx, budget=0.5, seed=1, bypass=True)
     save_policy(tmp_path / policy_file("rl", 2), PolicyNet(len(FEATURES)), "rl", 6, plan=PlanConfig(marginal=2),
                 bypass="diag_lowrank-8 tuned", seed=2)  # another family than the context's bypass
-    with pytest.raises(ValueError, match=r"rl-s2.safetensors was trained with the layer bypass 'diag_lowrank-8 tuned', the executor runs 'linear'"):
+    with pytest.raises(ValueError, match=r"rl-s2.safetensors was trained with the layer bypass 'diag_lowrank-8 tuned', "
+                                         r"the executor runs 'linear'"):
         METHODS["anee_rl"](ctx, budget=0.5, seed=2)
     with pytest.raises(ValueError, match="rl-s0.safetensors not found"):
         METHODS["anee_rl"](ctx, budget=0.5)  # seed 0 of rl was never trained
@@ -86,7 +91,8 @@ def test_learned_controllers_run_in_the_executor_they_were_trained_in(tiny, tmp_
     # the heuristic with bypass=True runs there too
     heur = METHODS["anee_heuristic"](ctx, budget=0.6, bypass=True)(window)
     ref = bx.forward(window, controller=HeuristicController(get_profiler(ctx, bx), plan=shared_plan(ctx)), budget=0.6)
-    assert torch.equal(heur.logits, ref.logits) and torch.equal(heur.cost.layer_macs, ref.trace.cost(bx.cost).layer_macs)
+    assert (torch.equal(heur.logits, ref.logits)
+            and torch.equal(heur.cost.layer_macs, ref.trace.cost(bx.cost).layer_macs))
 
 
 def test_kl_profile_method_runs_the_fitted_controller_in_its_executor(tiny, tmp_path):
@@ -101,7 +107,8 @@ def test_kl_profile_method_runs_the_fitted_controller_in_its_executor(tiny, tmp_
     windows = [ids[:, 32 * i : 32 * (i + 1)] for i in range(4)]
     fit = fit_kl_profile(bx, windows, prof.removal_order, max_depth=3, budgets=(0.7, 0.8, 0.9))
     fit.controller.save(tmp_path / KL_PROFILE_FILE)
-    with pytest.raises(ValueError, match="kl_profile.safetensors was trained with the layer bypass; evaluate it with bypass=True"):
+    with pytest.raises(ValueError, match="kl_profile.safetensors was trained with the layer bypass; "
+                                         "evaluate it with bypass=True"):
         METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=False)
     window = ids[:, 128:160]
     out = METHODS["anee_kl_profile"](ctx, budget=0.8, bypass=True)(window)
