@@ -24,6 +24,9 @@ VALID_BYPASS_FIT = slice(4096, 20_000)
 VALID_BYPASS_TUNING = slice(20_000, 40_000)
 VALID_BYPASS_CHOICE = slice(40_000, 44_000)
 VALID_KL_PROFILE = slice(VALID_BYPASS_CHOICE.stop, None)
+# Held-out states for the error of the profiler's entropy estimator (notebook 02): an evaluation only,
+# inside the KL-profile span (nothing is fitted on both; the estimator is fitted on VALID_IMPORTANCE).
+VALID_ESTIMATOR_CHECK = slice(50_000, None)
 
 
 def data_dir() -> Path:

@@ -69,6 +69,7 @@ from anee.core.data import (
     VALID_BYPASS_CHOICE,
     VALID_BYPASS_FIT,
     VALID_BYPASS_TUNING,
+    VALID_ESTIMATOR_CHECK,
     VALID_IMPORTANCE,
     sample_windows,
     span_windows,
@@ -212,7 +213,7 @@ profiler = calibrate_profiler(executor, valid[:, VALID_IMPORTANCE], k=SHORTLIST_
                               importance=influence if ORDER == "block_influence" else order_importance(order))
 profiler.save(CKPT / PROFILER_FILE)
 fit_states = calibration_hidden(executor, valid[:, VALID_IMPORTANCE], max_windows=1)
-held_out = calibration_hidden(executor, valid[:, 50000:], max_windows=1, seed=1)
+held_out = calibration_hidden(executor, valid[:, VALID_ESTIMATOR_CHECK], max_windows=1, seed=1)
 rows = [estimator_error(executor, fit_shortlist(executor, valid[:, VALID_IMPORTANCE], k=k, hidden=fit_states), held_out)
         for k in (16, 64, 256)]
 est_table = pd.DataFrame(rows)
