@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                file=sys.stderr)
         try:
             args.run(args)
-        # the package refused an argument
         except (ValueError, TypeError, ModelNotAvailableError, FileNotFoundError) as e:
-            args.parser.error(str(e))
+            args.parser.error(str(e))  # the package refused an argument
     return 0
 
 
