@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-test: setup unit nbval
+test: setup lint unit nbval
 
 unit: setup
 	$(PY) -m pytest tests -q
