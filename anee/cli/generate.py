@@ -68,9 +68,8 @@ def run(args: argparse.Namespace) -> None:
     wrapper = load_wrapper(args)
     with Stopwatch() as clock:
         text, result = wrapper.generate(prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                        energy_budget=args.budget,
-                                        do_sample=args.sample, temperature=args.temperature, top_k=args.top_k,
-                                        top_p=args.top_p, seed=args.seed, return_result=True)
+                                        energy_budget=args.budget, do_sample=args.sample, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, return_result=True)
     prompt_len = result.sequences.shape[1] - result.new_tokens.shape[1]
     print(text)
     print()

@@ -378,10 +378,9 @@ RULES: tuple[Rule, ...] = (
     Rule("06_comparisons", "decision", ("verdict",), why="better / worse / a tie: a threshold on the difference "
          "against the larger seed spread (another CPU turned one 'b' into 'tie')"),
     # labels and counts
-    Rule("*", "exact", ("seed", "n_seeds", "tokens", "setting", "method", "policy", "controller", "split",
-                        "bypass", "family",
-                        "rank", "macs", "tuned", "curve", "a", "b", "variant", "strategy", "granularity", "energy_unit",
-                        "quality_metric", "source", "hindsight", "verdict", "params", "policy_macs",
+    Rule("*", "exact", ("seed", "n_seeds", "tokens", "setting", "method", "policy", "controller", "split", "bypass",
+                        "family", "rank", "macs", "tuned", "curve", "a", "b", "variant", "strategy", "granularity",
+                        "energy_unit", "quality_metric", "source", "hindsight", "verdict", "params", "policy_macs",
                         "overhead_macs_per_call")),
     # 01, 09: the budget-1.0 executor is the HF model; the shipped controllers' greedy generations (trained,
     # seed 0) may flip a token on a near-tie, and the prefix and fractions after it move with it
@@ -389,8 +388,7 @@ RULES: tuple[Rule, ...] = (
     Rule("0[19]_*generations*", "decision", ("text",), why="greedy tokens: a near-tie between two logits can flip"),
     Rule("0[19]_*generations*", "report", ("layer_fraction*", "*_saved_net", "matching_prefix"),
          why="one prompt's numbers after a flipped greedy token (another machine moved them by up to 0.03 of the "
-             "layers); "
-             "their means over the prompts are checked in 09's summaries"),
+             "layers); their means over the prompts are checked in 09's summaries"),
     Rule("09_*summary", "decision", ("matching_prefix*",), atol=0.1, reference="controllers",
          why="a mean over 20 prompts of whole tokens moves in steps of 0.05: two prompts' flipped first tokens"),
     Rule("09_api_vs_06", "bound", ("rel_diff",), bound=1e-5),  # the public API and notebook 06 score the same windows
@@ -427,10 +425,8 @@ RULES: tuple[Rule, ...] = (
     Rule("05_capacity_table", "trained"),
     Rule("05_training_history", "report", ("loss", "kl*", "lens_kl", "exited", "mean_depth"),
          why="per-step values of a training trajectory; the exit phase has seed 0 only and samples hard Gumbel "
-             "gates, and "
-             "another CPU moved its steps by up to half (loss by 15 %); what training produced is checked in "
-             "05_capacity_*, "
-             "05_exits and 05_exit_depths"),
+             "gates, and another CPU moved its steps by up to half (loss by 15 %); what training produced is "
+             "checked in 05_capacity_*, 05_exits and 05_exit_depths"),
     Rule("05_training_history", "trained", keys=("phase", "lens", "step"), reference="hierarchical"),
     Rule("05_layer_allocation", "eval"),
     Rule("05_*", "decision", reference="hierarchical",
@@ -508,8 +504,7 @@ def committed_files(root: Path, rev: str = "HEAD") -> dict[str, str]:
 # notebook runs: the command line (the top layer: nothing in the package imports it, tests/test_architecture.py)
 # and this checker
 NOT_CODE = (":(exclude)anee/defaults", ":(exclude)notebooks/*.ipynb", ":(exclude)anee/cli",
-            ":(exclude)anee/__main__.py",
-            ":(exclude)anee/evaluation/verify.py")
+            ":(exclude)anee/__main__.py", ":(exclude)anee/evaluation/verify.py")
 
 
 def stale_by_notebook(root: Path, provenance: dict,
@@ -566,9 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if prov.is_file():
         for name, changed in stale_by_notebook(root, json.loads(prov.read_text())).items():
             print(f"WARNING: code changed since {name or 'the results'} ran ({len(changed)} files: "
-                  f"{', '.join(changed[:6])}"
-                  f"{' ...' if len(changed) > 6 else ''}); rerun `make reproduce` and commit the results",
-                  file=sys.stderr)
+                  f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}); "
+                  "rerun `make reproduce` and commit the results", file=sys.stderr)
     if not report.ok:
         print(f"FAILED: {len(report.failures)} values differ beyond their tolerance", file=sys.stderr)
         return 1
