@@ -28,8 +28,7 @@ def load_trained(args: argparse.Namespace):
                            else repo_root() / "results" / "checkpoints")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the hierarchical model is trained by notebook 05 "
-                                "(make reproduce) and not "
-                                "shipped (it is ~47 MB); run it, or pass --checkpoint-dir")
+                                "(make reproduce) and not shipped (it is ~47 MB); run it, or pass --checkpoint-dir")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     hm = HierarchicalModel.load(path, model).eval()
     calib = calibration_windows(wikitext_tokens(tokenizer, "valid", CALIBRATION_TOKENS)

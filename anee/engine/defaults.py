@@ -67,8 +67,7 @@ def model_fingerprint(adapter, name: str) -> dict:
     """What a defaults folder records of its model, and checks against the model it is given."""
     d = adapter.dims
     return {"name": name, "model_type": str(adapter.model.config.model_type), "num_layers": d.num_layers,
-            "hidden": d.hidden,
-            "vocab": d.vocab}
+            "hidden": d.hidden, "vocab": d.vocab}
 
 
 def file_record(path: Path) -> dict:
@@ -102,8 +101,7 @@ def check_manifest(manifest, where: Path) -> dict:
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise bad("not an anee defaults manifest "
-                  f"(format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                  f"expected {FORMAT!r})")
+                  f"(format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT!r})")
     model = manifest.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not all(k in model for k in MODEL_KEYS):
         raise bad(f"'model' must describe the model ({', '.join(('name',) + MODEL_KEYS)})")
@@ -164,9 +162,8 @@ class Defaults:
         wrong = [f"{k} {got[k]!r} (files: {want[k]!r})" for k in MODEL_KEYS if got[k] != want[k]]
         if wrong:
             raise ValueError(f"the defaults in {self.folder} are for {want['name']!r}, but this model differs: "
-                             f"{', '.join(wrong)}. Set ANEEConfig(model_name=...) to the model you pass, "
-                             "or build its own with anee.calibrate "
-                             "and point ANEEConfig(defaults_dir=...) at that folder")
+                             f"{', '.join(wrong)}. Set ANEEConfig(model_name=...) to the model you pass, or "
+                             "build its own with anee.calibrate and point ANEEConfig(defaults_dir=...) at that folder")
 
     def bypass(self, adapter) -> BypassBank | None:
         """The layer bypass on the model's device (None when the folder has none)."""
@@ -220,9 +217,8 @@ def read_defaults(folder: str | Path) -> Defaults:
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{folder} is not a defaults folder (no {MANIFEST}); "
-                         "write one with anee.calibrate(model, tokenizer, "
-                         f"text, out='{folder}') or `python -m anee calibrate`")
+        raise ValueError(f"{folder} is not a defaults folder (no {MANIFEST}); write one with "
+                         f"anee.calibrate(model, tokenizer, text, out='{folder}') or `python -m anee calibrate`")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -232,12 +228,10 @@ def read_defaults(folder: str | Path) -> Defaults:
         file = folder / name
         if not file.is_file():
             raise ValueError(f"{file} is listed in {path} but missing; "
-                             "rebuild the folder (or reinstall the package for "
-                             "shipped defaults)")
+                             "rebuild the folder (or reinstall the package for shipped defaults)")
         if file.stat().st_size != record["bytes"] or file_record(file)["sha256"] != record["sha256"]:
             raise ValueError(f"{file} does not match the size / sha256 in {path} (damaged or replaced); "
-                             "rebuild the folder "
-                             "(or reinstall the package for shipped defaults)")
+                             "rebuild the folder (or reinstall the package for shipped defaults)")
     return Defaults(folder, manifest)
 
 

@@ -74,12 +74,12 @@ def method_label(name: str, setting: dict) -> str:
 
 def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=None,
                 seeds=(0,)) -> list[tuple[str, dict]]:
-    """Rows contributed by the ANEE controllers (02-04, the KL-profile controller fitted in 03) and the
-    hierarchical model (05). Their
-    checkpoints must exist in the profile's checkpoint folder: run those notebooks first. The
-    planned controllers are cheap to evaluate, so they may get a denser grid (`planned_budgets`);
-    the learned ones and the hierarchical model run once per training seed. The heuristic runs with
-    and without the layer bypass, the learned controllers with the bypass they were trained with."""
+    """Rows contributed by the ANEE controllers (02-04, the KL-profile controller fitted in 03) and
+    the hierarchical model (05). Their checkpoints must exist in the profile's checkpoint folder:
+    run those notebooks first. The planned controllers are cheap to evaluate, so they may get a
+    denser grid (`planned_budgets`); the learned ones and the hierarchical model run once per
+    training seed. The heuristic runs with and without the layer bypass, the learned controllers
+    with the bypass they were trained with."""
     planned = planned_budgets or budgets
     with_bypass = ctx.bypass_executor is not None
     specs = [("anee_heuristic", {"budget": b}) for b in planned]

@@ -15,9 +15,8 @@ ANEE's SKIP, so the cache stays aligned and each later token sees exactly one ke
 
 Cost (per token, MACs from `anee.core.cost.CostModel`): a processed layer with its FFN costs
 `layer(context)`, without it `layer(context) - mlp` plus the FFN bypass's MACs; a layer after the exit
-costs `kv_only`; router
-(2*D per processed layer), exit gates (2*D per gate reached) and the tuned lens (D*D at the exit) are
-overhead. Reported savings are net of all of it.
+costs `kv_only`; router (2*D per processed layer), exit gates (2*D per gate reached) and the tuned
+lens (D*D at the exit) are overhead. Reported savings are net of all of it.
 
 Two execution paths:
 - `dense_forward` runs every token through masked dense arithmetic (batched, differentiable): used
@@ -116,11 +115,15 @@ class HierarchicalModel(Checkpointable, nn.Module):
         split); stored in `self.sensitivity`. Costs one forward per layer."""
         L = self.num_layers
         full = KLReference(self.base(ids).logits)
+        # every layer before `layer` runs its FFN for every token in pass `layer`, so each pass resumes
+        # from the all-FFN pass's stream at its layer: the same arithmetic, about a third less of it
+        inputs: list[torch.Tensor] = []
+        self.dense_forward(ids, "all", compute_logits=False, layer_inputs=inputs)
         sens = torch.empty(L, dtype=torch.float64)
         for layer in range(L):
             thr = torch.full((L,), float("-inf"), dtype=torch.float64)
             thr[layer] = float("inf")
-            logits = self.dense_forward(ids, "threshold", thresholds=thr).logits
+            logits = self.dense_forward(ids, "threshold", thresholds=thr, resume=(layer, inputs[layer])).logits
             sens[layer] = float(full.kl(log_probs(logits)).mean())
         self.sensitivity.copy_(sens)
         return sens
@@ -188,7 +191,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
                       thresholds: torch.Tensor | None = None, exits: bool = False, exit_threshold: float = 0.5,
                       collect_exit_hidden: bool = False, straight_through: bool = False,
                       compute_logits: bool = True, collect_final: bool = False,
-                      ffn_data: list | None = None) -> HierarchicalOutput:
+                      ffn_data: list | None = None, layer_inputs: list | None = None,
+                      resume: tuple[int, torch.Tensor] | None = None) -> HierarchicalOutput:
         """Teacher-forced pass over ids [B, T] with masked dense arithmetic.
 
         routing: "all" (every FFN), "topk" (training: top ceil(c_l*T) per sequence), "threshold"
@@ -197,7 +201,10 @@ class HierarchicalModel(Checkpointable, nn.Module):
         c_l = `layer_capacities(capacity)`.
         `straight_through` makes the routing mask carry the router's gradient (training);
         `compute_logits=False` skips the LM head (calibration and cost only); `ffn_data` collects
-        (post-attention stream, FFN update, processed mask) per layer, detached."""
+        (post-attention stream, FFN update, processed mask) per layer, detached; `layer_inputs` collects
+        each layer's input stream h [B, T, D]. `resume=(l, h)` starts at layer l from its input h (taken
+        from a pass that ran every FFN of layers < l, with no exit before l): the layers before l are not
+        run, so their records keep their defaults (active, no FFN, router logits absent)."""
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         if routing == "threshold" and thresholds is None:
@@ -206,7 +213,10 @@ class HierarchicalModel(Checkpointable, nn.Module):
         B, T = ids.shape
         dev = ids.device
         position_ids = torch.arange(T, device=dev).expand(B, T)
-        h = a.embed(ids, position_ids)
+        start, h = resume if resume is not None else (0, a.embed(ids, position_ids))
+        if not (0 <= start < L and h.shape == (B, T, a.dims.hidden)):
+            raise ValueError(f"resume must be (layer in [0, {L}), stream [{B}, {T}, {a.dims.hidden}]), "
+                             f"got ({start}, {tuple(h.shape)})")
         pos = a.position_state(h, position_ids)
         active = torch.ones(B, T, dtype=torch.bool, device=dev)
         act_rec = torch.zeros(B, T, L, dtype=torch.bool, device=dev)
@@ -217,7 +227,9 @@ class HierarchicalModel(Checkpointable, nn.Module):
         router_logits, exit_hidden = [], []
         exit_at = {d: i for i, d in enumerate(self.exit_layers)}
         caps = self.layer_capacities(capacity).tolist() if routing in ("topk", "calibrate") else None
-        for layer in range(L):
+        for layer in range(start, L):
+            if layer_inputs is not None:
+                layer_inputs.append(h)
             if layer in exit_at:
                 e = exit_at[layer]
                 if collect_exit_hidden:
@@ -262,8 +274,7 @@ class HierarchicalModel(Checkpointable, nn.Module):
         if routing in ("all", "topk"):
             used = torch.full((L,), float("nan"), dtype=torch.float64)
         return HierarchicalOutput(logits, ffn_rec, act_rec, exit_depth, used, context, exits, router_logits,
-                                  exit_hidden,
-                                  final if collect_final else None)
+                                  exit_hidden, final if collect_final else None)
 
     # -- sparse (gathered, the timed inference path) -----------------------------------------------
     @torch.no_grad()
@@ -380,9 +391,9 @@ class HierarchicalModel(Checkpointable, nn.Module):
         d = self.adapter.dims
         return {"model_name": self.model_name, "model_type": self.base.config.model_type, "num_layers": d.num_layers,
                 "hidden": d.hidden, "vocab": d.vocab, "exit_layers": list(self.exit_layers),
-                "tuned_lens": self.tuned_lens,
-                "ffn_bypass": asdict(self.ffn_bypass.config), "ffn_bypass_info": self.ffn_bypass.info,
-                "allocation_exponent": self.allocation_exponent, "extra": getattr(self, "checkpoint_extra", {})}
+                "tuned_lens": self.tuned_lens, "ffn_bypass": asdict(self.ffn_bypass.config),
+                "ffn_bypass_info": self.ffn_bypass.info, "allocation_exponent": self.allocation_exponent,
+                "extra": getattr(self, "checkpoint_extra", {})}
 
     @classmethod
     def from_config(cls, config: dict, base: nn.Module) -> HierarchicalModel:

@@ -19,13 +19,13 @@ so the routers predict the error of the bypass that inference uses, not of its c
 Exits are off.
 
 Phase 2, exits. With a tuned lens, each exit's affine map is first fitted in closed form (ridge least
-squares to the final stream on `lens_fit_windows` windows). Routers are frozen (top-k at `exit_capacity`); the
-stream at every exit depth is taken
-from that routed pass without gradient. Each gate draws a hard Gumbel-softmax sample with decoupled
-temperatures (`tau_forward` forward, `tau_backward` annealed from `tau_backward[0]` to `[1]` for the
-gradient); tokens halt at the first sampled exit. The loss is the expected (KL + `exit_cost` x depth
-fraction) under the halting distribution, plus, with a tuned lens, `lens_weight` x the mean KL of every
-exit's decoded distribution (so each lens learns on all tokens, not only on those that exit).
+squares to the final stream on `lens_fit_windows` windows). Routers are frozen (top-k at
+`exit_capacity`); the stream at every exit depth is taken from that routed pass without gradient.
+Each gate draws a hard Gumbel-softmax sample with decoupled temperatures (`tau_forward` forward,
+`tau_backward` annealed from `tau_backward[0]` to `[1]` for the gradient); tokens halt at the first
+sampled exit. The loss is the expected (KL + `exit_cost` x depth fraction) under the halting
+distribution, plus, with a tuned lens, `lens_weight` x the mean KL of every exit's decoded
+distribution (so each lens learns on all tokens, not only on those that exit).
 
 Known simplification: during training later tokens attend to the K/V of a token as if it had not
 exited (its stream keeps flowing); at inference they see K/V from its frozen state. The evaluation
@@ -149,9 +149,8 @@ def train_exits(model: HierarchicalModel, ids: torch.Tensor, cfg: TrainConfig) -
         loss.backward()
         opt.step()
         row = {"phase": "exit", "step": step, "tau_backward": tau_b, "loss": float(loss.detach()),
-               "kl_final": float(kl_final.mean()),
-               "lens_kl": float(lens_kl.detach()), "mean_depth": float(depth.detach().mean()),
-               "exited": 1 - float(remaining.detach().mean())}
+               "kl_final": float(kl_final.mean()), "lens_kl": float(lens_kl.detach()),
+               "mean_depth": float(depth.detach().mean()), "exited": 1 - float(remaining.detach().mean())}
         row.update({f"kl_exit{d}": float(k.detach().mean()) for d, k in zip(model.exit_layers, kls)})
         history.append(row)
     return history

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anee.core.bypass import BypassBank, BypassConfig, BypassStats
+from anee.core.divergence import KLReference, log_probs
 from anee.hierarchical.model import HierarchicalModel
 
 
@@ -310,3 +311,43 @@ def test_checkpoint_keeps_the_ffn_bypass(tmp_path):
     x = ids(1, 32, 2)
     thr = model.calibrate(x, 0.55)
     assert torch.equal(model.sparse_forward(x, thr).logits, loaded.sparse_forward(x, thr).logits)
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_measure_sensitivity_resumes_with_the_same_arithmetic(bypass):
+    """Each layer's pass resumes from the all-FFN pass's stream at that layer: its logits equal, bit for
+    bit, those of a pass run from the embedding with that layer's FFN skipped for every token."""
+    config = BypassConfig("linear", 0, target="ffn") if bypass else None
+    model = randomize(HierarchicalModel(tiny_llama(), ffn_bypass=config))
+    model.fit_ffn_bypass_(ids(4, 32, 6))
+    x, L = ids(2, 24, 5), model.num_layers
+    want = []
+    with torch.no_grad():
+        full = KLReference(model.base(x).logits)
+        inputs = []
+        model.dense_forward(x, "all", compute_logits=False, layer_inputs=inputs)
+        for layer in range(L):
+            thr = torch.full((L,), float("-inf"), dtype=torch.float64)
+            thr[layer] = float("inf")
+            scratch = model.dense_forward(x, "threshold", thresholds=thr).logits
+            resumed = model.dense_forward(x, "threshold", thresholds=thr, resume=(layer, inputs[layer])).logits
+            assert torch.equal(resumed, scratch), layer
+            want.append(float(full.kl(log_probs(scratch)).mean()))
+        got = model.measure_sensitivity(x)
+    assert torch.equal(got, model.sensitivity)
+    assert got.tolist() == want
+    assert (got > 0).all()
+
+
+def test_resume_checks_its_layer_and_stream():
+    model = randomize(HierarchicalModel(tiny_llama()))
+    x = ids(1, 8, 7)
+    inputs = []
+    out = model.dense_forward(x, "all", layer_inputs=inputs)
+    assert len(inputs) == model.num_layers
+    resumed = model.dense_forward(x, "all", resume=(2, inputs[2]))
+    assert torch.equal(resumed.logits, out.logits)
+    with pytest.raises(ValueError, match="resume must be"):
+        model.dense_forward(x, "all", resume=(model.num_layers, inputs[0]))
+    with pytest.raises(ValueError, match="resume must be"):
+        model.dense_forward(x, "all", resume=(1, inputs[0][:, :4]))

@@ -32,8 +32,7 @@ class HeuristicController(PacedController):
     affords; leave otherwise (EXIT once nothing more is planned and the plan allows it)."""
 
     def __init__(self, profiler, config: HeuristicConfig | None = None, pacing: PacingConfig | None = None,
-                 record: bool = False,
-                 plan: PlanConfig | None = None):
+                 record: bool = False, plan: PlanConfig | None = None):
         super().__init__(profiler, pacing, record, plan)
         self.config = config or HeuristicConfig()
         if not 0.0 <= self.config.entropy_shift <= self.pacing.slack:

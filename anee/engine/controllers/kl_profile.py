@@ -72,8 +72,8 @@ class KLProfileController(Checkpointable):
     FIX = "refit it with anee.engine.training.kl_profile.fit_kl_profile (notebook 03 writes it)"
 
     def __init__(self, order: list[int], num_layers: int, weight: torch.Tensor, budgets: torch.Tensor,
-                 drops: torch.Tensor,
-                 prices: torch.Tensor, window: int, bypass: str | None, skip_fraction: float, drop_fraction: float):
+                 drops: torch.Tensor, prices: torch.Tensor, window: int, bypass: str | None,
+                 skip_fraction: float, drop_fraction: float):
         order = [int(i) for i in order]
         if not order or len(set(order)) != len(order) or not all(0 <= i < num_layers for i in order):
             raise ValueError(f"order must list distinct layers of the {num_layers}-layer model, got {order}")
@@ -150,8 +150,7 @@ class KLProfileController(Checkpointable):
     def decide(self, view: LayerView) -> torch.Tensor:
         if view.anchor is None:
             raise ValueError(f"no anchor state: the executor must hand the input of layer {self.anchor_layer} "
-                             "to the controller "
-                             "(AdaptiveExecutor does for a controller with `anchor_layer`)")
+                             "to the controller (AdaptiveExecutor does for a controller with `anchor_layer`)")
         g = self.entry(view.budget)
         if g is None or view.layer not in self.order:
             raise ValueError(f"layer {view.layer} is not one the plan asks about")
@@ -193,7 +192,6 @@ def check_fitted_for(config: dict, executor) -> None:
     n = int(config["features"])
     if (executor.adapter.num_layers, executor.adapter.dims.hidden + POSITION_FEATURES) != (config["num_layers"], n):
         raise ValueError(f"fitted for {config['num_layers']} layers and {n - POSITION_FEATURES} hidden units, "
-                         "the model has "
-                         f"{executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
+                         f"the model has {executor.adapter.num_layers} and {executor.adapter.dims.hidden}")
     check_same_bypass(config["bypass"], executor.bypass, "the KL-profile controller",
                       "run it in an executor with that bypass (or refit it in this one)")

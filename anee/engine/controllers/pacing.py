@@ -70,8 +70,7 @@ class PacedController:
     """
 
     def __init__(self, profiler, pacing: PacingConfig | None = None, record: bool = False,
-                 plan: PlanConfig | None = None,
-                 record_hidden: bool = False):
+                 plan: PlanConfig | None = None, record_hidden: bool = False):
         self.profiler = profiler
         self.pacing = pacing or PacingConfig()
         self.plan_config = plan

@@ -82,8 +82,7 @@ def trace_bytes(trace: Trace, bank: WeightBank, executor: AdaptiveExecutor,
 
 
 def _score(method: Callable[[torch.Tensor], tuple[MethodOutput, torch.Tensor]], windows: torch.Tensor,
-           full_cost: Callable,
-           decode: Decode | Mix | None = None) -> WindowScores:
+           full_cost: Callable, decode: Decode | Mix | None = None) -> WindowScores:
     nll, tok, macs, full, byts = [], [], [], [], []
     for w in windows:
         ids = w.unsqueeze(0)
@@ -202,8 +201,8 @@ class Strategies:
         def method(ids):
             T = ids.shape[1]
             r = progressive_refinement(self.ctx.adapter, self.bank, ids, budget, threshold, cheap_bits=cheap_bits,
-                                       fine_bits=fine_bits,
-                                       spent_before=account["spent"], tokens_before=account["tokens"], count_last=False)
+                                       fine_bits=fine_bits, spent_before=account["spent"],
+                                       tokens_before=account["tokens"], count_last=False)
             account.update(spent=r["spent"], tokens=r["tokens"], refined=account["refined"] + int(r["refined"].sum()))
             context = torch.arange(1, T + 1, dtype=torch.float64).unsqueeze(0)
             base = static_cost(self.ex.cost, context, self.L)
