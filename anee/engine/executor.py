@@ -34,6 +34,7 @@ from ..core.cost import CostModel, bypassed
 from ..core.kv_cache import KVCache
 from ..core.layer_step import layer_step
 from ..core.outputs import ExecutorOutput, Trace
+from ..core.resume import resume_layer
 from ..core.scalars import flag, integer
 from .arguments import check_budget
 from .controllers.base import Controller, FullController, LayerView, layer_overhead
@@ -281,13 +282,9 @@ def _check_resume(resume, decisions, past: int, shape: tuple[int, int, int], L: 
     """The layer a `resume=(layer, h)` pass starts at (0 without one); `past`: tokens already cached."""
     if resume is None:
         return 0
-    layer, h = resume
     if decisions is None or past > 0:
         raise ValueError("resume continues a teacher-forced pass: pass decisions, and no cache (or an empty one)")
-    if not 0 <= layer <= L or tuple(h.shape) != shape:
-        raise ValueError(f"resume needs a layer in 0..{L} and a hidden state of shape {shape}, "
-                         f"got {layer} and {tuple(h.shape)}")
-    return layer
+    return resume_layer(resume, shape, L)
 
 
 def check_input_ids(input_ids, vocab: int) -> None:

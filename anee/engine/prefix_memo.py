@@ -12,6 +12,10 @@ is not repeated. On exit the memo is released and the executors run as before.
 
 Only a fresh, unpadded, teacher-forced chunk takes part (a decode step or a continuation of a cache
 runs as always).
+
+`WindowPasses` shares more, for one window scored under many uniform decision rows (nested skip sets,
+counterfactual outcomes): each pass resumes from whichever earlier pass agrees with it on the most
+leading layers, skipped layers included, so k+1 nested skips start where the k-th pass's last skip was.
 """
 
 from __future__ import annotations
@@ -79,3 +83,35 @@ def shared_prefixes(*executors, memo: PrefixMemo | None = None) -> Iterator[Pref
     finally:
         for e, old in zip(executors, saved):
             e.prefix_memo = old
+
+
+class WindowPasses:
+    """Teacher-forced passes over one window [1, T] under decisions uniform over its tokens, each resumed
+    (`AdaptiveExecutor.forward`'s `resume`) from the earlier pass that shares the longest prefix of layer
+    decisions: the same logits as running each pass from the embedding, for a fraction of the layers.
+    Keeps every pass's layer inputs (a pass shares the tensors of the prefix it resumed from), so keep
+    one per window."""
+
+    def __init__(self, executor, ids: torch.Tensor):
+        self.executor, self.ids = executor, ids
+        self.passes: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (decisions row [L], input of layers 0..L)
+
+    def forward(self, decisions: torch.Tensor) -> torch.Tensor:
+        """The logits [1, T, V] of the pass under `decisions` [1, T, L] (every token's row the same)."""
+        row = decisions[0, 0]
+        if not bool((decisions == row).all()):
+            raise ValueError("WindowPasses runs decisions that are the same for every token of the window")
+        start, states = 0, []
+        for done_row, done_states in self.passes:
+            differ = (done_row != row).nonzero()
+            shared = int(differ[0]) if len(differ) else len(row)
+            if shared > start:
+                start, states = shared, done_states[:shared + 1]
+        out = self.executor.forward(self.ids, decisions=decisions, collect_hidden=True,
+                                    resume=(start, states[start]) if start else None)
+        self.passes.append((row, states[:start] + out.hidden_states))
+        return out.logits
+
+    def layer_inputs(self, i: int) -> list[torch.Tensor]:
+        """The input of each layer 0..L-1, then the final stream, of the `i`-th pass run."""
+        return self.passes[i][1]

@@ -44,6 +44,7 @@ from ..core.checkpoints import Checkpointable
 from ..core.cost import CostModel, CostReport
 from ..core.divergence import KLReference, log_probs
 from ..core.outputs import HierarchicalOutput
+from ..core.resume import resume_layer
 from ..core.scalars import integer, real
 from .gates import AffineLens, ExitGate, default_exit_layers
 from .routers import MIN_CAPACITY, FFNRouter, causal_center, check_capacity, score, threshold_route, topk_route
@@ -112,7 +113,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
     @torch.no_grad()
     def measure_sensitivity(self, ids: torch.Tensor) -> torch.Tensor:
         """KL(full || FFN of layer l skipped for every token), per layer, on ids [B, T] (validation
-        split); stored in `self.sensitivity`. Costs one forward per layer."""
+        split); stored in `self.sensitivity`. Costs the reference pass, one all-FFN pass and, per layer,
+        a pass from that layer on."""
         L = self.num_layers
         full = KLReference(self.base(ids).logits)
         # every layer before `layer` runs its FFN for every token in pass `layer`, so each pass resumes
@@ -202,9 +204,10 @@ class HierarchicalModel(Checkpointable, nn.Module):
         `straight_through` makes the routing mask carry the router's gradient (training);
         `compute_logits=False` skips the LM head (calibration and cost only); `ffn_data` collects
         (post-attention stream, FFN update, processed mask) per layer, detached; `layer_inputs` collects
-        each layer's input stream h [B, T, D]. `resume=(l, h)` starts at layer l from its input h (taken
-        from a pass that ran every FFN of layers < l, with no exit before l): the layers before l are not
-        run, so their records keep their defaults (active, no FFN, router logits absent)."""
+        each layer's input stream h [B, T, D]. `resume=(l, h)` starts at layer l (0..L; L: only the head)
+        from its input h (taken from a pass that ran every FFN of layers < l, with no exit before l): the
+        layers before l are not run, so their records keep their defaults (active, no FFN, router logits
+        absent)."""
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         if routing == "threshold" and thresholds is None:
@@ -213,10 +216,8 @@ class HierarchicalModel(Checkpointable, nn.Module):
         B, T = ids.shape
         dev = ids.device
         position_ids = torch.arange(T, device=dev).expand(B, T)
-        start, h = resume if resume is not None else (0, a.embed(ids, position_ids))
-        if not (0 <= start < L and h.shape == (B, T, a.dims.hidden)):
-            raise ValueError(f"resume must be (layer in [0, {L}), stream [{B}, {T}, {a.dims.hidden}]), "
-                             f"got ({start}, {tuple(h.shape)})")
+        start = resume_layer(resume, (B, T, a.dims.hidden), L)
+        h = a.embed(ids, position_ids) if resume is None else resume[1]
         pos = a.position_state(h, position_ids)
         active = torch.ones(B, T, dtype=torch.bool, device=dev)
         act_rec = torch.zeros(B, T, L, dtype=torch.bool, device=dev)

@@ -14,7 +14,7 @@ from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import PolicyNet
-from anee.engine.prefix_memo import shared_prefixes
+from anee.engine.prefix_memo import WindowPasses, shared_prefixes
 from anee.engine.profiler import FEATURES
 
 L = 10
@@ -129,3 +129,37 @@ def test_the_controller_sees_the_same_state_after_a_restored_prefix(tiny):
         executor.forward(windows, controller=FullController())  # every layer in the memo
         inside = seen_features(executor, windows, passes[2])
     assert outside and len(inside) == len(outside) and all(torch.equal(a, b) for a, b in zip(inside, outside))
+
+
+class Recording:
+    """The executor, noting the layer each pass starts at."""
+
+    def __init__(self, executor):
+        self.executor, self.starts = executor, []
+
+    def forward(self, *args, resume=None, **kwargs):
+        self.starts.append(0 if resume is None else resume[0])
+        return self.executor.forward(*args, resume=resume, **kwargs)
+
+
+def test_window_passes_resume_from_the_longest_shared_prefix(tiny):
+    """Nested skip sets, each pass resumed where it first differs from an earlier one (a skipped layer
+    included): the logits and layer inputs of a pass from the embedding, bit for bit; a decision row that
+    differs between tokens is refused."""
+    executor, ids, _ = tiny
+    x = ids[:1]
+    recording = Recording(executor)
+    passes = WindowPasses(recording, x)
+    order = (6, 8, 4, 9)
+    rows = [[SKIP if j in order[:k] else PROCESS for j in range(L)] for k in range(len(order) + 1)]
+    for i, row in enumerate(rows):
+        decisions = torch.tensor(row, dtype=torch.int8).expand(1, x.shape[1], L)
+        direct = executor.forward(x, decisions=decisions, collect_hidden=True)
+        assert torch.equal(passes.forward(decisions), direct.logits)
+        assert all(torch.equal(a, b) for a, b in zip(passes.layer_inputs(i), direct.hidden_states, strict=True))
+    # the full pass from the embedding; {6} at 6; {6, 8} at 8 (after the pass of {6}); {4, 6, 8} at 4; {4, 6, 8, 9} at 9
+    assert recording.starts == [0, 6, 8, 4, 9]
+    mixed = torch.full((1, x.shape[1], L), PROCESS, dtype=torch.int8)
+    mixed[:, ::2, 5] = SKIP
+    with pytest.raises(ValueError, match="same for every token"):
+        passes.forward(mixed)

@@ -347,7 +347,10 @@ def test_resume_checks_its_layer_and_stream():
     assert len(inputs) == model.num_layers
     resumed = model.dense_forward(x, "all", resume=(2, inputs[2]))
     assert torch.equal(resumed.logits, out.logits)
-    with pytest.raises(ValueError, match="resume must be"):
-        model.dense_forward(x, "all", resume=(model.num_layers, inputs[0]))
-    with pytest.raises(ValueError, match="resume must be"):
+    final = model.dense_forward(x, "all", collect_final=True).final_hidden
+    at_end = model.dense_forward(x, "all", resume=(model.num_layers, final))  # only the head is left
+    assert torch.equal(at_end.logits, out.logits)
+    with pytest.raises(ValueError, match=r"resume needs a layer in 0\.\.\d+"):
+        model.dense_forward(x, "all", resume=(model.num_layers + 1, inputs[0]))
+    with pytest.raises(ValueError, match="hidden state of shape"):
         model.dense_forward(x, "all", resume=(1, inputs[0][:, :4]))

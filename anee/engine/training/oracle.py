@@ -22,6 +22,7 @@ from ...core.actions import PROCESS, SKIP, pattern_decisions
 from ...core.bisection import bisect, grow_upper
 from ...core.divergence import KLReference, log_probs, nll_log_probs
 from ..executor import AdaptiveExecutor
+from ..prefix_memo import WindowPasses
 
 
 @dataclass
@@ -39,21 +40,19 @@ class SkipProfiles:
 def skip_profiles(executor: AdaptiveExecutor, windows: list[torch.Tensor], order: list[int], skips: list[int],
                   hidden_at: int | None = None) -> SkipProfiles:
     """Skip the first k layers of `order` for every token of each window [1, T]; score positions 0..T-2.
-    Each skipped pass resumes from the full pass at its first skipped layer (bit for bit the whole pass)."""
+    Each pass resumes from the earlier pass (the full one or a shorter skip set) that agrees with it on
+    the most leading layers (`WindowPasses`: bit for bit the whole pass)."""
     L = executor.adapter.num_layers
     kl_rows, nll_rows, hidden = [[] for _ in skips], [[] for _ in skips], []
     for w in windows:
-        full = executor.forward(w, collect_hidden=True)
-        reference = KLReference(full.logits[0, :-1])
+        passes = WindowPasses(executor, w)
+        reference = KLReference(passes.forward(pattern_decisions([PROCESS] * L, w.shape[1]))[0, :-1])
         if hidden_at is not None:
-            hidden.append(full.hidden_states[hidden_at][0, :-1].float())
+            hidden.append(passes.layer_inputs(0)[hidden_at][0, :-1].float())
         for i, k in enumerate(skips):
             skipped = set(order[:k])
-            start = min(skipped, default=L)
             pattern = [SKIP if j in skipped else PROCESS for j in range(L)]
-            out = executor.forward(w, decisions=pattern_decisions(pattern, w.shape[1]),
-                                   resume=(start, full.hidden_states[start]))
-            logp = log_probs(out.logits[0, :-1])
+            logp = log_probs(passes.forward(pattern_decisions(pattern, w.shape[1]))[0, :-1])
             kl_rows[i].append(reference.kl(logp))
             nll_rows[i].append(nll_log_probs(logp, w[0, 1:]))
     return SkipProfiles(np.array(skips), _stacked(kl_rows), _stacked(nll_rows),

@@ -23,6 +23,7 @@ from ..controllers.base import LayerView
 from ..controllers.pacing import PacedController, PacingConfig
 from ..controllers.plan import PlanConfig, marginal_order
 from ..executor import AdaptiveExecutor
+from ..prefix_memo import WindowPasses
 from ..profiler import FEATURES
 from .oracle import lagrangian_price
 
@@ -112,30 +113,6 @@ def nested_decisions(plan: torch.Tensor, skipped: list[int], tokens: int) -> tor
     return row.to(torch.int8).expand(1, tokens, -1)
 
 
-class _PassesDone:
-    """Teacher-forced passes over one window [1, T] under uniform decisions, each resumed from the
-    earlier pass that shares the longest prefix of layer decisions (`AdaptiveExecutor.forward`'s
-    `resume`): the same logits as running each pass from the embedding, for a fraction of the layers.
-    Keeps every pass's layer inputs (a pass shares the tensors of the prefix it resumed from)."""
-
-    def __init__(self, executor: AdaptiveExecutor, ids: torch.Tensor):
-        self.executor, self.ids = executor, ids
-        self.passes: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (decisions row [L], input of layers 0..L)
-
-    def forward(self, decisions: torch.Tensor) -> torch.Tensor:
-        row = decisions[0, 0]
-        start, states = 0, []
-        for done_row, done_states in self.passes:
-            differ = (done_row != row).nonzero()
-            shared = int(differ[0]) if len(differ) else len(row)
-            if shared > start:
-                start, states = shared, done_states[:shared + 1]
-        out = self.executor.forward(self.ids, decisions=decisions, collect_hidden=True,
-                                    resume=(start, states[start]) if start else None)
-        self.passes.append((row, states[:start] + out.hidden_states))
-        return out.logits
-
-
 @torch.no_grad()
 def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, windows: torch.Tensor,
                     budgets: list[float]) -> pd.DataFrame:
@@ -146,7 +123,7 @@ def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wind
     rows = []
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
-        done = _PassesDone(executor, ids)
+        done = WindowPasses(executor, ids)
         full = KLReference(done.forward(torch.full((1, ids.shape[1], L), PROCESS, dtype=torch.int8)))
         for b in budgets:
             layer_plan = controller.plan(b, L)

@@ -52,12 +52,21 @@ def test_skip_profiles_on_a_tiny_model():
     assert np.allclose(p.nll[0], ref.double().numpy(), atol=1e-4)
     # each skipped pass resumes from the full pass at its first skipped layer: bit for bit the whole pass
     from anee.core.actions import PROCESS, SKIP, pattern_decisions
-    from anee.core.divergence import log_probs, nll_log_probs
+    from anee.core.divergence import KLReference, log_probs, nll_log_probs
 
     whole = torch.cat([nll_log_probs(log_probs(ex.forward(w, decisions=pattern_decisions([PROCESS, SKIP, SKIP, SKIP],
                                                                                          24)).logits[0, :-1]),
                                      w[0, 1:]) for w in windows])
     assert np.array_equal(p.nll[2], whole.double().numpy())
+    # every k of an order whose passes resume from shorter skip sets ({1, 3} at 3, {1, 2, 3} at 2), bit for bit
+    chained = skip_profiles(ex, windows, order=[1, 3, 2, 0], skips=[0, 1, 2, 3, 4])
+    for i, k in enumerate(chained.skips):
+        pattern = pattern_decisions([SKIP if j in [1, 3, 2, 0][:k] else PROCESS for j in range(4)], 24)
+        logp = [log_probs(ex.forward(w, decisions=pattern).logits[0, :-1]) for w in windows]
+        assert np.array_equal(chained.nll[i], torch.cat([nll_log_probs(lp, w[0, 1:])
+                                                         for lp, w in zip(logp, windows)]).double().numpy())
+        assert np.array_equal(chained.kl[i], torch.cat([KLReference(ex.forward(w).logits[0, :-1]).kl(lp)
+                                                        for lp, w in zip(logp, windows)]).double().numpy())
     with_hidden = skip_profiles(ex, windows, order=[2, 1, 3, 0], skips=[0, 1], hidden_at=2)
     assert np.array_equal(with_hidden.nll, p.nll[:2]) and p.hidden is None
     inputs = torch.cat([ex.forward(w, collect_hidden=True).hidden_states[2][0, :-1] for w in windows])
