@@ -182,9 +182,9 @@ class Defaults:
         profiler = self.profiler(executor)
         if method == "heuristic":
             return HeuristicController(profiler, plan=self.plan)
-        controller = load_controller(self.folder / POLICY_FILES[method], profiler)
-        check_same_bypass(controller.policy.trained_for.get("bypass"), executor.bypass,
-                          str(self.folder / POLICY_FILES[method]),
+        path = self.folder / POLICY_FILES[method]
+        controller = load_controller(path, profiler)
+        check_same_bypass(controller.policy.trained_for.get("bypass"), executor.bypass, str(path),
                           "use the folder's own bypass (pass no bypass= to ANEEWrapper)")
         controller.policy.to(model_device(executor.adapter.model))
         return controller

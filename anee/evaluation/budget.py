@@ -39,7 +39,7 @@ def kl_profile_windows(valid: torch.Tensor, profile: str) -> list[torch.Tensor]:
     """Windows [1, T] of valid-split ids the KL-profile controller is fitted on: the first of
     `VALID_KL_PROFILE`, after the text notebook 02 tunes the bypass on and chooses it with, so the
     profiles see the bypass as it does on unseen text."""
-    count, length = pick(profile, quick=(4, 128), full=(32, 512))
+    count, length = pick(profile, quick=(4, 128), full=(24, 512))  # full: 32 until runZ6 (cut for the hour)
     return list(span_windows(valid, VALID_KL_PROFILE, count, length).unsqueeze(1))
 
 

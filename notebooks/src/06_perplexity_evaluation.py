@@ -71,7 +71,7 @@ PLANNED_BUDGETS = pick(PROFILE, quick=(0.95, 0.9, 0.8, 0.7),
 # of 512 (stride = window halves the time of a sliding stride of 256: make reproduce's time limit)
 EVAL_TOKENS, WINDOW, STRIDE = frontier_windows(PROFILE)
 HEADROOM_TOKENS = 512  # hindsight-bound section (both profiles)
-HELDOUT_TOKENS = pick(PROFILE, quick=512, full=4096)  # the last test tokens, a second test text
+HELDOUT_TOKENS = pick(PROFILE, quick=512, full=2048)  # the last test tokens, a second text (full: 4,096 until runZ6)
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 test_ids = wikitext_tokens(tokenizer, "test", EVAL_TOKENS)
 ctx = frontier_context(model, tokenizer, PROFILE, calibration_tokens=pick(PROFILE, quick=1024, full=4096))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...core.actions import DROP, EXIT, PROCESS, SKIP
+from ...core.actions import DROP, EXIT, PROCESS, SKIP, pattern_decisions
 from ...core.divergence import KLReference, log_probs, nll_log_probs
 from ..controllers.base import LayerView
 from ..controllers.pacing import PacedController, PacingConfig
@@ -124,7 +124,7 @@ def nested_outcomes(executor: AdaptiveExecutor, profiler, plan: PlanConfig, wind
     for w, ids in enumerate(windows):
         ids = ids.unsqueeze(0)
         done = WindowPasses(executor, ids)
-        full = KLReference(done.forward(torch.full((1, ids.shape[1], L), PROCESS, dtype=torch.int8)))
+        full = KLReference(done.forward(pattern_decisions([PROCESS] * L, ids.shape[1])))
         for b in budgets:
             layer_plan = controller.plan(b, L)
             order = marginal_order(layer_plan, profiler.rank)
