@@ -10,10 +10,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # memory stays in the heap for the next one. Same arithmetic, same numbers, less kernel time:
 # `make bench-malloc` measures the speed-up and checks the result bit for bit (tools/malloc_bench.py).
 # Only processes started by make get it (a notebook opened in Jupyter or Colab runs as before).
-# Its hazard: with every large block in the heap, a kernel's memory can grow far beyond what it holds (most
-# likely long-lived small tensors fragmenting that heap): in runZ7's make reproduce notebook 03 grew to 10 GB,
-# in an attempt just before to 24 GB (killed by the OOM killer); run alone with the same setting and inputs it
-# peaked at 2.6 GB. On a machine with less memory, turn it off: `make reproduce GLIBC_TUNABLES=` (~5 % slower).
+# Its hazard: with every large block in the heap, small long-lived blocks land inside freed large ones and
+# the heap grows past them: in runZ7's make reproduce a kernel held 10 GB, in an attempt before it 24 GB (killed
+# by the OOM killer), of which ~1-3 GB live. Those pages are free, only never returned, so every notebook
+# kernel under this setting runs a thread that returns them with malloc_trim(0) every 30 s
+# (anee/evaluation/heap.py; after one KL-profile window it took RSS from 3.8 to 1.06 GB in 0.17 s).
+# To run without the setting: `make reproduce GLIBC_TUNABLES=` (5-18 % slower by tools/malloc_bench.py).
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456
 
 .PHONY: setup test unit nbval lint reproduce reproduce-quick verify notebooks bench bench-malloc ship-defaults readme clean

@@ -9,6 +9,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .heap import start_heap_trimmer
 from .results import check_profile
 
 T = TypeVar("T")
@@ -27,8 +28,11 @@ def setup(profile: str, seed: int = 0, threads: int | None = DEFAULT_THREADS, de
     error, where an op has no deterministic version). It is off by default: on this CPU the ops
     used here already give bit-identical reruns at a fixed thread count (checked by rerunning the
     quick profile), while deterministic mode made a bypass-tuning step (backward through the
-    30-layer model) 2.5x slower (52 s against 21 s per step, measured in one run under load)."""
+    30-layer model) 2.5x slower (52 s against 21 s per step, measured in one run under load).
+
+    Under `make`'s allocator setting it also starts the heap trimmer (`heap.start_heap_trimmer`)."""
     check_profile(profile)
+    start_heap_trimmer()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
