@@ -13,8 +13,9 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # Its hazard: with every large block in the heap, small long-lived blocks land inside freed large ones and
 # the heap grows past them: in runZ7's make reproduce a kernel held 10 GB, in an attempt before it 24 GB (killed
 # by the OOM killer), of which ~1-3 GB live. Those pages are free, only never returned, so every notebook
-# kernel under this setting runs a thread that returns them with malloc_trim(0) every 30 s
-# (anee/evaluation/heap.py; after one KL-profile window it took RSS from 3.8 to 1.06 GB in 0.17 s).
+# kernel under this setting runs a thread that looks every 30 s and returns them with malloc_trim(0) when the
+# heap holds over 4 GB free (anee/evaluation/heap.py; after one KL-profile window a trim took RSS from 3.8 to
+# 1.06 GB in 0.17 s; trimming at every look also returned what the next pass retakes, and re-faulting it cost time).
 # To run without the setting: `make reproduce GLIBC_TUNABLES=` (5-18 % slower by tools/malloc_bench.py).
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456
 

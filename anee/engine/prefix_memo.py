@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.actions import DROP, EXIT, SKIP
 from ..core.kv_cache import KVCache
 
 
@@ -85,31 +86,41 @@ def shared_prefixes(*executors, memo: PrefixMemo | None = None) -> Iterator[Pref
             e.prefix_memo = old
 
 
+def uniform_key(row: torch.Tensor) -> torch.Tensor:
+    """A uniform decision row [L] with every SKIP before its first EXIT written as DROP: when every
+    token SKIPS a layer, the K/V it writes there are read by no token (none processes it), and both
+    give h + bypass(h) with the same kernels, so the two passes agree bit for bit."""
+    before_exit = ~(row == EXIT).to(torch.int8).cummax(0).values.bool()
+    return torch.where((row == SKIP) & before_exit, DROP, row)
+
+
 class WindowPasses:
     """Teacher-forced passes over one window [1, T] under decisions uniform over its tokens, each resumed
     (`AdaptiveExecutor.forward`'s `resume`) from the earlier pass that shares the longest prefix of layer
-    decisions: the same logits as running each pass from the embedding, for a fraction of the layers.
-    Keeps every pass's layer inputs (a pass shares the tensors of the prefix it resumed from), so keep
-    one per window."""
+    decisions (`uniform_key`: a SKIP all tokens take counts as a DROP; nested outcomes under budgets whose
+    plans DROP what another budget's SKIPS repeat whole passes): the same logits as running each pass
+    from the embedding, for a fraction of the layers. Keeps every pass's layer inputs (a pass shares the
+    tensors of the prefix it resumed from), so keep one per window."""
 
     def __init__(self, executor, ids: torch.Tensor):
         self.executor, self.ids = executor, ids
-        self.passes: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (decisions row [L], input of layers 0..L)
+        self.passes: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (uniform_key [L], input of layers 0..L)
 
     def forward(self, decisions: torch.Tensor) -> torch.Tensor:
         """The logits [1, T, V] of the pass under `decisions` [1, T, L] (every token's row the same)."""
         row = decisions[0, 0]
         if not bool((decisions == row).all()):
             raise ValueError("WindowPasses runs decisions that are the same for every token of the window")
+        key = uniform_key(row)
         start, states = 0, []
-        for done_row, done_states in self.passes:
-            differ = (done_row != row).nonzero()
-            shared = int(differ[0]) if len(differ) else len(row)
+        for done_key, done_states in self.passes:
+            differ = (done_key != key).nonzero()
+            shared = int(differ[0]) if len(differ) else len(key)
             if shared > start:
                 start, states = shared, done_states[:shared + 1]
         out = self.executor.forward(self.ids, decisions=decisions, collect_hidden=True,
                                     resume=(start, states[start]) if start else None)
-        self.passes.append((row, states[:start] + out.hidden_states))
+        self.passes.append((key, states[:start] + out.hidden_states))
         return out.logits
 
     def layer_inputs(self, i: int) -> list[torch.Tensor]:

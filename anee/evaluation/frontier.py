@@ -97,15 +97,22 @@ def extra_specs(ctx: EvalContext, budgets=(0.9, 0.8, 0.7, 0.6), planned_budgets=
 def run_frontier(ctx: EvalContext, specs: list[tuple[str, dict]], ids: torch.Tensor, window: int, stride: int,
                  progress: bool = False) -> pd.DataFrame:
     """Evaluate every (method name, setting) pair on the same windows: one row per pair, with the
-    method's label (`method_label`) and its training seed (-1 for a method that trains nothing)."""
-    rows = []
+    method's label (`method_label`) and its training seed (-1 for a method that trains nothing). A
+    method with the `signature` of one scored before (the same computation, e.g. static removal of the
+    same layers) gets that one's numbers without running again."""
+    rows, scored = [], {}
     with shared_prefixes(ctx.executor, ctx.bypass_executor):  # the layers every setting processes run once per window
         for name, setting in specs:
             method = build_method(name, ctx, **setting)
+            label = method_label(name, setting)
             text = ",".join(f"{k}={v}" for k, v in setting.items() if k not in ("seed", "bypass"))
-            result = evaluate(method, ids, window, stride, name=method_label(name, setting), setting=text,
-                              progress=progress)
-            rows.append({**result.row(), "seed": int(setting.get("seed", -1))})
+            signature = getattr(method, "signature", None)
+            result = scored.get(signature) if signature is not None else None
+            if result is None:
+                result = evaluate(method, ids, window, stride, name=label, progress=progress)
+                if signature is not None:
+                    scored[signature] = result
+            rows.append({**result.row(), "method": label, "setting": text, "seed": int(setting.get("seed", -1))})
     table = pd.DataFrame(rows)
     return table[["method", "setting", "seed"] + [c for c in table.columns if c not in ("method", "setting", "seed")]]
 

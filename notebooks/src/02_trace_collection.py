@@ -109,7 +109,7 @@ FIT_WINDOWS, FIT_LEN = pick(PROFILE, quick=(8, 512), full=(16, 512))
 # full: no search since runZ8 (9 steps until runZ7). Its order depends on the text it searches: scored on the
 # choice windows below with 6 layers removed (closed form; Block Influence 53.30), 9 steps on 4 valid windows of
 # 512 gave 49.74 (runZ6's order), on 2 of 512 57.02 (runZ7's, which lost to Block Influence), on 4 of 256 53.60;
-# a search that reliably helps costs ~9 min of make reproduce's hour (measured by hand on this machine, 2026-12-07)
+# the one search that beat it (4 x 512) cost ~9 min of make reproduce's hour (by hand on this machine, 2026-12-07)
 GREEDY_STEPS = GREEDY_STEPS if GREEDY_STEPS is not None else pick(PROFILE, quick=2, full=0)
 # the greedy search's valid windows (its order is kept only if it beats Block Influence on the choice windows)
 SEARCH_WINDOWS, SEARCH_LEN = pick(PROFILE, quick=(2, 128), full=(4, 512))

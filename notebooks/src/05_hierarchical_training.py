@@ -230,9 +230,10 @@ exit_kl.round(1)
 #   every token costs the KL printed above, a few layers far more than the rest (`05_layer_allocation`),
 #   and the allocation gives those layers most of their tokens. The routers are a closed-form warm start
 #   (a ridge regression of the bypass's error on the router input; straight-through top-k training made
-#   them worse with the bypass in our runs) and the bypasses are tuned end to end for 80 CPU
-#   steps. The perplexity increases in the capacity table are what we measure; set them beside the
-#   seed's claims. Whether much longer training closes the gap is untested here.
+#   them worse with the bypass in our runs) and the bypasses are tuned end to end for
+#   `TRAIN.bypass_steps` CPU steps (60 in the full profile). The perplexity increases in the capacity
+#   table are what we measure; set them beside the seed's claims. Whether much longer training closes
+#   the gap is untested here.
 # - **Wall-clock.** Gathering the routed tokens turns FFN savings into real time in parallel
 #   (teacher-forced) mode; the measured speedups sit below the compute ratio because of gather/scatter,
 #   per-layer Python overhead and the always-run attention, and vary with machine load (see

@@ -6,7 +6,7 @@ import torch
 from _anee_tiny import random_bypass, tiny_setup
 
 from anee import AdaptiveExecutor
-from anee.core.actions import PROCESS, SKIP
+from anee.core.actions import DROP, EXIT, PROCESS, SKIP
 from anee.core.kv_cache import KVCache
 from anee.engine.controllers.base import FullController
 from anee.engine.controllers.heuristic import HeuristicController
@@ -14,7 +14,7 @@ from anee.engine.controllers.learned import LearnedController
 from anee.engine.controllers.pacing import PacingConfig
 from anee.engine.controllers.plan import PlanConfig
 from anee.engine.controllers.policy import PolicyNet
-from anee.engine.prefix_memo import WindowPasses, shared_prefixes
+from anee.engine.prefix_memo import WindowPasses, shared_prefixes, uniform_key
 from anee.engine.profiler import FEATURES
 
 L = 10
@@ -163,3 +163,31 @@ def test_window_passes_resume_from_the_longest_shared_prefix(tiny):
     mixed[:, ::2, 5] = SKIP
     with pytest.raises(ValueError, match="same for every token"):
         passes.forward(mixed)
+
+
+def test_window_passes_count_a_skip_every_token_takes_as_a_drop(tiny):
+    """A layer SKIPPED by every token writes K/V no token reads: the pass equals the one that DROPS it,
+    bit for bit (with the bypass), so a DROP-for-SKIP twin resumes from the last layer (only the head
+    runs) and a pass that adds a SKIP to a DROPPED prefix resumes at that SKIP. Not after an EXIT."""
+    executor, ids, _ = tiny
+    x = ids[:1]
+    T = x.shape[1]
+
+    def uniform(row):
+        return torch.tensor(row, dtype=torch.int8).expand(1, T, L)
+
+    skip = [PROCESS] * L
+    skip[4], skip[7] = SKIP, SKIP
+    drop = [DROP if a == SKIP else a for a in skip]
+    more = list(drop)
+    more[8] = SKIP
+    recording = Recording(executor)
+    passes = WindowPasses(recording, x)
+    for row in (skip, drop, more):
+        direct = executor.forward(x, decisions=uniform(row)).logits
+        assert torch.equal(passes.forward(uniform(row)), direct)
+    assert torch.equal(executor.forward(x, decisions=uniform(skip)).logits,
+                       executor.forward(x, decisions=uniform(drop)).logits)
+    assert recording.starts == [0, L, 8]
+    exit_then_skip = torch.tensor([PROCESS, SKIP, EXIT, SKIP, DROP] + [EXIT] * (L - 5), dtype=torch.int8)
+    assert uniform_key(exit_then_skip).tolist() == [PROCESS, DROP, EXIT, SKIP, DROP] + [EXIT] * (L - 5)

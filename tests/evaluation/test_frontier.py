@@ -36,6 +36,7 @@ from anee.evaluation.frontier import (
     run_frontier,
     trained_engine,
 )
+from anee.evaluation.methods import baselines
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 COLUMNS = ["0.1", "0.1_std", "0.2", "0.2_std", "0.3", "0.3_std", "0.4", "0.4_std", "0.5", "0.5_std", "n_seeds"]
@@ -352,3 +353,49 @@ def test_headroom_skips_nested_prefixes_of_the_profilers_order():
     # free static skipping: 1 / 6 saved = one layer; 0.25 = 1.5 layers, log-linear between 1 and 2
     assert table.loc[1 / 6, "static_ppl"] == pytest.approx(math.exp(nll[1]), rel=1e-5)
     assert table.loc[0.25, "static_ppl"] == pytest.approx(math.exp((nll[1] + nll[2]) / 2), rel=1e-5)
+
+
+def test_run_frontier_scores_a_method_once_per_signature(monkeypatch):
+    """Static removal of the same layers in the same executor, asked for under two names (the profiler's
+    order equals Block Influence's here), runs once and both rows carry its numbers; another layer set,
+    or the same set in the bypass executor, runs again."""
+    model = tiny_llama(n_layer=4)
+    adapter = adapter_for(model)
+    ex = AdaptiveExecutor(adapter)
+    bx = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, 4, seed=2))
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])},
+                      bypass_executor=bx)
+    calls = []
+
+    def counted(builder):
+        def build(ctx, **kw):
+            method = builder(ctx, **kw)
+
+            def run(chunk):
+                calls.append(kw)
+                return method(chunk)
+
+            run.signature = method.signature
+            return run
+        return build
+
+    class SameOrder:  # the profiler_removal method reads only the order
+        removal_order = [1, 2, 3, 0]
+
+    monkeypatch.setattr(baselines, "get_profiler", lambda ctx, executor: SameOrder())
+    monkeypatch.setitem(methods.METHODS, "block_influence", counted(methods.METHODS["block_influence"]))
+    monkeypatch.setitem(methods.METHODS, "profiler_removal", counted(methods.METHODS["profiler_removal"]))
+    two, two_bypassed = {"n_removed": 2}, {"n_removed": 2, "bypass": True}
+    specs = [("block_influence", two), ("profiler_removal", two), ("block_influence", two_bypassed),
+             ("profiler_removal", two_bypassed), ("profiler_removal", {"n_removed": 3})]
+    table = run_frontier(ctx, specs, ids, window=20, stride=20)
+    assert calls == [two] * 2 + [two_bypassed] * 2 + [{"n_removed": 3}] * 2  # each on 2 windows
+    assert table.method.tolist() == ["block_influence", "profiler_removal", "block_influence+bypass",
+                                     "profiler_removal+bypass", "profiler_removal"]
+    numbers = ["ppl", "nll_sum", "layer_fraction", "layer_saved_net"]
+    assert table.iloc[0][numbers].equals(table.iloc[1][numbers])
+    assert table.iloc[2][numbers].equals(table.iloc[3][numbers])
+    assert table.iloc[0].ppl != table.iloc[2].ppl != table.iloc[4].ppl
+    unshared = run_frontier(ctx, specs[1:2], ids, window=20, stride=20)  # alone, it runs and gives the same row
+    assert unshared.iloc[0].equals(table.iloc[1])

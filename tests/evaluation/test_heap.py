@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from anee.evaluation.heap import HeapTrimmer, keeps_freed_memory, start_heap_trimmer
+from anee.evaluation.heap import TRIM_ABOVE, HeapTrimmer, keeps_freed_memory, start_heap_trimmer, trim_heap_above
 
 MAKE_SETTING = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 
@@ -21,14 +21,17 @@ MAKE_SETTING = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:
 # returns both: by hand, 24 growing blocks each followed by a small kept one grew RSS by 249 MB, trimmed to 1 MB.)
 KEEP = """
 import json, resource, torch
-from anee.evaluation.heap import trim_heap
+from anee.evaluation.heap import free_heap_bytes, trim_heap_above
 def rss(): return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 before = rss()
 big = torch.ones(50_000_000)
 del big
-kept = rss() - before
-released = trim_heap()
-print(json.dumps({"kept": kept, "after_trim": rss() - before, "released": released}))
+kept, free = rss() - before, free_heap_bytes()
+above_free = trim_heap_above(free + 2**20)  # more free bytes asked for than the heap holds: no trim
+after_above_free = rss() - before
+released = trim_heap_above(free - 2**20) and free_heap_bytes() < free
+print(json.dumps({"kept": kept, "free": free, "above_free": above_free, "after_above_free": after_above_free,
+                  "after_trim": rss() - before, "released": released}))
 """
 
 
@@ -42,8 +45,9 @@ def _free_big_block(tunables: str | None) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator and /proc")
 def test_trim_returns_the_free_pages_the_make_setting_keeps():
     kept = _free_big_block(MAKE_SETTING)
-    assert kept["kept"] > 150e6  # freed, still held
-    assert kept["released"] and kept["after_trim"] < 40e6  # trimmed: back near where it started
+    assert kept["kept"] > 150e6 and kept["free"] > 190e6  # freed, still held, and counted as free
+    assert not kept["above_free"] and kept["after_above_free"] > 150e6  # under the threshold: kept
+    assert kept["released"] and kept["after_trim"] < 40e6  # over it: trimmed, back near where it started
     assert _free_big_block(None)["kept"] < 40e6  # glibc's defaults unmap a large block on free
 
 
@@ -70,3 +74,7 @@ def test_trimmer_calls_trim_every_interval_until_stopped():
     assert all(b - a >= 0.015 for a, b in zip(calls, calls[1:]))
     with pytest.raises(ValueError, match="interval must be > 0"):
         HeapTrimmer(0)
+
+
+def test_the_trimmer_trims_only_above_the_threshold_by_default():
+    assert HeapTrimmer().trim is trim_heap_above and trim_heap_above.__defaults__ == (TRIM_ABOVE,)

@@ -55,6 +55,9 @@ def static_removal(executor: AdaptiveExecutor, removed: list[int]) -> Method:
         out = executor.forward(ids, decisions=removal_decisions(removed, len(removed), L, ids.shape[1]))
         return MethodOutput(out.logits, static_cost(executor.cost, out.trace.context, L - len(removed)))
 
+    # equal for equal sets in one executor: `run_frontier` scores such a method once (Block Influence's
+    # and the profiler's orders agree when notebook 02 kept Block Influence)
+    run.signature = ("static_removal", executor, tuple(sorted(removed)))
     return run
 
 
