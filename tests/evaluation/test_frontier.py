@@ -234,14 +234,19 @@ def test_extra_specs_list_every_seed_and_the_bypass_variants():
     assert len(extra_specs(ctx)) == 4 + 3 * 4 + 4 + 4 + 2 + 1  # the defaults: four budgets, seed 0
 
 
-def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):
+def _four_layer_context(seed: int) -> tuple[EvalContext, torch.Tensor]:
+    """A 4-layer model's context (Block Influence order 1, 2, 3, 0; a linear bypass) and 40 token ids."""
     model = tiny_llama(n_layer=4)
     adapter = adapter_for(model)
     ex = AdaptiveExecutor(adapter)
     bx = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, 4, seed=2))
-    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
-    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])},
-                      bypass_executor=bx)
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(seed))
+    return EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])},
+                       bypass_executor=bx), ids
+
+
+def test_run_frontier_labels_methods_and_records_seeds(monkeypatch):
+    ctx, ids = _four_layer_context(0)
 
     def seeded_full(ctx, seed):  # a trained method stand-in: its seed only names the run
         return methods.METHODS["full"](ctx)
@@ -359,13 +364,7 @@ def test_run_frontier_scores_a_method_once_per_signature(monkeypatch):
     """Static removal of the same layers in the same executor, asked for under two names (the profiler's
     order equals Block Influence's here), runs once and both rows carry its numbers; another layer set,
     or the same set in the bypass executor, runs again."""
-    model = tiny_llama(n_layer=4)
-    adapter = adapter_for(model)
-    ex = AdaptiveExecutor(adapter)
-    bx = AdaptiveExecutor(adapter, bypass=random_bypass("linear", adapter.dims.hidden, 4, seed=2))
-    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
-    ctx = EvalContext(model, None, ex, ids, extras={"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.4])},
-                      bypass_executor=bx)
+    ctx, ids = _four_layer_context(3)
     calls = []
 
     def counted(builder):
