@@ -47,13 +47,19 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+@cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's `mallinfo2` with its return type set once (None without glibc 2.33+)."""
+    mallinfo2 = getattr(_libc(), "mallinfo2", None)
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+    return mallinfo2
+
+
 def free_heap_bytes() -> int | None:
     """Bytes free inside the heap's arenas (glibc's `mallinfo2().fordblks`); None without glibc 2.33+."""
-    mallinfo2 = getattr(_libc(), "mallinfo2", None)
-    if mallinfo2 is None:
-        return None
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
+    mallinfo2 = _mallinfo2()
+    return None if mallinfo2 is None else int(mallinfo2().fordblks)
 
 
 def trim_heap() -> bool:

@@ -133,7 +133,6 @@ test = wikitext_tokens(tokenizer, "test", max(TEST_TOKENS + 1, TABLE_TEST_WINDOW
 # disjoint slices of valid: layer importance + greedy search + profiler | bypass fit | bypass tuning | bypass choice
 influence = block_influence(identity, valid[:, VALID_IMPORTANCE])
 bi_order = removal_order(influence)
-search_windows = span_windows(valid, VALID_IMPORTANCE, SEARCH_WINDOWS, SEARCH_LEN)
 fit_windows = span_windows(valid, VALID_BYPASS_FIT, FIT_WINDOWS, FIT_LEN)
 tune_ids = valid[:, VALID_BYPASS_TUNING]
 splits = {"valid": span_windows(valid, VALID_BYPASS_CHOICE, SELECT_WINDOWS, 256),
@@ -170,9 +169,10 @@ for family, rank in FAMILIES:  # closed form
         bank.save(CKPT / LINEAR_CLOSED_FORM_FILE)
 
 searched = closed_form[BypassConfig(*CANDIDATES[0]).label]
-with_searched = AdaptiveExecutor(adapter, bypass=searched)
 orders = {"block_influence": bi_order}
 if GREEDY_STEPS:  # the search, and the candidate's closed form scored in its order
+    search_windows = span_windows(valid, VALID_IMPORTANCE, SEARCH_WINDOWS, SEARCH_LEN)
+    with_searched = AdaptiveExecutor(adapter, bypass=searched)
     orders["greedy"] = greedy_removal_order(with_searched, search_windows, GREEDY_STEPS, bi_order,
                                             candidates=GREEDY_CANDIDATES)
     rows += family_rows(searched.config.label, searched, with_searched, splits, orders["greedy"], REMOVED, LEVELS,

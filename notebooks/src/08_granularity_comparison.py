@@ -92,7 +92,9 @@ N_TEST = pick(PROFILE, quick=5, full=10)  # non-overlapping test windows (every 
 N_CAL = pick(PROFILE, quick=4, full=8)  # valid windows (calibration, selectors' training)
 N_SENS = pick(PROFILE, quick=1, full=2)  # valid windows for the segment-sensitivity probe
 BN_EPOCHS = pick(PROFILE, quick=25, full=60)
-DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(16, 1), full=(32, 2))  # measured decode speed
+# measured decode speed; full: one round after the warm-up (2 until runZ10, ~40 s of make reproduce's hour;
+# one round is noisier per row, and the timings are their own file)
+DECODE_TOKENS, DECODE_ROUNDS = pick(PROFILE, quick=(16, 1), full=(32, 1))
 
 model, tokenizer = load_model(MODEL, device=DEVICE, dtype=DTYPE)
 adapter = adapter_for(model)
